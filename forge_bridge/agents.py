@@ -1,0 +1,152 @@
+"""Agent argv templates and presets, and one agent run: prompt on stdin, a timeout, a log, a process-group kill."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_bridge.config import AgentConfig
+from forge_bridge.models import TaskAction
+
+PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title)\}")
+BASE_ENV = ("PATH", "HOME", "LANG")
+KILL_GRACE = 5.0
+TAIL_LINES = 20
+
+# argv templates per preset and action; the prompt also always goes to stdin.
+PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
+    "kugetsu": {
+        TaskAction.START: ("kugetsu", "start", "{issue_ref}", "{prompt}"),
+        TaskAction.CONTINUE: ("kugetsu", "continue", "{issue_ref}", "{prompt}"),
+    },
+}
+
+
+class AgentConfigError(ValueError):
+    """The configured preset cannot be run yet."""
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    exit_code: int | None
+    timed_out: bool
+    session_id: str
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and self.exit_code == 0
+
+
+def substitute(template: str, values: Mapping[str, str]) -> str:
+    """One pass, so braces inside a value (text from a forge) are never expanded again."""
+    return PLACEHOLDER_RE.sub(lambda m: values.get(m[1], ""), template)
+
+
+def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]) -> list[str]:
+    if agent.preset == "command":
+        template = agent.argv
+    elif agent.preset in PRESETS:
+        template = PRESETS[agent.preset][action]
+    else:
+        raise AgentConfigError(f"agent preset {agent.preset!r} is not available in this version; use \"command\"")
+    return [substitute(part, values) for part in template]
+
+
+def agent_env(agent: AgentConfig, variables: Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> dict:
+    """Only what the agent needs: never the bridge's secrets or other forges' tokens."""
+    environ = os.environ if environ is None else environ
+    env = {k: environ[k] for k in (*BASE_ENV, *agent.pass_env) if k in environ}
+    env.update(variables)
+    return env
+
+
+def _feed_stdin(process: subprocess.Popen, prompt: str) -> None:
+    try:
+        process.stdin.write(prompt.encode())
+    except (BrokenPipeError, OSError):
+        pass  # an agent may exit without reading its input
+    finally:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """TERM, then KILL, the agent's whole process group, so no child outlives it."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait is not None:
+            try:
+                process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+
+
+def _json_value(lines: list[str], spec: str) -> str:
+    """`json:<key>`: the last value of that key among the JSON lines the agent printed."""
+    if not spec.startswith("json:"):
+        return ""
+    key, found = spec.removeprefix("json:"), ""
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get(key), (str, int)):
+            found = str(data[key])
+    return found
+
+
+def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], timeout: float,
+              log: Path, agent: AgentConfig) -> AgentResult:
+    offset = log.stat().st_size if log.exists() else 0
+    with open(log, "ab") as out:
+        try:
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as error:
+            out.write(f"forge-bridge: cannot start agent {argv[0]!r}: {error}\n".encode())
+            return AgentResult(exit_code=None, timed_out=False, session_id="", summary="")
+        threading.Thread(target=_feed_stdin, args=(process, prompt), daemon=True).start()
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _kill_group(process)  # after a timeout, and after a normal exit too: no leftovers
+        process.wait()
+    lines = read_new_lines(log, offset)
+    return AgentResult(exit_code=None if timed_out else process.returncode, timed_out=timed_out,
+                       session_id=_json_value(lines, agent.session_id), summary=_json_value(lines, agent.summary))
+
+
+def read_new_lines(log: Path, offset: int) -> list[str]:
+    with open(log, "rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace").splitlines()
+
+
+def tail(log: Path, lines: int = TAIL_LINES) -> str:
+    if not log.exists():
+        return ""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 64 * 1024))
+        return "\n".join(handle.read().decode(errors="replace").splitlines()[-lines:])

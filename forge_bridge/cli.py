@@ -1,0 +1,178 @@
+"""The `forge-bridge` command: serve, web, worker, poll; errors are one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import cache
+from pathlib import Path
+
+from forge_bridge import embedded, queue
+from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from forge_bridge.forges import make_client
+
+log = logging.getLogger("forge_bridge")
+SHUTDOWN_GRACE = 25.0
+RESTART_DELAY = 1.0
+
+
+class UsageError(Exception):
+    """A mistake of the user's: printed as one line, exit code 2."""
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _need_redis(settings: Settings, role: str) -> None:
+    if not settings.redis_url:
+        raise UsageError(f"`forge-bridge {role}` needs redis_url (set it in {settings.source} or "
+                         f"FORGE_BRIDGE_REDIS_URL); use `forge-bridge serve` to run everything on one machine")
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    _need_redis(settings, "web")
+    from forge_bridge.web import create_app
+    from forge_bridge.web.server import run_gunicorn
+
+    bind = args.bind or (f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else settings.bind)
+    run_gunicorn(create_app(settings), bind=bind)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    _need_redis(settings, "worker")
+    import jobs.tasks
+
+    jobs.tasks.settings()  # load once here, so every forked job inherits it
+    queue.work(queue.connect(settings.redis_url), burst=args.burst)
+    return 0
+
+
+def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
+    _need_redis(settings, "poll")
+    from forge_bridge import poller
+
+    client_for = cache(lambda name: make_client(settings.forge(name)))
+    conn = queue.connect(settings.redis_url)
+    if args.once:
+        print(f"handed {poller.poll_once(settings, conn, client_for)} event(s) to intake")
+        return 0
+    stop = _stop_on_signals()
+    poller.run(settings, conn, client_for, stop)
+    return 0
+
+
+def _stop_on_signals():
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+class Supervisor:
+    """`serve`: the embedded server, then web, workers and poller as child processes; a child that dies
+    is replaced; SIGTERM or Ctrl-C stops them all and the server, well inside 30 s."""
+
+    def __init__(self, settings: Settings, *, bind: str) -> None:
+        self.settings, self.bind = settings, bind
+        self.children: dict[str, subprocess.Popen] = {}
+        self.server: embedded.EmbeddedServer | None = None
+        self.env = dict(os.environ)
+        self.env[CONFIG_ENV] = str(Path(settings.source).resolve())
+
+    def roles(self) -> dict[str, list[str]]:
+        roles = {"web": ["web", "--bind", self.bind], "poller": ["poll"]}
+        roles.update({f"worker-{i + 1}": ["worker"] for i in range(self.settings.workers)})
+        return roles
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        self.children[name] = subprocess.Popen([sys.executable, "-m", "forge_bridge", *argv], env=self.env)
+
+    def start(self) -> None:
+        redis_url = self.settings.redis_url
+        if not redis_url:
+            self.server = embedded.EmbeddedServer(self.settings.data_dir)
+            redis_url = self.server.start()
+        self.env["FORGE_BRIDGE_REDIS_URL"] = redis_url
+        for name, argv in self.roles().items():
+            self.spawn(name, argv)
+        print(f"forge-bridge: listening on http://{self.bind} (webhooks at /webhooks/<forge>)", flush=True)
+        print(f"forge-bridge: data in {self.settings.data_dir}; redis at {redis_url}"
+              f"{' (embedded)' if self.server else ''}", flush=True)
+        print("forge-bridge: press Ctrl-C (or send SIGTERM) to stop", flush=True)
+
+    def watch(self, stop) -> None:
+        roles = self.roles()
+        while not stop.wait(RESTART_DELAY):
+            for name, child in list(self.children.items()):
+                if child.poll() is not None:
+                    log.warning("%s exited with %s; starting a new one", name, child.returncode)
+                    self.spawn(name, roles[name])
+
+    def shutdown(self) -> None:
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for child in self.children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if self.server:
+            self.server.stop()
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge.web import require_webhook_secrets
+
+    require_webhook_secrets(settings)  # refuse before starting anything
+    supervisor = Supervisor(settings, bind=args.bind or settings.bind)
+    stop = _stop_on_signals()
+    try:
+        supervisor.start()
+        supervisor.watch(stop)
+    finally:
+        supervisor.shutdown()
+    print("forge-bridge: stopped", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forge-bridge", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help=f"configuration file (default: ${CONFIG_ENV} or ./forge-bridge.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="everything on one machine, with an embedded Redis-compatible server")
+    serve.add_argument("--bind", help="HOST:PORT for the web app")
+    serve.set_defaults(run=cmd_serve)
+    web = sub.add_parser("web", help="the web app only (needs redis_url)")
+    web.add_argument("--bind", help="HOST:PORT (default: $PORT, else bind from the configuration)")
+    web.set_defaults(run=cmd_web)
+    worker = sub.add_parser("worker", help="one worker process (needs redis_url)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.set_defaults(run=cmd_worker)
+    poll = sub.add_parser("poll", help="the poller (needs redis_url)")
+    poll.add_argument("--once", action="store_true", help="poll once and exit")
+    poll.set_defaults(run=cmd_poll)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        _configure_logging(settings)
+        return args.run(settings, args)
+    except (ConfigError, UsageError) as error:
+        print(f"forge-bridge: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

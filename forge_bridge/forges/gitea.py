@@ -1,0 +1,133 @@
+"""ForgeClient for Gitea and Forgejo, through gitea-api-client (generated from Gitea's own API description).
+
+py-gitea cannot open pull requests or write comments in the release that installs on Python 3.11, so the
+generated client is used instead. It is async (httpx); each call here runs one short event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi
+from gitea_api_client.exceptions import ApiException
+from gitea_api_client.models import (
+    CreateIssueCommentOption, CreateLabelOption, CreatePullRequestOption, EditIssueCommentOption, IssueLabelsOption,
+)
+
+from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoInfo
+from forge_bridge.models import IssueRef, RepoRef
+
+PAGE_SIZE = 50  # Gitea's default cap on list responses
+T = TypeVar("T")
+
+
+class GiteaClient:
+    def __init__(self, api_url: str, token: str) -> None:
+        self._config = Configuration(host=api_url)
+        if token:
+            self._config.api_key = {"AuthorizationHeaderToken": token}
+            self._config.api_key_prefix = {"AuthorizationHeaderToken": "token"}
+
+    def _run(self, doing: str, call: Callable[[IssueApi, RepositoryApi], Awaitable[T]]) -> T:
+        async def go() -> T:
+            async with ApiClient(self._config) as api:
+                return await call(IssueApi(api), RepositoryApi(api))
+
+        try:
+            return asyncio.run(go())
+        except ApiException as error:
+            raise ForgeError(f"Gitea: {doing} failed with {error.status} {error.reason or ''}".strip(),
+                             status=error.status) from None
+
+    async def _all_pages(self, fetch: Callable[[int], Awaitable[list[Any]]]) -> list[Any]:
+        items, page = [], 1
+        while True:
+            batch = await fetch(page)
+            items.extend(batch)
+            if len(batch) < PAGE_SIZE:
+                return items
+            page += 1
+
+    def get_repo(self, repo: RepoRef) -> RepoInfo:
+        info = self._run("get repository", lambda i, r: r.repo_get(repo.owner, repo.name))
+        return RepoInfo(clone_url=info.clone_url, default_branch=info.default_branch)
+
+    @staticmethod
+    def _issue(issue) -> IssueInfo:
+        return IssueInfo(number=issue.number, title=issue.title or "", body=issue.body or "",
+                         labels=tuple(label.name for label in issue.labels or []), state=issue.state or "",
+                         is_pull=issue.pull_request is not None, author=issue.user.login if issue.user else "")
+
+    def get_issue(self, issue: IssueRef) -> IssueInfo:
+        r = issue.repo
+        return self._issue(self._run("get issue", lambda i, _: i.issue_get_issue(r.owner, r.name, issue.number)))
+
+    def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
+        async def fetch(i: IssueApi, _: RepositoryApi) -> list[Any]:
+            return await self._all_pages(lambda page: i.issue_list_issues(
+                repo.owner, repo.name, state="open", labels=label, type="issues", page=page, limit=PAGE_SIZE))
+
+        return [self._issue(issue) for issue in self._run("list issues", fetch)
+                if label in {lab.name for lab in issue.labels or []}]
+
+    def ensure_label(self, repo: RepoRef, name: str, color: str) -> None:
+        async def ensure(i: IssueApi, _: RepositoryApi) -> None:
+            labels = await self._all_pages(
+                lambda page: i.issue_list_labels(repo.owner, repo.name, page=page, limit=PAGE_SIZE))
+            if not any(label.name == name for label in labels):
+                await i.issue_create_label(repo.owner, repo.name, CreateLabelOption(name=name, color=f"#{color}"))
+
+        self._run("ensure label", ensure)
+
+    def add_label(self, issue: IssueRef, name: str) -> None:
+        r = issue.repo
+        # Gitea takes label names here, but the generated model types the items as objects: build it
+        # unvalidated, and silence pydantic's serializer warning about the same mismatch.
+        option = IssueLabelsOption.model_construct(labels=[name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._run("add label", lambda i, _: i.issue_add_label(r.owner, r.name, issue.number, option))
+
+    def remove_label(self, issue: IssueRef, name: str) -> None:
+        r = issue.repo
+
+        async def remove(i: IssueApi, _: RepositoryApi) -> None:
+            for label in await i.issue_get_labels(r.owner, r.name, issue.number):
+                if label.name == name:
+                    await i.issue_remove_label(r.owner, r.name, issue.number, label.id)
+
+        self._run("remove label", remove)
+
+    def list_comments(self, issue: IssueRef) -> list[CommentInfo]:
+        r = issue.repo
+        comments = self._run("list comments", lambda i, _: i.issue_get_comments(r.owner, r.name, issue.number))
+        return [CommentInfo(id=c.id, body=c.body or "", author=c.user.login if c.user else "") for c in comments]
+
+    def create_comment(self, issue: IssueRef, body: str) -> int:
+        r = issue.repo
+        comment = self._run("create comment", lambda i, _: i.issue_create_comment(
+            r.owner, r.name, issue.number, CreateIssueCommentOption(body=body)))
+        return comment.id
+
+    def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None:
+        self._run("edit comment", lambda i, _: i.issue_edit_comment(
+            repo.owner, repo.name, comment_id, EditIssueCommentOption(body=body)))
+
+    @staticmethod
+    def _pull(pull) -> PullInfo:
+        return PullInfo(number=pull.number, url=pull.html_url, state=pull.state, head_branch=pull.head.ref)
+
+    def find_open_pull(self, repo: RepoRef, branch: str) -> PullInfo | None:
+        async def find(_: IssueApi, r: RepositoryApi) -> list[Any]:
+            return await self._all_pages(lambda page: r.repo_list_pull_requests(
+                repo.owner, repo.name, state="open", page=page, limit=PAGE_SIZE))
+
+        pulls = [p for p in self._run("list pull requests", find) if p.head and p.head.ref == branch]
+        return self._pull(pulls[0]) if pulls else None
+
+    def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo:
+        option = CreatePullRequestOption(head=head, base=base, title=title, body=body)
+        return self._pull(self._run("create pull request",
+                                    lambda _, r: r.repo_create_pull_request(repo.owner, repo.name, option)))

@@ -1,0 +1,92 @@
+"""ForgeClient for GitHub and GitHub Enterprise, through PyGithub."""
+from __future__ import annotations
+
+from github import Auth, Github, GithubException
+from github.Repository import Repository
+
+from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoInfo
+from forge_bridge.models import IssueRef, RepoRef
+
+
+def _error(error: GithubException, doing: str) -> ForgeError:
+    message = error.data.get("message", "") if isinstance(error.data, dict) else ""
+    return ForgeError(f"GitHub: {doing} failed with {error.status} {message}".strip(), status=error.status)
+
+
+class GitHubClient:
+    def __init__(self, api_url: str, token: str) -> None:
+        auth = Auth.Token(token) if token else None
+        self._github = Github(auth=auth, base_url=api_url, retry=None)
+
+    def _repo(self, repo: RepoRef) -> Repository:
+        return self._github.get_repo(repo.full_name, lazy=True)
+
+    def _call(self, doing: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GithubException as error:
+            raise _error(error, doing) from None
+
+    def get_repo(self, repo: RepoRef) -> RepoInfo:
+        info = self._call("get repository", self._github.get_repo, repo.full_name)
+        return RepoInfo(clone_url=info.clone_url, default_branch=info.default_branch)
+
+    @staticmethod
+    def _issue(issue) -> IssueInfo:
+        return IssueInfo(number=issue.number, title=issue.title, body=issue.body or "",
+                         labels=tuple(label.name for label in issue.labels), state=issue.state,
+                         is_pull=issue.pull_request is not None, author=issue.user.login)
+
+    def get_issue(self, issue: IssueRef) -> IssueInfo:
+        return self._issue(self._call("get issue", self._repo(issue.repo).get_issue, issue.number))
+
+    def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
+        issues = self._call("list issues", lambda: list(self._repo(repo).get_issues(state="open", labels=[label])))
+        return [self._issue(issue) for issue in issues]
+
+    def ensure_label(self, repo: RepoRef, name: str, color: str) -> None:
+        try:
+            self._repo(repo).get_label(name)
+        except GithubException as error:
+            if error.status != 404:
+                raise _error(error, "get label") from None
+            self._call("create label", self._repo(repo).create_label, name, color)
+
+    def add_label(self, issue: IssueRef, name: str) -> None:
+        self._call("add label", self._issue_lazy(issue).add_to_labels, name)
+
+    def _issue_lazy(self, issue: IssueRef):
+        return self._repo(issue.repo).get_issue(issue.number, lazy=True)
+
+    def remove_label(self, issue: IssueRef, name: str) -> None:
+        try:
+            self._issue_lazy(issue).remove_from_labels(name)
+        except GithubException as error:
+            if error.status != 404:  # already gone is what we wanted
+                raise _error(error, "remove label") from None
+
+    def list_comments(self, issue: IssueRef) -> list[CommentInfo]:
+        comments = self._call("list comments", lambda: list(self._issue_lazy(issue).get_comments()))
+        return [CommentInfo(id=c.id, body=c.body or "", author=c.user.login) for c in comments]
+
+    def create_comment(self, issue: IssueRef, body: str) -> int:
+        return self._call("create comment", self._issue_lazy(issue).create_comment, body).id
+
+    def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None:
+        # PATCH /repos/{owner}/{repo}/issues/comments/{id} without fetching the comment first.
+        self._call("edit comment", self._github.requester.requestJsonAndCheck, "PATCH",
+                   f"/repos/{repo.full_name}/issues/comments/{comment_id}", input={"body": body})
+
+    @staticmethod
+    def _pull(pull) -> PullInfo:
+        return PullInfo(number=pull.number, url=pull.html_url, state=pull.state, head_branch=pull.head.ref)
+
+    def find_open_pull(self, repo: RepoRef, branch: str) -> PullInfo | None:
+        pulls = self._call("list pull requests",
+                           lambda: list(self._repo(repo).get_pulls(state="open", head=f"{repo.owner}:{branch}")))
+        return self._pull(pulls[0]) if pulls else None
+
+    def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo:
+        pull = self._call("create pull request", self._repo(repo).create_pull, base=base, head=head,
+                          title=title, body=body)
+        return self._pull(pull)

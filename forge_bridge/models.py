@@ -1,0 +1,195 @@
+"""The program's own types — repository and issue refs, normalized forge events, tasks, sessions; no I/O."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+
+# A path segment we accept from a forge: it becomes part of a directory name under data_dir,
+# so it can never be empty, "." or "..", nor hold a slash, a NUL or a leading dot/dash.
+SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?$")
+
+
+class InvalidRef(ValueError):
+    """A repository or issue reference that is malformed or could name a path outside data_dir."""
+
+
+class ForgeKind(StrEnum):
+    GITHUB = "github"
+    GITEA = "gitea"
+    FORGEJO = "forgejo"
+
+
+class EventKind(StrEnum):
+    LABELS_CHANGED = "labels_changed"   # label set now known; `label` says which was added (GitHub)
+    COMMENT = "comment"
+    REVIEW = "review"
+    PULL_CLOSED = "pull_closed"
+    ISSUE_CLOSED = "issue_closed"
+
+
+class TaskAction(StrEnum):
+    START = "start"
+    CONTINUE = "continue"
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (TaskState.QUEUED, TaskState.RUNNING)
+
+
+def _check_segment(value: str, what: str) -> str:
+    if not isinstance(value, str) or not SEGMENT_RE.match(value) or ".." in value:
+        raise InvalidRef(f"invalid {what}: {value!r}")
+    return value
+
+
+@dataclass(frozen=True, order=True)
+class RepoRef:
+    host: str
+    owner: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not HOST_RE.match(self.host) or ".." in self.host:
+            raise InvalidRef(f"invalid host: {self.host!r}")
+        _check_segment(self.owner, "owner")
+        _check_segment(self.name, "repository name")
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def dir_name(self) -> str:
+        """A file-system-safe name; a host's port is kept as `_port` (`127.0.0.1_3000`)."""
+        return f"{self.host.replace(':', '_')}-{self.owner}-{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.full_name}"
+
+
+@dataclass(frozen=True, order=True)
+class IssueRef:
+    repo: RepoRef
+    number: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.number, int) or isinstance(self.number, bool) or not 0 < self.number < 2**31:
+            raise InvalidRef(f"invalid issue number: {self.number!r}")
+
+    @property
+    def dir_name(self) -> str:
+        return f"{self.repo.dir_name}-{self.number}"
+
+    def __str__(self) -> str:
+        return f"{self.repo}#{self.number}"
+
+
+@dataclass(frozen=True)
+class ForgeEvent:
+    """One thing that happened on a forge, the same whether a webhook or the poller saw it."""
+
+    forge: str                     # configured forge name
+    kind: EventKind
+    issue: IssueRef
+    sender: str
+    delivery: str = ""             # webhook delivery id; "" from the poller
+    source: str = "webhook"        # webhook | poller | cli
+    action: str = ""               # the forge's own action word, kept for logs
+    sender_is_bot: bool = False
+    labels: tuple[str, ...] = ()   # the issue's whole label set after the event
+    label: str = ""                # the label this event added, when the forge says so
+    title: str = ""
+    body: str = ""
+    comment_id: int = 0
+    comment_body: str = ""
+    is_pull: bool = False
+    merged: bool = False
+    head_branch: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["issue"] = str(self.issue)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ForgeEvent:
+        from forge_bridge.refs import parse_issue_ref
+
+        data = json.loads(text)
+        data["issue"] = parse_issue_ref(data["issue"])
+        data["kind"] = EventKind(data["kind"])
+        data["labels"] = tuple(data["labels"])
+        return cls(**data)
+
+
+@dataclass
+class Task:
+    """One agent run for one issue."""
+
+    id: str
+    issue: str                     # canonical issue ref
+    forge: str
+    action: TaskAction
+    message: str
+    requested_by: str
+    state: TaskState = TaskState.QUEUED
+    queued_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    outcome: str = ""              # one line: why it ended as it did
+    commits: int = 0
+    summary: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Task:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        task = cls(**{k: v for k, v in data.items() if k in known})
+        return replace(task, action=TaskAction(task.action), state=TaskState(task.state))
+
+    @property
+    def duration(self) -> float:
+        if not self.started_at:
+            return 0.0
+        return max(0.0, (self.finished_at or self.started_at) - self.started_at)
+
+
+@dataclass
+class Session:
+    """What the bridge keeps per issue: where its work lives and what came of it."""
+
+    issue: str
+    forge: str
+    worktree: str = ""
+    branch: str = ""
+    agent_session_id: str = ""
+    pull_request_url: str = ""
+    pull_request_number: int = 0
+    status_comment_id: int = 0
+    task_ids: list[str] = field(default_factory=list)
+    title: str = ""
+    archived: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Session:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,49 @@
+"""Parse and format issue refs: `host/owner/repo#N`, `owner/repo#N`, and issue or pull request URLs."""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from forge_bridge.models import InvalidRef, IssueRef, RepoRef
+
+_SEG = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_HOST = r"[A-Za-z0-9][A-Za-z0-9.-]*(?::[0-9]{1,5})?"
+URL_RE = re.compile(
+    rf"https?://(?P<host>{_HOST})/(?P<owner>{_SEG})/(?P<repo>{_SEG})/(?:issues|pulls|pull)/(?P<number>[0-9]+)"
+)
+FULL_RE = re.compile(rf"(?P<host>{_HOST})/(?P<owner>{_SEG})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
+SHORT_RE = re.compile(rf"(?P<owner>{_SEG})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
+
+
+def _from_match(match: re.Match, default_host: str | None) -> IssueRef:
+    host = match.groupdict().get("host") or default_host
+    if not host:
+        raise InvalidRef(f"{match.group(0)!r} names no host and no default forge is configured")
+    return IssueRef(RepoRef(host.lower(), match["owner"], match["repo"]), int(match["number"]))
+
+
+def parse_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef:
+    """The whole of `text` as an issue ref; raises InvalidRef with the reason otherwise."""
+    text = text.strip()
+    for pattern in (URL_RE, FULL_RE, SHORT_RE):
+        match = pattern.fullmatch(text)
+        if match:
+            return _from_match(match, default_host)
+    raise InvalidRef(f"not an issue ref: {text!r} (expected host/owner/repo#N, owner/repo#N or an issue URL)")
+
+
+def find_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef | None:
+    """The first issue ref inside a sentence, as kugetsu's `delegate` accepted them."""
+    for pattern in (URL_RE, FULL_RE, SHORT_RE):
+        match = pattern.search(text)
+        if match:
+            return _from_match(match, default_host)
+    return None
+
+
+def host_of_url(url: str) -> str:
+    """`https://Git.Example.com:3000/x` -> `git.example.com:3000`."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise InvalidRef(f"not a URL with a host: {url!r}")
+    return parts.hostname.lower() + (f":{parts.port}" if parts.port else "")

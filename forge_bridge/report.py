@@ -1,0 +1,91 @@
+"""Render the one status comment from templates/ and keep exactly one state label on the issue."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+
+import jinja2
+
+from forge_bridge.config import Settings
+from forge_bridge.forges import ForgeClient
+from forge_bridge.models import IssueRef, Session, Task, TaskState
+
+STATUS_MARKER = "<!-- forge-bridge:status -->"
+STATES = ("todo", "queued", "running", "review", "failed", "done")
+STATE_COLORS = {"todo": "c5def5", "queued": "fbca04", "running": "1d76db", "review": "0e8a16",
+                "failed": "b60205", "done": "5319e7"}
+STATE_EMOJI = {"queued": "⏳", "running": "🏃", "review": "👀", "failed": "❌", "done": "✅"}
+
+
+def _oneline(text: str, limit: int) -> str:
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp)) if timestamp else "—"
+
+
+def _took(seconds: float) -> str:
+    if not seconds:
+        return "—"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(files("forge_bridge.templates"))),
+                             autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(oneline=_oneline, when=_when, took=_took,
+                       fence_safe=lambda text: text.replace("```", "ˋˋˋ"))
+    return env
+
+
+_ENV = _environment()
+
+
+def issue_state(tasks: list[Task], session: Session) -> str:
+    """The state label an issue should carry, from its newest task and its pull request."""
+    if not tasks:
+        return "queued"
+    latest = tasks[-1].state
+    if latest in (TaskState.QUEUED, TaskState.RUNNING):
+        return latest.value
+    if latest is TaskState.SUCCEEDED and session.pull_request_url:
+        return "review"
+    return "failed"
+
+
+def render_status(session: Session, tasks: list[Task], *, state: str, log_tail: str) -> str:
+    return _ENV.get_template("status_comment.md.j2").render(
+        marker=STATUS_MARKER, session=session, tasks=tasks, state=state,
+        emoji=STATE_EMOJI.get(state, ""), log_tail=log_tail.strip())
+
+
+@dataclass
+class Reporter:
+    """Writes what the bridge knows about an issue back to the forge."""
+
+    client: ForgeClient
+    settings: Settings
+
+    def set_state_label(self, issue: IssueRef, state: str, *, current: tuple[str, ...]) -> None:
+        wanted = self.settings.label(state)
+        if wanted not in current:
+            self.client.ensure_label(issue.repo, wanted, STATE_COLORS[state])
+            self.client.add_label(issue, wanted)
+        for other in STATES:
+            name = self.settings.label(other)
+            if name != wanted and name in current:
+                self.client.remove_label(issue, name)
+
+    def publish_status(self, issue: IssueRef, session: Session, body: str) -> None:
+        """Edit the status comment in place; find it by its marker when the id is unknown."""
+        if not session.status_comment_id:
+            mine = [c for c in self.client.list_comments(issue) if STATUS_MARKER in c.body]
+            session.status_comment_id = mine[0].id if mine else 0
+        if session.status_comment_id:
+            self.client.edit_comment(issue.repo, session.status_comment_id, body)
+        else:
+            session.status_comment_id = self.client.create_comment(issue, body)

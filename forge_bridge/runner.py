@@ -1,0 +1,119 @@
+"""Run one task: mirror, worktree, agent, push, pull request, and the report on the forge whatever happens."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_bridge import agents, worktrees
+from forge_bridge.agents import AgentConfigError
+from forge_bridge.config import Settings
+from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
+from forge_bridge.models import IssueRef, Session, Task, TaskState
+from forge_bridge.refs import parse_issue_ref
+from forge_bridge.report import Reporter, issue_state, render_status
+from forge_bridge.sessions import Store
+from forge_bridge.worktrees import GitError
+
+log = logging.getLogger(__name__)
+EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError)
+
+
+@dataclass
+class Runner:
+    settings: Settings
+    store: Store
+    client: ForgeClient
+
+    def run(self, task_id: str) -> Task | None:
+        task = self.store.task(task_id)
+        if task is None or task.state is not TaskState.QUEUED:
+            return task  # cancelled or already handled: never run twice
+        ref = parse_issue_ref(task.issue)
+        session = self.store.session(ref) or Session(issue=task.issue, forge=task.forge)
+        log_file = worktrees.log_path(self.settings.data_dir, ref, task.id)
+        task.state, task.started_at = TaskState.RUNNING, time.time()
+        self.store.save_task(task)
+        try:
+            issue = self.client.get_issue(ref)
+            self.report(ref, session, issue.labels, log_file)
+            self.execute(task, session, issue, ref, log_file)
+        except EXPECTED_FAILURES as error:
+            task.state, task.outcome = TaskState.FAILED, str(error)
+            log.warning("task %s for %s failed: %s", task.id, ref, error)
+        except Exception as error:  # a bug must still end the task visibly on the forge
+            task.state, task.outcome = TaskState.FAILED, f"internal error: {type(error).__name__}: {error}"
+            log.exception("task %s for %s crashed", task.id, ref)
+        finally:
+            task.finished_at = time.time()
+            self.store.save_task(task)
+            self.store.save_session(session)
+            self.final_report(ref, session, log_file)
+        return task
+
+    def execute(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, log_file: Path) -> None:
+        forge = self.settings.forge(task.forge)
+        repo = self.client.get_repo(ref.repo)
+        env = worktrees.git_env(repo.clone_url, forge.token())
+        mirror = worktrees.mirror_dir(self.settings.data_dir, ref.repo)
+        worktree = worktrees.worktree_dir(self.settings.data_dir, ref)
+        session.branch = session.branch or worktrees.branch_name(self.settings.label_prefix, ref.number, issue.title)
+        session.worktree = str(worktree)
+        self.store.save_session(session)
+        worktrees.sync_mirror(mirror, repo.clone_url, env)
+        worktrees.ensure_worktree(mirror, worktree, branch=session.branch, base=repo.default_branch)
+        before = worktrees.head(worktree)
+        result = self.run_agent(task, session, issue, ref, worktree, log_file)
+        if result.session_id:
+            session.agent_session_id = result.session_id
+            self.store.save_session(session)  # kept even when the run failed, so a continue can resume
+        task.summary = result.summary
+        task.commits = worktrees.count_commits(worktree, before, worktrees.head(worktree))
+        if result.timed_out:
+            task.state, task.outcome = TaskState.TIMED_OUT, f"the agent ran past task_timeout ({int(self.settings.task_timeout)}s) and was stopped"
+        elif not result.ok:
+            task.state, task.outcome = TaskState.FAILED, f"the agent exited with code {result.exit_code}"
+        elif task.commits == 0:
+            task.state, task.outcome = TaskState.FAILED, "the agent left no new commits"
+        else:
+            worktrees.push(worktree, session.branch, env)
+            self.open_pull_request(task, session, issue, ref, repo.default_branch)
+            task.state, task.outcome = TaskState.SUCCEEDED, f"{task.commits} new commit(s) pushed"
+
+    def run_agent(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
+                  log_file: Path) -> agents.AgentResult:
+        values = {"prompt": task.message, "session_id": session.agent_session_id, "issue_ref": str(ref),
+                  "worktree": str(worktree), "branch": session.branch, "title": issue.title}
+        argv = agents.build_argv(self.settings.agent, task.action, values)
+        env = agents.agent_env(self.settings.agent, {
+            "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
+            "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
+            "FORGE_BRIDGE_TASK_ID": task.id})
+        return agents.run_agent(argv, prompt=task.message, cwd=worktree, env=env,
+                                timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent)
+
+    def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
+        if session.pull_request_url:
+            return  # the push updated it
+        pull = self.client.find_open_pull(ref.repo, session.branch)
+        if pull is None:
+            body = f"Closes #{ref.number}\n\n{task.summary}".strip()
+            pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title, body=body)
+        session.pull_request_url, session.pull_request_number = pull.url, pull.number
+
+    def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
+        tasks = self.store.tasks(session.task_ids)
+        state = issue_state(tasks, session)
+        reporter = Reporter(self.client, self.settings)
+        reporter.set_state_label(ref, state, current=labels)
+        reporter.publish_status(ref, session, render_status(session, tasks, state=state,
+                                                            log_tail=agents.tail(log_file)))
+
+    def final_report(self, ref: IssueRef, session: Session, log_file: Path) -> None:
+        try:
+            self.report(ref, session, self.client.get_issue(ref).labels, log_file)
+        except ForgeError as error:
+            log.error("could not report on %s: %s", ref, error)
+        finally:
+            self.store.save_session(session)

@@ -1,0 +1,46 @@
+"""The Flask application factory: one blueprint per area, the Redis connection made here, never global."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask
+from redis import Redis
+
+from forge_bridge import queue
+from forge_bridge.config import ConfigError, Settings, load_settings
+from forge_bridge.sessions import Store
+
+
+@dataclass
+class Bridge:
+    settings: Settings
+    conn: Redis
+
+    @property
+    def store(self) -> Store:
+        return Store(self.conn)
+
+
+def require_webhook_secrets(settings: Settings) -> None:
+    """Refuse to start without a secret per forge, unless explicitly insecure."""
+    if settings.insecure_no_signature:
+        return
+    for forge in settings.forges:
+        if not forge.webhook_secret():
+            where = f"${forge.webhook_secret_env}" if forge.webhook_secret_env else "webhook_secret_env"
+            raise ConfigError(f"{settings.source}: forge {forge.name!r} has no webhook secret ({where} is empty); "
+                              "set it, or set insecure_no_signature = true for local experiments")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    from forge_bridge.web import health, webhooks
+
+    settings = settings or load_settings()
+    if not settings.redis_url:
+        raise ConfigError(f"{settings.source}: redis_url is empty; `forge-bridge serve` starts an embedded server")
+    require_webhook_secrets(settings)
+    app = Flask("forge_bridge")
+    app.extensions["forge_bridge"] = Bridge(settings=settings, conn=queue.connect(settings.redis_url))
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,26 @@
+"""Run the Flask app under gunicorn from inside the process, so `forge-bridge web` needs no import string."""
+from __future__ import annotations
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+WORKERS = 2
+THREADS = 8
+
+
+class _App(BaseApplication):
+    def __init__(self, app: Flask, options: dict) -> None:
+        self.application, self.options = app, options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.application
+
+
+def run_gunicorn(app: Flask, *, bind: str) -> None:
+    _App(app, {"bind": bind, "workers": WORKERS, "threads": THREADS, "worker_class": "gthread",
+               "graceful_timeout": 10, "accesslog": "-"}).run()

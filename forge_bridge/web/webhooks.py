@@ -1,0 +1,83 @@
+"""POST /webhooks/<forge>: verify, decide and enqueue in milliseconds; every forge API call happens in a job."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from redis.exceptions import RedisError
+
+from forge_bridge import queue
+from forge_bridge.config import Settings
+from forge_bridge.models import ForgeKind
+from forge_bridge.triggers import Skip, decide
+from forge_bridge.webhooks import (
+    Ignored, Malformed, WebhookError, parse_delivery, read_headers, verify_signature,
+)
+
+bp = Blueprint("webhooks", __name__)
+MAX_BODY = 25 * 1024 * 1024
+ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def answer(status: str, code: int, *, delivery: str = "", reason: str = ""):
+    return jsonify(status=status, delivery=delivery, reason=reason), code
+
+
+def _secrets(settings: Settings, endpoint: ForgeKind) -> dict[str, bytes]:
+    github = endpoint is ForgeKind.GITHUB
+    return {f.name: f.webhook_secret() for f in settings.forges if (f.kind is ForgeKind.GITHUB) == github}
+
+
+def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signature: str) -> str:
+    secrets = _secrets(settings, endpoint)
+    if not secrets:
+        raise Malformed(f"no {endpoint.value} forge is configured")
+    if settings.insecure_no_signature and not signature:
+        return next(iter(secrets))
+    return verify_signature(secrets, body, signature)
+
+
+def _read_body() -> bytes:
+    """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread."""
+    body = request.stream.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise OverflowError
+    return body
+
+
+@bp.post("/webhooks/<name>")
+def receive(name: str):
+    endpoint = ENDPOINTS.get(name)
+    if endpoint is None:
+        return answer("not_found", 404, reason=f"no webhook endpoint {name!r}")
+    if (request.content_length or 0) > MAX_BODY:
+        return answer("too_large", 413, reason="body over 25 MiB")
+    bridge = current_app.extensions["forge_bridge"]
+    delivery = ""
+    try:
+        headers = read_headers(request.headers, endpoint=endpoint)
+        delivery = headers.delivery
+        if not headers.relevant:  # answered from the headers, before the body is read
+            return answer("ignored", 200, delivery=delivery, reason=f"event {headers.event!r} is not acted on")
+        body = _read_body()
+        forge_name = _sending_forge(bridge.settings, endpoint, body, headers.signature)
+        if request.mimetype in FORM_TYPES:
+            raise Malformed("form-encoded delivery: configure the hook with content type application/json")
+        parsed = parse_delivery(headers, body, forge=forge_name, host=bridge.settings.forge(forge_name).host)
+    except OverflowError:
+        return answer("too_large", 413, delivery=delivery, reason="body over 25 MiB")
+    except WebhookError as error:
+        return answer(error.answer, error.status, delivery=delivery, reason=str(error))
+    if isinstance(parsed, Ignored):
+        return answer("ignored", 200, delivery=delivery, reason=parsed.reason)
+    decision = decide(parsed, bridge.settings)
+    if isinstance(decision, Skip):
+        return answer("ignored", 200, delivery=delivery, reason=decision.reason)
+    claim = f"delivery:{name}:{delivery}"
+    try:
+        if not bridge.store.claim(claim):
+            return answer("duplicate", 200, delivery=delivery, reason="this delivery was already received")
+        queue.enqueue_event(bridge.conn, parsed.to_json())
+    except RedisError as error:
+        bridge.store.release_quietly(claim)  # so the forge's redelivery is not taken for a duplicate
+        return answer("unavailable", 503, delivery=delivery, reason=f"queue unavailable: {type(error).__name__}")
+    return answer("queued", 202, delivery=delivery, reason=type(decision).__name__)

@@ -1,0 +1,29 @@
+"""Turn a verified delivery body into a ForgeEvent or an Ignored reason, dispatching on the sending forge."""
+from __future__ import annotations
+
+import json
+
+from forge_bridge.models import ForgeEvent, ForgeKind
+from forge_bridge.webhooks import gitea, github
+from forge_bridge.webhooks.delivery import DeliveryHeaders
+from forge_bridge.webhooks.errors import Ignored, Malformed
+
+
+def load_json(body: bytes) -> dict:
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Malformed("body is not UTF-8") from None
+    except ValueError:
+        raise Malformed("body is not JSON (configure the hook with content type application/json)") from None
+    if not isinstance(payload, dict):
+        raise Malformed("body is not a JSON object")
+    return payload
+
+
+def parse_delivery(headers: DeliveryHeaders, body: bytes, *, forge: str, host: str) -> ForgeEvent | Ignored:
+    if not headers.relevant:
+        return Ignored(f"event {headers.event!r} is not acted on")
+    payload = load_json(body)
+    module = github if headers.kind is ForgeKind.GITHUB else gitea
+    return module.parse(headers.event, payload, forge=forge, host=host, delivery=headers.delivery)

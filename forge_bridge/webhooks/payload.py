@@ -1,0 +1,36 @@
+"""Typed field access into a delivery's JSON, raising Malformed with the path of what is missing."""
+from __future__ import annotations
+
+from typing import Any
+
+from forge_bridge.models import InvalidRef, IssueRef, RepoRef
+from forge_bridge.webhooks.errors import Malformed
+
+_MISSING = object()
+
+
+def field(payload: Any, path: str, kind: type | tuple[type, ...] = str, default: Any = _MISSING) -> Any:
+    """`field(p, "issue.number", int)`: the value at a dotted path, checked for its type."""
+    value = payload
+    for part in path.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING or (value is None and default is not _MISSING):
+            if default is _MISSING:
+                raise Malformed(f"missing field {path}")
+            return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise Malformed(f"field {path} has the wrong type")
+    return value
+
+
+def label_names(payload: Any, path: str) -> tuple[str, ...]:
+    labels = field(payload, path, list, default=[])
+    return tuple(field(label, "name") for label in labels)
+
+
+def issue_ref(payload: Any, *, host: str, number_path: str) -> IssueRef:
+    try:
+        repo = RepoRef(host, field(payload, "repository.owner.login"), field(payload, "repository.name"))
+        return IssueRef(repo, field(payload, number_path, int))
+    except InvalidRef as error:
+        raise Malformed(str(error)) from None

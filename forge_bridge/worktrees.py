@@ -1,0 +1,117 @@
+"""Bare mirrors, per-issue worktrees, branches and pushes; every git call is an argv, never a shell."""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from forge_bridge.models import InvalidRef, IssueRef, RepoRef
+
+GIT_TIMEOUT = 600
+SLUG_LENGTH = 40
+_NON_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message carries git's own words (which never hold a token)."""
+
+
+def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    command = ["git", *args]
+    try:
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT}s") from None
+    if done.returncode != 0:
+        raise GitError(f"git {args[0]} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def git_env(clone_url: str, token: str) -> dict[str, str]:
+    """Environment for git: never prompts; for http(s) the token goes in a header, not a file or URL."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    if token and clone_url.startswith(("http://", "https://")):
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader",
+                   GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}")
+    return env
+
+
+def slugify(title: str) -> str:
+    slug = _NON_SLUG.sub("-", title.lower()).strip("-")[:SLUG_LENGTH].strip("-")
+    return slug or "issue"
+
+
+def branch_name(prefix: str, number: int, title: str) -> str:
+    return f"{prefix}/{number}-{slugify(title)}"
+
+
+def _inside(data_dir: Path, path: Path) -> Path:
+    """Refuse any path that would leave data_dir, whatever a forge sent."""
+    root, resolved = data_dir.resolve(), path.resolve()
+    if root not in resolved.parents:
+        raise InvalidRef(f"{path} is outside {root}")
+    return resolved
+
+
+def mirror_dir(data_dir: Path, repo: RepoRef) -> Path:
+    return _inside(data_dir, data_dir / "mirrors" / f"{repo.dir_name}.git")
+
+
+def worktree_dir(data_dir: Path, issue: IssueRef) -> Path:
+    return _inside(data_dir, data_dir / "worktrees" / issue.dir_name)
+
+
+def log_path(data_dir: Path, issue: IssueRef, task_id: str) -> Path:
+    folder = _inside(data_dir, data_dir / "logs" / issue.dir_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{task_id}.log"
+
+
+def sync_mirror(mirror: Path, clone_url: str, env: dict[str, str]) -> None:
+    """Create the bare mirror on first use, then fetch every branch into refs/remotes/origin."""
+    if not (mirror / "HEAD").exists():
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        git("init", "--bare", "--quiet", str(mirror), env=env)
+        git("remote", "add", "origin", clone_url, cwd=mirror, env=env)
+    elif git("remote", "get-url", "origin", cwd=mirror, env=env) != clone_url:
+        git("remote", "set-url", "origin", clone_url, cwd=mirror, env=env)
+    git("fetch", "--prune", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*", cwd=mirror, env=env)
+
+
+def _has_ref(mirror: Path, ref: str) -> bool:
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], cwd=mirror, capture_output=True)
+    return done.returncode == 0
+
+
+def ensure_worktree(mirror: Path, worktree: Path, *, branch: str, base: str) -> None:
+    """The issue's worktree on its branch: reused when present, else from the branch or from the base."""
+    if (worktree / ".git").exists():
+        return
+    git("worktree", "prune", cwd=mirror)
+    worktree.parent.mkdir(parents=True, exist_ok=True)
+    if _has_ref(mirror, f"refs/heads/{branch}"):
+        git("worktree", "add", "--quiet", str(worktree), branch, cwd=mirror)
+    elif _has_ref(mirror, f"refs/remotes/origin/{branch}"):
+        git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{branch}", cwd=mirror)
+    else:
+        git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{base}", cwd=mirror)
+
+
+def head(worktree: Path) -> str:
+    return git("rev-parse", "HEAD", cwd=worktree)
+
+
+def count_commits(worktree: Path, old: str, new: str) -> int:
+    return int(git("rev-list", "--count", f"{old}..{new}", cwd=worktree))
+
+
+def commit_subjects(worktree: Path, old: str, new: str) -> list[str]:
+    out = git("log", "--format=%h %s", f"{old}..{new}", cwd=worktree)
+    return out.splitlines() if out else []
+
+
+def push(worktree: Path, branch: str, env: dict[str, str]) -> None:
+    git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=worktree, env=env)

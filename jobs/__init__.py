@@ -1,0 +1,1 @@
+"""RQ entry points, enqueued by dotted path (`jobs.tasks.*`) with plain string arguments."""
