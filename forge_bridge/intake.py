@@ -9,7 +9,7 @@ from forge_bridge import queue
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient, IssueInfo
 from forge_bridge.models import ForgeEvent, IssueRef, Session, TaskAction
-from forge_bridge.report import Reporter, issue_state, render_status
+from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store
 from forge_bridge.triggers import Skip, StartFromLabel, decide
 
@@ -62,9 +62,6 @@ class Intake:
         return f"queued task {task.id}"
 
     def report_queued(self, ref: IssueRef, session: Session, issue: IssueInfo) -> None:
-        reporter = Reporter(self.client, self.settings)
-        tasks = self.store.tasks(session.task_ids)
-        state = issue_state(tasks, session)
-        reporter.set_state_label(ref, state, current=issue.labels)
-        reporter.publish_status(ref, session, render_status(session, tasks, state=state, log_tail=""))
+        Reporter(self.client, self.settings).report(ref, session, self.store.tasks(session.task_ids),
+                                                    labels=issue.labels)
         self.store.save_session(session)

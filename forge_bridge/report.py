@@ -70,6 +70,14 @@ class Reporter:
     client: ForgeClient
     settings: Settings
 
+    def report(self, issue: IssueRef, session: Session, tasks: list[Task], *, labels: tuple[str, ...],
+               log_tail: str = "") -> str:
+        """Status comment first, label last: whoever sees the label change finds the comment current."""
+        state = issue_state(tasks, session)
+        self.publish_status(issue, session, render_status(session, tasks, state=state, log_tail=log_tail))
+        self.set_state_label(issue, state, current=labels)
+        return state
+
     def set_state_label(self, issue: IssueRef, state: str, *, current: tuple[str, ...]) -> None:
         wanted = self.settings.label(state)
         if wanted not in current:

@@ -12,7 +12,7 @@ from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
 from forge_bridge.models import IssueRef, Session, Task, TaskState
 from forge_bridge.refs import parse_issue_ref
-from forge_bridge.report import Reporter, issue_state, render_status
+from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store
 from forge_bridge.worktrees import GitError
 
@@ -103,12 +103,8 @@ class Runner:
         session.pull_request_url, session.pull_request_number = pull.url, pull.number
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
-        tasks = self.store.tasks(session.task_ids)
-        state = issue_state(tasks, session)
-        reporter = Reporter(self.client, self.settings)
-        reporter.set_state_label(ref, state, current=labels)
-        reporter.publish_status(ref, session, render_status(session, tasks, state=state,
-                                                            log_tail=agents.tail(log_file)))
+        Reporter(self.client, self.settings).report(ref, session, self.store.tasks(session.task_ids), labels=labels,
+                                                    log_tail=agents.tail(log_file))
 
     def final_report(self, ref: IssueRef, session: Session, log_file: Path) -> None:
         try:

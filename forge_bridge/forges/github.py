@@ -53,10 +53,12 @@ class GitHubClient:
             self._call("create label", self._repo(repo).create_label, name, color)
 
     def add_label(self, issue: IssueRef, name: str) -> None:
-        self._call("add label", self._issue_lazy(issue).add_to_labels, name)
+        # PyGithub's add_to_labels posts a bare array; the documented body is {"labels": [...]}.
+        self._call("add label", self._github.requester.requestJsonAndCheck, "POST",
+                   f"/repos/{issue.repo.full_name}/issues/{issue.number}/labels", input={"labels": [name]})
 
     def _issue_lazy(self, issue: IssueRef):
-        return self._repo(issue.repo).get_issue(issue.number, lazy=True)
+        return self._repo(issue.repo).get_issue(issue.number)  # lazy: no GET until an attribute is read
 
     def remove_label(self, issue: IssueRef, name: str) -> None:
         try:

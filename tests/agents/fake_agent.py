@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""A fake coding agent: reads its prompt from stdin, commits a file, prints a JSON line with its session id.
+
+Modes: commit (default), fail (exit 3 after printing), nocommit, hang (never ends), spawn (starts a child that
+would outlive it, then hangs). `--record FILE` appends a JSON line at start and end, for concurrency checks.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+
+def record(path, what):
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"what": what, "pid": os.getpid(), "at": time.time(),
+                                  "issue": os.environ.get("FORGE_BRIDGE_ISSUE_REF", ""),
+                                  "task": os.environ.get("FORGE_BRIDGE_TASK_ID", "")}) + "\n")
+
+
+def commit(prompt):
+    with open("AGENT_WORK.md", "a") as out:
+        out.write(prompt + "\n")
+    subprocess.run(["git", "add", "AGENT_WORK.md"], check=True)
+    subprocess.run(["git", "-c", "user.name=Fake Agent", "-c", "user.email=agent@example.invalid", "commit",
+                    "--quiet", "-m", "agent: " + (prompt.splitlines() or ["work"])[0][:60]], check=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", default="commit", choices=["commit", "fail", "nocommit", "hang", "spawn"])
+    parser.add_argument("--record", default="")
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("rest", nargs="*")
+    args = parser.parse_args()
+    prompt = sys.stdin.read()   # blocks until the bridge closes stdin
+    record(args.record, "start")
+    session = os.environ.get("FORGE_BRIDGE_SESSION_ID") or "fake-" + uuid.uuid4().hex[:12]
+    print(json.dumps({"type": "start", "session_id": session}), flush=True)
+    print(f"working on: {prompt.splitlines()[0] if prompt else '(no prompt)'}", flush=True)
+    if args.sleep:
+        time.sleep(args.sleep)
+    if args.mode == "spawn":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        print(json.dumps({"child_pid": child.pid}), flush=True)
+        time.sleep(3600)
+    if args.mode == "hang":
+        time.sleep(3600)
+    if args.mode == "fail":
+        print("fake agent: something went wrong on purpose", flush=True)
+        record(args.record, "end")
+        return 3
+    if args.mode == "commit":
+        commit(prompt)
+    print(json.dumps({"type": "result", "session_id": session, "summary": f"fake agent did {args.mode}"}), flush=True)
+    record(args.record, "end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

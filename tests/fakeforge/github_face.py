@@ -1,0 +1,198 @@
+"""The fake forge's GitHub REST face (as PyGithub calls it through base_url), and GitHub-shaped webhook payloads."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, abort, jsonify, request
+
+from fakeforge.openapi import SPECS, overlay
+from fakeforge.state import Comment, Issue, Label, Pull, Repo
+
+if TYPE_CHECKING:
+    from fakeforge.server import FakeForge
+
+SPEC = SPECS["github"]
+PREFIX = "/api/v3"
+
+
+def _from_schema(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    return overlay(SPEC.skeleton(SPEC.doc["components"]["schemas"][name]), values)
+
+
+class GitHubShapes:
+    def __init__(self, forge: FakeForge) -> None:
+        self.forge = forge
+
+    def user(self, login: str) -> dict:
+        return _from_schema("simple-user", {"login": login, "id": abs(hash(login)) % 10**6,
+                                            "type": "Bot" if login.endswith("[bot]") else "User",
+                                            "html_url": f"{self.forge.url}/{login}"})
+
+    def label(self, label: Label) -> dict:
+        return _from_schema("label", {"id": label.id, "name": label.name, "color": label.color,
+                                      "url": f"{self.forge.api}/labels/{label.name}"})
+
+    def repo(self, repo: Repo) -> dict:
+        return _from_schema("full-repository", {
+            "id": repo.id, "name": repo.name, "full_name": repo.full_name, "owner": self.user(repo.owner),
+            "clone_url": str(repo.bare), "default_branch": repo.default_branch,
+            "html_url": f"{self.forge.url}/{repo.full_name}", "url": f"{self.forge.api}/repos/{repo.full_name}"})
+
+    def issue(self, repo: Repo, issue: Issue) -> dict:
+        kind = "pull" if issue.is_pull else "issues"
+        values = {"id": issue.id, "number": issue.number, "title": issue.title, "body": issue.body,
+                  "state": issue.state, "user": self.user(issue.author),
+                  "labels": [self.label(repo.labels[name]) for name in issue.labels],
+                  "html_url": f"{self.forge.url}/{repo.full_name}/{kind}/{issue.number}",
+                  "url": f"{self.forge.api}/repos/{repo.full_name}/issues/{issue.number}",
+                  "comments": len(self.forge.state.issue_comments(repo, issue.number))}
+        if issue.is_pull:
+            values["pull_request"] = {"url": f"{self.forge.api}/repos/{repo.full_name}/pulls/{issue.number}",
+                                      "html_url": values["html_url"], "diff_url": None, "patch_url": None}
+        return _from_schema("issue", values)
+
+    def comment(self, repo: Repo, comment: Comment) -> dict:
+        return _from_schema("issue-comment", {
+            "id": comment.id, "body": comment.body, "user": self.user(comment.author),
+            "html_url": f"{self.forge.url}/{repo.full_name}/issues/{comment.number}#issuecomment-{comment.id}",
+            "issue_url": f"{self.forge.api}/repos/{repo.full_name}/issues/{comment.number}",
+            "url": f"{self.forge.api}/repos/{repo.full_name}/issues/comments/{comment.id}"})
+
+    def pull(self, repo: Repo, pull: Pull, schema: str = "pull-request") -> dict:
+        branch = {"ref": pull.head, "sha": repo.branch_sha(pull.head) or "0" * 40, "label": f"{repo.owner}:{pull.head}",
+                  "user": self.user(repo.owner),
+                  "repo": _from_schema("repository", {"id": repo.id, "name": repo.name, "full_name": repo.full_name,
+                                                      "owner": self.user(repo.owner)})}
+        return _from_schema(schema, {
+            "id": pull.id, "number": pull.number, "title": pull.title, "body": pull.body, "state": pull.state,
+            "merged": pull.merged, "user": self.user(pull.author), "head": branch,
+            "base": {**branch, "ref": pull.base, "label": f"{repo.owner}:{pull.base}",
+                     "sha": repo.branch_sha(pull.base) or "0" * 40},
+            "html_url": f"{self.forge.url}/{repo.full_name}/pull/{pull.number}",
+            "url": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}"})
+
+
+def register(app: Flask, forge: FakeForge) -> None:
+    shapes, state = GitHubShapes(forge), forge.state
+
+    def repo_or_404(owner: str, name: str) -> Repo:
+        repo = state.repo(owner, name)
+        if repo is None:
+            abort(404)
+        return repo
+
+    def issue_or_404(repo: Repo, number: int) -> Issue:
+        if number not in repo.issues:
+            abort(404)
+        return repo.issues[number]
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>")
+    def get_repo(owner, name):
+        return jsonify(shapes.repo(repo_or_404(owner, name)))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>")
+    def get_issue(owner, name, number):
+        repo = repo_or_404(owner, name)
+        return jsonify(shapes.issue(repo, issue_or_404(repo, number)))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues")
+    def list_issues(owner, name):
+        repo = repo_or_404(owner, name)
+        wanted = [w for w in request.args.get("labels", "").split(",") if w]
+        state_filter = request.args.get("state", "open")
+        issues = [i for i in repo.issues.values()
+                  if (state_filter == "all" or i.state == state_filter) and all(w in i.labels for w in wanted)]
+        return jsonify([shapes.issue(repo, i) for i in sorted(issues, key=lambda i: -i.number)])
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels")
+    def add_labels(owner, name, number):
+        repo = repo_or_404(owner, name)
+        issue = issue_or_404(repo, number)
+        data = request.get_json()
+        names = data.get("labels", []) if isinstance(data, dict) else data
+        with state.lock:
+            for label_name in names:
+                state.label(repo, label_name)
+                if label_name not in issue.labels:
+                    issue.labels.append(label_name)
+        return jsonify([shapes.label(repo.labels[n]) for n in issue.labels])
+
+    @app.delete(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels/<label_name>")
+    def remove_label(owner, name, number, label_name):
+        repo = repo_or_404(owner, name)
+        issue = issue_or_404(repo, number)
+        with state.lock:
+            if label_name not in issue.labels:
+                return jsonify(message="Label does not exist"), 404
+            issue.labels.remove(label_name)
+        return jsonify([shapes.label(repo.labels[n]) for n in issue.labels])
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/labels/<label_name>")
+    def get_label(owner, name, label_name):
+        repo = repo_or_404(owner, name)
+        if label_name not in repo.labels:
+            return jsonify(message="Not Found"), 404
+        return jsonify(shapes.label(repo.labels[label_name]))
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/labels")
+    def create_label(owner, name):
+        repo = repo_or_404(owner, name)
+        data = request.get_json()
+        with state.lock:
+            if data["name"] in repo.labels:
+                return jsonify(message="Validation Failed", errors=[{"code": "already_exists"}]), 422
+            label = state.label(repo, data["name"])
+            label.color = data.get("color", label.color)
+        return jsonify(shapes.label(label)), 201
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/comments")
+    def list_comments(owner, name, number):
+        repo = repo_or_404(owner, name)
+        issue_or_404(repo, number)
+        return jsonify([shapes.comment(repo, c) for c in state.issue_comments(repo, number)])
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/comments")
+    def create_comment(owner, name, number):
+        repo = repo_or_404(owner, name)
+        issue_or_404(repo, number)
+        comment = state.add_comment(repo, number, request.get_json()["body"], forge.bot_login)
+        return jsonify(shapes.comment(repo, comment)), 201
+
+    @app.patch(f"{PREFIX}/repos/<owner>/<name>/issues/comments/<int:comment_id>")
+    def edit_comment(owner, name, comment_id):
+        repo = repo_or_404(owner, name)
+        comment = state.comments.get(comment_id)
+        if comment is None or comment.repo != repo.full_name:
+            return jsonify(message="Not Found"), 404
+        comment.body = request.get_json()["body"]
+        return jsonify(shapes.comment(repo, comment))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls")
+    def list_pulls(owner, name):
+        repo = repo_or_404(owner, name)
+        head = request.args.get("head", "")
+        wanted_state = request.args.get("state", "open")
+        pulls = [p for p in repo.pulls.values() if (wanted_state == "all" or p.state == wanted_state)
+                 and (not head or f"{repo.owner}:{p.head}" == head)]
+        return jsonify([shapes.pull(repo, p, "pull-request-simple") for p in pulls])
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls")
+    def create_pull(owner, name):
+        repo = repo_or_404(owner, name)
+        data = request.get_json()
+        with state.lock:
+            if repo.branch_sha(data["head"]) is None:
+                return jsonify(message="Validation Failed", errors=[{"field": "head", "code": "invalid"}]), 422
+            if any(p.head == data["head"] and p.state == "open" for p in repo.pulls.values()):
+                return jsonify(message="Validation Failed", errors=[{
+                    "code": "custom", "message": f"A pull request already exists for {repo.owner}:{data['head']}."}]), 422
+            pull = state.create_pull(repo, title=data["title"], body=data.get("body") or "", head=data["head"],
+                                     base=data["base"], author=forge.bot_login)
+        return jsonify(shapes.pull(repo, pull)), 201
+
+
+def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender: str) -> tuple[str, str, dict]:
+    shapes = GitHubShapes(forge)
+    return "issues", "", {"action": "labeled", "issue": shapes.issue(repo, issue),
+                          "label": shapes.label(repo.labels[label]), "repository": shapes.repo(repo),
+                          "sender": shapes.user(sender)}

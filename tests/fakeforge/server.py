@@ -1,0 +1,161 @@
+"""FakeForge: a real HTTP server with a GitHub or a Gitea face, in-memory state, answers checked against the
+official API descriptions, and signed webhooks sent the way the real forge sends them."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import make_server
+
+from fakeforge import gitea_face, github_face
+from fakeforge.openapi import SPECS
+from fakeforge.state import Issue, Repo, State
+
+
+@dataclass
+class Hook:
+    url: str
+    secret: str
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    status: int
+
+
+def gitea_body(payload: dict) -> bytes:
+    """Go's MarshalIndent: two-space indent, raw UTF-8, `<>&` escaped, no trailing newline."""
+    text = json.dumps(payload, indent=2, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+@dataclass
+class FakeForge:
+    kind: str                      # github | gitea | forgejo
+    root: Path
+    token: str = "fake-forge-token"
+    bot_login: str = "kugetsu-bot"
+    state: State = field(init=False)
+    hooks: list[Hook] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state = State(self.root)
+        self.spec = SPECS["github" if self.kind == "github" else "gitea"]
+        self.face = github_face if self.kind == "github" else gitea_face
+        self.app = self._build_app()
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # lifecycle
+    def start(self) -> FakeForge:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return self.url + self.face.PREFIX
+
+    # the HTTP app
+    def _build_app(self) -> Flask:
+        app = Flask(f"fakeforge-{self.kind}")
+
+        @app.before_request
+        def authenticate():
+            if request.headers.get("Authorization", "") != f"token {self.token}":
+                return jsonify(message="Bad credentials"), 401
+            return None
+
+        @app.after_request
+        def check_against_spec(response: Response) -> Response:
+            self._check(response)
+            return response
+
+        self.face.register(app, self)
+        return app
+
+    def _check(self, response: Response) -> None:
+        path = request.path.removeprefix(self.face.PREFIX) if self.kind == "github" else request.path
+        template = self.spec.template_for(path)
+        self.exchanges.append(Exchange(request.method, path, response.status_code))
+        if template is None or self.spec.operation(request.method, template) is None:
+            self.violations.append(f"{request.method} {path}: not an operation of the API description")
+            return
+        where = f"{request.method} {template} -> {response.status_code}"
+        body_schema = self.spec.request_schema(request.method, template)
+        if body_schema and request.data:
+            self.violations += [f"{where} request {e}" for e in self.spec.validate(body_schema, request.get_json())]
+        schema = self.spec.response_schema(request.method, template, response.status_code)
+        if response.status_code < 300 and schema and response.is_json:
+            self.violations += [f"{where} response {e}" for e in self.spec.validate(schema, response.get_json())]
+
+    # what a person does on the forge
+    def create_repo(self, owner: str, name: str) -> Repo:
+        return self.state.create_repo(owner, name)
+
+    def create_issue(self, repo: Repo, title: str, body: str = "", *, author: str = "alice",
+                     labels: tuple[str, ...] = ()) -> Issue:
+        return self.state.create_issue(repo, title=title, body=body, author=author, labels=labels)
+
+    def add_label(self, repo: Repo, issue: Issue, label: str, *, sender: str = "alice") -> list[requests.Response]:
+        """Label an issue as a person would; the forge then delivers the webhook to every hook."""
+        with self.state.lock:
+            self.state.label(repo, label)
+            if label not in issue.labels:
+                issue.labels.append(label)
+        return self.deliver(*self.face.label_payload(self, repo, issue, label, sender))
+
+    # webhooks
+    def add_hook(self, url: str, secret: str) -> None:
+        self.hooks.append(Hook(url, secret))
+
+    def headers_for(self, event: str, event_type: str, body: bytes, secret: str, delivery: str) -> dict[str, str]:
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest() if secret else ""
+        if self.kind == "github":
+            return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": f"sha256={digest}",
+                    "User-Agent": "GitHub-Hookshot/fake", "Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
+        families = ("Gitea", "Gogs") + (("Forgejo",) if self.kind == "forgejo" else ())
+        for family in families:
+            headers.update({f"X-{family}-Event": event, f"X-{family}-Event-Type": event_type,
+                            f"X-{family}-Delivery": delivery, f"X-{family}-Signature": digest})
+        headers.update({"X-GitHub-Event": event, "X-GitHub-Event-Type": event_type, "X-GitHub-Delivery": delivery,
+                        "X-Hub-Signature-256": f"sha256={digest}"})
+        return headers
+
+    def deliver(self, event: str, event_type: str, payload: dict, *, delivery: str | None = None) -> list[requests.Response]:
+        body = json.dumps(payload).encode() if self.kind == "github" else gitea_body(payload)
+        delivery = delivery or str(uuid.uuid4())
+        return [requests.post(hook.url, data=body, timeout=10,
+                              headers=self.headers_for(event, event_type, body, hook.secret, delivery))
+                for hook in self.hooks]
+
+    # what tests read back
+    def labels_of(self, repo: Repo, issue: Issue) -> list[str]:
+        return list(repo.issues[issue.number].labels)
+
+    def comments_of(self, repo: Repo, issue: Issue) -> list[str]:
+        return [c.body for c in self.state.issue_comments(repo, issue.number)]

@@ -1,0 +1,146 @@
+"""The fake forge's memory: repositories backed by real bare git repositories, issues, labels, comments,
+pull requests and collaborator permissions — the same model serves the GitHub and the Gitea face."""
+from __future__ import annotations
+
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LABEL_COLOR = "ededed"
+
+
+@dataclass
+class Label:
+    id: int
+    name: str
+    color: str = LABEL_COLOR
+
+
+@dataclass
+class Comment:
+    id: int
+    repo: str
+    number: int
+    body: str
+    author: str
+    reactions: list[tuple[str, str]] = field(default_factory=list)   # (user, content)
+
+
+@dataclass
+class Issue:
+    id: int
+    number: int
+    title: str
+    body: str
+    author: str
+    labels: list[str] = field(default_factory=list)
+    state: str = "open"
+    is_pull: bool = False
+
+
+@dataclass
+class Pull:
+    id: int
+    number: int
+    title: str
+    body: str
+    head: str
+    base: str
+    author: str
+    state: str = "open"
+    merged: bool = False
+
+
+@dataclass
+class Repo:
+    id: int
+    owner: str
+    name: str
+    bare: Path
+    default_branch: str = "main"
+    labels: dict[str, Label] = field(default_factory=dict)
+    issues: dict[int, Issue] = field(default_factory=dict)
+    pulls: dict[int, Pull] = field(default_factory=dict)
+    permissions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    def branch_sha(self, branch: str) -> str | None:
+        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+                              cwd=self.bare, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+
+class State:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.repos: dict[str, Repo] = {}
+        self.comments: dict[int, Comment] = {}
+        self.lock = threading.RLock()
+        self._next_id = 1000
+
+    def next_id(self) -> int:
+        with self.lock:
+            self._next_id += 1
+            return self._next_id
+
+    def create_repo(self, owner: str, name: str) -> Repo:
+        bare = self.root / f"{owner}-{name}.git"
+        seed = self.root / f"{owner}-{name}.seed"
+        _git("init", "--quiet", "--initial-branch=main", str(seed))
+        (seed / "README.md").write_text(f"# {name}\n")
+        _git("add", "README.md", cwd=seed)
+        _git("-c", "user.name=Forge", "-c", "user.email=forge@example.invalid", "commit", "--quiet", "-m", "init",
+             cwd=seed)
+        _git("clone", "--quiet", "--bare", str(seed), str(bare))
+        repo = Repo(id=self.next_id(), owner=owner, name=name, bare=bare)
+        self.repos[repo.full_name] = repo
+        return repo
+
+    def repo(self, owner: str, name: str) -> Repo | None:
+        return self.repos.get(f"{owner}/{name}")
+
+    def label(self, repo: Repo, name: str) -> Label:
+        with self.lock:
+            if name not in repo.labels:
+                repo.labels[name] = Label(id=self.next_id(), name=name)
+            return repo.labels[name]
+
+    def next_number(self, repo: Repo) -> int:
+        return max([0, *repo.issues, *repo.pulls]) + 1
+
+    def create_issue(self, repo: Repo, *, title: str, body: str, author: str, labels: tuple[str, ...] = ()) -> Issue:
+        with self.lock:
+            issue = Issue(id=self.next_id(), number=self.next_number(repo), title=title, body=body, author=author)
+            repo.issues[issue.number] = issue
+            for name in labels:
+                self.label(repo, name)
+                issue.labels.append(name)
+            return issue
+
+    def create_pull(self, repo: Repo, *, title: str, body: str, head: str, base: str, author: str) -> Pull:
+        with self.lock:
+            pull = Pull(id=self.next_id(), number=self.next_number(repo), title=title, body=body, head=head,
+                        base=base, author=author)
+            repo.pulls[pull.number] = pull
+            # A pull request is an issue too: it has comments and labels under the same number.
+            repo.issues[pull.number] = Issue(id=self.next_id(), number=pull.number, title=title, body=body,
+                                             author=author, is_pull=True)
+            return pull
+
+    def add_comment(self, repo: Repo, number: int, body: str, author: str) -> Comment:
+        with self.lock:
+            comment = Comment(id=self.next_id(), repo=repo.full_name, number=number, body=body, author=author)
+            self.comments[comment.id] = comment
+            return comment
+
+    def issue_comments(self, repo: Repo, number: int) -> list[Comment]:
+        return sorted((c for c in self.comments.values() if c.repo == repo.full_name and c.number == number),
+                      key=lambda c: c.id)
+
+
+def _git(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)

@@ -1,0 +1,24 @@
+"""Test helpers: wait for a condition with a deadline (never a blind sleep), and paths to shared fixtures."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures" / "webhooks"
+FAKE_AGENT = Path(__file__).resolve().parent / "agents" / "fake_agent.py"
+SECRET = "It's a Secret to Everybody"
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.05, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)

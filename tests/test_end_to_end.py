@@ -1,0 +1,92 @@
+"""End to end: a label on the fake forge -> webhook (or poller) -> `forge-bridge serve` with its embedded server
+and a real RQ worker process -> real git -> the fake agent -> a branch, a pull request, one status comment."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from fakeforge.server import FakeForge
+from fakeforge.state import Issue, Repo
+from helpers import wait_for
+
+from forge_bridge.report import STATUS_MARKER
+
+TITLE = "Fix the emoji names"
+BODY = "Names like <😀> & friends break the list; quote `$(rm -rf ~)` literally."
+
+
+def _status_comments(forge: FakeForge, repo: Repo, issue: Issue) -> list[str]:
+    return [body for body in forge.comments_of(repo, issue) if STATUS_MARKER in body]
+
+
+def _settled(forge: FakeForge, repo: Repo, issue: Issue, label: str):
+    labels = forge.labels_of(repo, issue)
+    return labels if label in labels and not any(l.endswith(":running") or l.endswith(":queued") for l in labels) \
+        else None
+
+
+def _branch_file(repo: Repo, branch: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{branch}:{path}"], cwd=repo.bare, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _assert_reviewed(forge: FakeForge, repo: Repo, issue: Issue, bridge) -> None:
+    wait_for(lambda: _settled(forge, repo, issue, "kugetsu:review"), timeout=90, what="the review label")
+    assert forge.labels_of(repo, issue) == ["kugetsu:review"]  # todo removed, one state label
+    [pull] = repo.pulls.values()
+    assert pull.head == "kugetsu/1-fix-the-emoji-names" and pull.base == "main"
+    assert pull.title == TITLE and pull.body.startswith(f"Closes #{issue.number}")
+    # The agent got the issue's title and body on stdin, and its commit is on the pushed branch.
+    assert _branch_file(repo, pull.head, "AGENT_WORK.md").strip() == f"{TITLE}\n\n{BODY}"
+    [status] = _status_comments(forge, repo, issue)
+    pull_url = f"{forge.url}/alice/widgets/{'pull' if forge.kind == 'github' else 'pulls'}/{pull.number}"
+    assert pull_url in status and "succeeded" in status and "kugetsu/1-fix-the-emoji-names" in status
+    worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{forge.port}-alice-widgets-1"
+    assert (worktree / "AGENT_WORK.md").exists()
+
+
+def test_label_webhook_opens_pull_request(forge, start_bridge):
+    repo = forge.create_repo("alice", "widgets")
+    issue = forge.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([forge])
+
+    [answer] = forge.add_label(repo, issue, "kugetsu:todo")
+
+    assert answer.status_code == 202 and answer.json()["status"] == "queued"
+    _assert_reviewed(forge, repo, issue, bridge)
+    assert bridge.stop() == 0
+
+
+def test_poller_starts_labelled_issue_without_webhook(github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY, labels=("kugetsu:todo",))
+    bridge = start_bridge([github], poll=True, hooks=False)
+
+    _assert_reviewed(github, repo, issue, bridge)
+
+
+def test_webhook_and_poller_seeing_one_label_start_one_task(gitea, start_bridge):
+    repo = gitea.create_repo("alice", "widgets")
+    issue = gitea.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([gitea], poll=True)
+
+    [answer] = gitea.add_label(repo, issue, "kugetsu:todo")
+
+    assert answer.status_code == 202
+    _assert_reviewed(gitea, repo, issue, bridge)
+    assert len(bridge.redis.keys("fb:task:*")) == 1
+
+
+@pytest.mark.parametrize(("mode", "outcome"), [("fail", "exited with code 3"), ("nocommit", "no new commits")])
+def test_failed_agent_is_reported_with_its_log(mode, outcome, github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    start_bridge([github], agent_args=["--mode", mode])
+
+    github.add_label(repo, issue, "kugetsu:todo")
+
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed label")
+    assert github.labels_of(repo, issue) == ["kugetsu:failed"]
+    assert repo.pulls == {}
+    [status] = _status_comments(github, repo, issue)
+    assert outcome in status and "<details>" in status and f"working on: {TITLE}" in status
