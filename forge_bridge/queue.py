@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue, Worker
 from rq.rate_limit import RateLimit
 
@@ -12,8 +14,11 @@ EVENT_JOB_TIMEOUT = 300
 JOB_TIMEOUT_MARGIN = 300               # the runner kills the agent itself; RQ's timeout is a backstop
 
 
-def connect(url: str) -> Redis:
-    return Redis.from_url(url, health_check_interval=30)
+def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
+    """Bounded retries: a webhook must get its 503 well inside the forge's 5 s delivery timeout. Workers keep
+    no socket timeout, since RQ blocks on the queues for minutes at a time."""
+    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=2, socket_timeout=socket_timeout,
+                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
 
 
 def enqueue_event(conn: Redis, event_json: str) -> str:

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError(f"{settings.source}: redis_url is empty; `forge-bridge serve` starts an embedded server")
     require_webhook_secrets(settings)
     app = Flask("forge_bridge")
-    app.extensions["forge_bridge"] = Bridge(settings=settings, conn=queue.connect(settings.redis_url))
+    app.extensions["forge_bridge"] = Bridge(settings=settings, conn=queue.connect(settings.redis_url, socket_timeout=3))
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     return app

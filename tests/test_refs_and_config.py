@@ -1,0 +1,96 @@
+"""Issue refs in every accepted form, and configuration errors that name the file and the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forge_bridge.config import ConfigError, load_settings, parse_duration, settings_from_dict
+from forge_bridge.models import InvalidRef, IssueRef, RepoRef
+from forge_bridge.refs import find_issue_ref, parse_issue_ref
+
+
+@pytest.mark.parametrize("text", [
+    "git.example.com/shoko/kugetsu#14", "shoko/kugetsu#14", "https://git.example.com/shoko/kugetsu/issues/14",
+    "https://git.example.com/shoko/kugetsu/pulls/14", "https://git.example.com/shoko/kugetsu/pull/14",
+])
+def test_every_ref_form_parses_to_the_canonical_ref(text):
+    ref = parse_issue_ref(text, default_host="git.example.com")
+    assert str(ref) == "git.example.com/shoko/kugetsu#14"
+
+
+def test_a_port_is_kept_in_refs_and_becomes_underscore_in_directory_names():
+    ref = parse_issue_ref("127.0.0.1:3000/o/r#1")
+    assert str(ref) == "127.0.0.1:3000/o/r#1" and ref.dir_name == "127.0.0.1_3000-o-r-1"
+
+
+def test_a_ref_inside_a_sentence_is_found():
+    ref = find_issue_ref("please look at shoko/kugetsu#7 when you can", default_host="h.example")
+    assert ref == IssueRef(RepoRef("h.example", "shoko", "kugetsu"), 7)
+
+
+@pytest.mark.parametrize("text", ["../etc/passwd#1", "o/..#1", "o/r#0", "/abs/r#1", "o/r", "o/r#x", "o\x00/r#1"])
+def test_bad_refs_are_refused(text):
+    with pytest.raises(InvalidRef):
+        parse_issue_ref(text, default_host="h.example")
+
+
+@pytest.mark.parametrize("owner", ["..", ".hidden", "a/b", "", "-rf"])
+def test_repo_refs_refuse_names_that_could_leave_data_dir(owner):
+    with pytest.raises(InvalidRef):
+        RepoRef("h.example", owner, "r")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("1h", 3600), (45, 45), ("12", 12)])
+def test_durations(text, seconds):
+    assert parse_duration(text, where="x") == seconds
+
+
+def test_unknown_keys_name_the_file_and_the_key(tmp_path: Path):
+    config = tmp_path / "forge-bridge.toml"
+    config.write_text('max_agents = 3\n')
+    with pytest.raises(ConfigError, match=r"forge-bridge.toml: unknown key 'max_agents'"):
+        load_settings(config, environ={})
+    config.write_text('[[forges]]\nname = "g"\nkind = "github"\nurl = "https://github.com"\ntoken = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown key forges\[0\].'token'"):
+        load_settings(config, environ={})
+
+
+def test_environment_overrides_top_level_keys_and_secrets_come_from_named_variables(tmp_path: Path):
+    config = tmp_path / "c.toml"
+    config.write_text('workers = 2\n[[forges]]\nname = "g"\nkind = "github"\nurl = "https://ghe.example.com"\n'
+                      'token_env = "MY_TOKEN"\n')
+    settings = load_settings(config, environ={"FORGE_BRIDGE_WORKERS": "5", "MY_TOKEN": "t0ken"})
+    forge = settings.forge("g")
+    assert settings.workers == 5 and forge.token() == "t0ken" and forge.api_url == "https://ghe.example.com/api/v3"
+    assert "t0ken" not in repr(settings)
+
+
+def test_github_dot_com_api_url_and_gitea_api_url():
+    settings = settings_from_dict({"forges": [
+        {"name": "a", "kind": "github", "url": "https://github.com"},
+        {"name": "b", "kind": "forgejo", "url": "https://codeberg.org/"}]}, source="t", environ={})
+    assert settings.forge("a").api_url == "https://api.github.com"
+    assert settings.forge("b").api_url == "https://codeberg.org/api/v1" and settings.forge("b").host == "codeberg.org"
+
+
+def test_allowlist_patterns_and_exclusions():
+    settings = settings_from_dict({
+        "forges": [{"name": "g", "kind": "gitea", "url": "https://g.example"}],
+        "repos": [{"forge": "g", "name": "shoko/*"}, {"forge": "g", "name": "!shoko/secret"}]}, source="t", environ={})
+    assert settings.repo_allowed("g", "shoko/kugetsu")
+    assert not settings.repo_allowed("g", "shoko/secret")
+    assert not settings.repo_allowed("g", "other/kugetsu")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"workers": 0}, "workers: must be at least 1"),
+    ({"task_timeout": "soon"}, "task_timeout: expected a duration"),
+    ({"agent": {"preset": "command"}}, "agent.argv is required"),
+    ({"agent": {"preset": "command", "argv": "my-agent --go"}}, "never a shell string"),
+    ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea or forgejo"),
+    ({"repos": [{"forge": "nope", "name": "a/b"}]}, "names no configured forge"),
+])
+def test_configuration_mistakes_are_explained(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict(raw, source="t.toml", environ={})

@@ -1,0 +1,137 @@
+"""POST /webhooks/<forge> against a real Redis: the documented status for every kind of input, a JSON reason,
+no task from bad input, and the next request still served."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+from helpers import FIXTURES, SECRET
+from rq import Queue
+
+from forge_bridge import queue
+from forge_bridge.config import ConfigError, settings_from_dict
+from forge_bridge.web import create_app
+
+LABELED = json.loads((FIXTURES / "github" / "issues.labeled.json").read_text())
+LABELED["label"]["name"] = "kugetsu:todo"
+LABELED_BODY = json.dumps(LABELED).encode()
+GITEA_LABELS = (FIXTURES / "gitea" / "issues.label_updated.json").read_bytes()
+
+
+def _settings(redis_url: str, **top) -> object:
+    raw = {"redis_url": redis_url, **top,
+           "forges": [{"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "S"},
+                      {"name": "tea", "kind": "gitea", "url": "https://git.example.com", "webhook_secret_env": "S"}],
+           "repos": [{"forge": "gh", "name": "Codertocat/Hello-*"}, {"forge": "tea", "name": "alice/widgets"}]}
+    return settings_from_dict(raw, source="test.toml", environ={"S": SECRET})
+
+
+@pytest.fixture
+def client(redis_url):
+    return create_app(_settings(redis_url)).test_client()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def github_headers(body: bytes, *, event: str = "issues", delivery: str = "d-1", **extra) -> dict:
+    return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": f"sha256={sign(body)}",
+            "Content-Type": "application/json", **extra}
+
+
+def events_queued(conn) -> int:
+    return Queue(queue.EVENTS_QUEUE, connection=conn).count
+
+
+def test_trigger_label_is_queued_once_and_redelivery_is_duplicate(client, conn):
+    first = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY))
+    again = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY))
+    assert (first.status_code, first.json["status"], first.json["delivery"]) == (202, "queued", "d-1")
+    assert (again.status_code, again.json["status"]) == (200, "duplicate")
+    assert events_queued(conn) == 1
+
+
+def test_gitea_label_set_with_the_trigger_is_queued(client, conn):
+    body = GITEA_LABELS.replace(b'"priority/high"', b'"kugetsu:todo"')
+    headers = {"X-Gitea-Event": "issues", "X-Gitea-Event-Type": "issue_label", "X-Gitea-Delivery": "u-1",
+               "X-Gitea-Signature": sign(body), "X-GitHub-Event": "issues", "Content-Type": "application/json"}
+    answer = client.post("/webhooks/gitea", data=body, headers=headers)
+    assert (answer.status_code, answer.json["status"]) == (202, "queued")
+    assert events_queued(conn) == 1
+
+
+BAD_INPUT = [
+    # name, body, header changes, status, answer
+    ("wrong signature", LABELED_BODY, {"X-Hub-Signature-256": "sha256=" + sign(LABELED_BODY, "nope")}, 401, "unauthorized"),
+    ("missing signature", LABELED_BODY, {"X-Hub-Signature-256": None}, 401, "unauthorized"),
+    ("signature of another body", LABELED_BODY, {"X-Hub-Signature-256": "sha256=" + sign(b"{}")}, 401, "unauthorized"),
+    ("malformed JSON", b"{not json", {}, 400, "malformed"),
+    ("invalid UTF-8", b'{"a": "\xff"}', {}, 400, "malformed"),
+    ("JSON that is not an object", b"[1, 2]", {}, 400, "malformed"),
+    ("form-encoded", b"payload=%7B%7D", {"Content-Type": "application/x-www-form-urlencoded"}, 400, "malformed"),
+    ("missing event header", LABELED_BODY, {"X-GitHub-Event": None}, 400, "malformed"),
+    ("missing delivery header", LABELED_BODY, {"X-GitHub-Delivery": None}, 400, "malformed"),
+    ("unknown event", LABELED_BODY, {"X-GitHub-Event": "star"}, 200, "ignored"),
+    ("ping", LABELED_BODY, {"X-GitHub-Event": "ping"}, 200, "ignored"),
+    ("unknown action", LABELED_BODY.replace(b'"labeled"', b'"transferred"'), {}, 200, "ignored"),
+    ("repository outside the allowlist", LABELED_BODY.replace(b'"Codertocat/Hello-World"', b'"Codertocat/x"')
+     .replace(b'"name": "Hello-World"', b'"name": "Other"'), {}, 200, "ignored"),
+    ("path escape in the repository name", LABELED_BODY.replace(b'"name": "Hello-World"', b'"name": "../../etc"'),
+     {}, 400, "malformed"),
+    ("missing fields", b'{"action": "labeled"}', {}, 400, "malformed"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "changes", "status", "answer"), BAD_INPUT, ids=[r[0] for r in BAD_INPUT])
+def test_bad_input_gets_its_status_and_no_task(name, body, changes, status, answer, client, conn):
+    headers = github_headers(body)
+    for key, value in changes.items():
+        if value is None:
+            headers.pop(key)
+        else:
+            headers[key] = value
+    if "X-Hub-Signature-256" not in changes and headers.get("X-Hub-Signature-256"):
+        headers["X-Hub-Signature-256"] = f"sha256={sign(body)}"
+    response = client.post("/webhooks/github", data=body, headers=headers)
+    assert (response.status_code, response.json["status"]) == (status, answer)
+    assert response.json["reason"]
+    assert events_queued(conn) == 0
+    # ...and the next request is still served.
+    good = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY, delivery="next"))
+    assert good.status_code == 202
+
+
+def test_body_over_25_mib_is_refused_before_reading(client, conn):
+    body = b" " * (25 * 1024 * 1024 + 1)
+    response = client.post("/webhooks/github", data=body, headers=github_headers(b""))
+    assert (response.status_code, response.json["status"]) == (413, "too_large")
+    assert events_queued(conn) == 0
+
+
+def test_unknown_forge_endpoint_is_404(client):
+    assert client.post("/webhooks/bitbucket", data=b"{}").status_code == 404
+
+
+def test_bridge_refuses_to_start_without_a_webhook_secret(redis_url):
+    settings = settings_from_dict({"redis_url": redis_url, "forges": [
+        {"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "UNSET_SECRET"}]},
+        source="test.toml", environ={})
+    with pytest.raises(ConfigError, match="UNSET_SECRET"):
+        create_app(settings)
+    insecure = settings_from_dict({"redis_url": redis_url, "insecure_no_signature": True, "forges": [
+        {"name": "gh", "kind": "github", "url": "https://github.com"}]}, source="test.toml", environ={})
+    assert create_app(insecure) is not None
+
+
+def test_health_answers_503_when_redis_is_gone(tmp_path):
+    app = create_app(_settings(f"unix://{tmp_path}/nothing.sock"))
+    assert app.test_client().get("/healthz").status_code == 503
+
+
+def test_webhook_answers_503_when_the_queue_is_gone(tmp_path):
+    app = create_app(_settings(f"unix://{tmp_path}/nothing.sock"))
+    response = app.test_client().post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY))
+    assert (response.status_code, response.json["status"]) == (503, "unavailable")

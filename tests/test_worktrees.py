@@ -1,0 +1,66 @@
+"""Mirrors, worktrees, branches and pushes with real git; no path a forge sends can leave data_dir."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from forge_bridge import worktrees
+from forge_bridge.models import IssueRef, RepoRef
+
+
+def _origin(tmp_path: Path) -> Path:
+    seed = tmp_path / "seed"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    (seed / "f").write_text("1")
+    subprocess.run(["git", "-C", str(seed), "add", "f"], check=True)
+    subprocess.run(["git", "-C", str(seed), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "i"],
+                   check=True)
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(bare)], check=True)
+    return bare
+
+
+def test_worktree_branch_commit_and_push(tmp_path):
+    origin = _origin(tmp_path)
+    data = tmp_path / "data"
+    issue = IssueRef(RepoRef("h.example", "o", "r"), 3)
+    mirror, tree = worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue)
+    env = worktrees.git_env(str(origin), "")
+    worktrees.sync_mirror(mirror, str(origin), env)
+    worktrees.ensure_worktree(mirror, tree, branch="kugetsu/3-x", base="main")
+    before = worktrees.head(tree)
+    (tree / "g").write_text("2")
+    subprocess.run(["git", "-C", str(tree), "add", "g"], check=True)
+    subprocess.run(["git", "-C", str(tree), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "c"],
+                   check=True)
+    assert worktrees.count_commits(tree, before, worktrees.head(tree)) == 1
+    worktrees.push(tree, "kugetsu/3-x", env)
+    pushed = subprocess.run(["git", "-C", str(origin), "rev-parse", "kugetsu/3-x"], capture_output=True, text=True)
+    assert pushed.stdout.strip() == worktrees.head(tree)
+    # A second task reuses the same worktree.
+    worktrees.sync_mirror(mirror, str(origin), env)
+    worktrees.ensure_worktree(mirror, tree, branch="kugetsu/3-x", base="main")
+    assert (tree / "g").exists()
+
+
+def test_https_token_goes_in_a_header_never_the_url_or_a_file():
+    env = worktrees.git_env("https://git.example.com/o/r.git", "s3cret")
+    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader" and "s3cret" not in env["GIT_CONFIG_VALUE_0"]
+    assert "GIT_CONFIG_COUNT" not in worktrees.git_env("/local/path.git", "s3cret")
+
+
+@pytest.mark.parametrize(("title", "slug"), [("Fix the emoji names!", "fix-the-emoji-names"), ("", "issue"),
+                                             ("../../etc; rm -rf", "etc-rm-rf")])
+def test_branch_slugs(title, slug):
+    assert worktrees.branch_name("kugetsu", 5, title) == f"kugetsu/5-{slug}"
+
+
+def test_paths_stay_inside_data_dir(tmp_path):
+    ref = IssueRef(RepoRef("h.example", "o", "r"), 1)
+    assert tmp_path.resolve() in worktrees.worktree_dir(tmp_path, ref).parents
+    (tmp_path / "worktrees").mkdir()
+    (tmp_path / "worktrees" / ref.dir_name).symlink_to("/etc")
+    with pytest.raises(ValueError):
+        worktrees.worktree_dir(tmp_path, ref)
