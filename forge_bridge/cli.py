@@ -62,18 +62,28 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     if args.once:
         print(f"handed {poller.poll_once(settings, conn, client_for)} event(s) to intake")
         return 0
-    stop = _stop_on_signals()
-    poller.run(settings, conn, client_for, stop)
+    _raise_on_signals()
+    try:
+        poller.run(settings, conn, client_for)
+    except Stopping:
+        pass
     return 0
 
 
-def _stop_on_signals():
-    import threading
+class Stopping(Exception):
+    """SIGTERM or SIGINT arrived."""
 
-    stop = threading.Event()
+
+def _raise_on_signals() -> None:
+    """Raise Stopping in the main thread on the first SIGTERM/SIGINT. (Setting a threading.Event from a signal
+    handler can deadlock with a wait on the same Event.) Later signals are ignored so cleanup runs to its end."""
+    def handler(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopping(signal.Signals(signum).name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+        signal.signal(sig, handler)
 
 
 class Supervisor:
@@ -93,7 +103,9 @@ class Supervisor:
         return roles
 
     def spawn(self, name: str, argv: list[str]) -> None:
-        self.children[name] = subprocess.Popen([sys.executable, "-m", "forge_bridge", *argv], env=self.env)
+        # A session of its own: Ctrl-C reaches `serve` alone, which then stops the children in order.
+        self.children[name] = subprocess.Popen([sys.executable, "-m", "forge_bridge", *argv], env=self.env,
+                                               start_new_session=True)
 
     def start(self) -> None:
         redis_url = self.settings.redis_url
@@ -108,9 +120,10 @@ class Supervisor:
               f"{' (embedded)' if self.server else ''}", flush=True)
         print("forge-bridge: press Ctrl-C (or send SIGTERM) to stop", flush=True)
 
-    def watch(self, stop) -> None:
+    def watch(self) -> None:
         roles = self.roles()
-        while not stop.wait(RESTART_DELAY):
+        while True:
+            time.sleep(RESTART_DELAY)
             for name, child in list(self.children.items()):
                 if child.poll() is not None:
                     log.warning("%s exited with %s; starting a new one", name, child.returncode)
@@ -136,10 +149,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     require_webhook_secrets(settings)  # refuse before starting anything
     supervisor = Supervisor(settings, bind=args.bind or settings.bind)
-    stop = _stop_on_signals()
+    _raise_on_signals()
     try:
         supervisor.start()
-        supervisor.watch(stop)
+        supervisor.watch()
+    except Stopping:
+        pass
     finally:
         supervisor.shutdown()
     print("forge-bridge: stopped", flush=True)

@@ -76,6 +76,6 @@ class EmbeddedServer:
         return self.url
 
     def stop(self) -> None:
-        if self._server is not None:
+        if self._server is not None and self._server.is_running():
             self._server.stop(timeout=STOP_TIMEOUT)
-            self._server = None
+        self._server = None

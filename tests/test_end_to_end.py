@@ -90,3 +90,43 @@ def test_failed_agent_is_reported_with_its_log(mode, outcome, github, start_brid
     assert repo.pulls == {}
     [status] = _status_comments(github, repo, issue)
     assert outcome in status and "<details>" in status and f"working on: {TITLE}" in status
+
+
+def test_hanging_agent_is_stopped_at_task_timeout(github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    start_bridge([github], agent_args=["--mode", "spawn"], settings={"task_timeout": '"2s"'})
+
+    github.add_label(repo, issue, "kugetsu:todo")
+
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed label")
+    [status] = _status_comments(github, repo, issue)
+    assert "timed_out" in status and "task_timeout (2s)" in status
+
+
+def test_external_redis_url_replaces_the_embedded_server(github, start_bridge, redis_url, conn):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([github], settings={"redis_url": f'"{redis_url}"'})
+
+    github.add_label(repo, issue, "kugetsu:todo")
+
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the review label")
+    assert len(conn.keys("fb:task:*")) == 1
+    assert not (bridge.data_dir / "valkey").exists()
+
+
+def test_embedded_server_stops_with_serve_and_keeps_its_data(github, start_bridge):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([github])
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the review label")
+
+    assert bridge.stop() == 0
+    with pytest.raises(RedisConnectionError):
+        bridge.redis.ping()
+    bridge.start()
+    assert len(bridge.redis.keys("fb:task:*")) == 1  # the append-only file brought it back
