@@ -5,7 +5,7 @@ from typing import Any
 
 from forge_bridge.models import EventKind, ForgeEvent
 from forge_bridge.webhooks.errors import Ignored
-from forge_bridge.webhooks.payload import field, issue_ref, label_names
+from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields
 
 
 def _common(payload: dict, *, forge: str, host: str, delivery: str, number_path: str) -> dict[str, Any]:
@@ -46,12 +46,8 @@ def _pull_request(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
     action = field(payload, "action")
     if action != "closed":
         return Ignored(f"pull_request action {action!r} is not acted on")
-    return ForgeEvent(
-        kind=EventKind.PULL_CLOSED, **_common(payload, number_path="pull_request.number", **ctx),
-        title=field(payload, "pull_request.title"), body=field(payload, "pull_request.body", default=""),
-        is_pull=True, merged=field(payload, "pull_request.merged", bool, default=False),
-        head_branch=field(payload, "pull_request.head.ref"),
-    )
+    return ForgeEvent(kind=EventKind.PULL_CLOSED, **_common(payload, number_path="pull_request.number", **ctx),
+                      **pull_fields(payload), merged=field(payload, "pull_request.merged", bool, default=False))
 
 
 def _review(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
@@ -69,9 +65,3 @@ def _review(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
 PARSERS = {"issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
            "pull_request_review": _review}
 
-
-def parse(event: str, payload: dict, *, forge: str, host: str, delivery: str) -> ForgeEvent | Ignored:
-    parser = PARSERS.get(event)
-    if parser is None:
-        return Ignored(f"event {event!r} is not acted on")
-    return parser(payload, forge=forge, host=host, delivery=delivery)

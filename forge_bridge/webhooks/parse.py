@@ -25,5 +25,8 @@ def parse_delivery(headers: DeliveryHeaders, body: bytes, *, forge: str, host: s
     if not headers.relevant:
         return Ignored(f"event {headers.event!r} is not acted on")
     payload = load_json(body)
-    module = github if headers.kind is ForgeKind.GITHUB else gitea
-    return module.parse(headers.event, payload, forge=forge, host=host, delivery=headers.delivery)
+    parsers = github.PARSERS if headers.kind is ForgeKind.GITHUB else gitea.PARSERS
+    parser = parsers.get(headers.event)
+    if parser is None:
+        return Ignored(f"event {headers.event!r} is not acted on")
+    return parser(payload, forge=forge, host=host, delivery=headers.delivery)

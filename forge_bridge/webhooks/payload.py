@@ -34,3 +34,9 @@ def issue_ref(payload: Any, *, host: str, number_path: str) -> IssueRef:
         return IssueRef(repo, field(payload, number_path, int))
     except InvalidRef as error:
         raise Malformed(str(error)) from None
+
+
+def pull_fields(payload: Any) -> dict[str, Any]:
+    """What both forges put alike in a pull_request event."""
+    return dict(title=field(payload, "pull_request.title"), body=field(payload, "pull_request.body", default=""),
+                is_pull=True, head_branch=field(payload, "pull_request.head.ref"))

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, abort, jsonify, request
+from flask import Flask, jsonify, request
 
 from fakeforge.openapi import SPECS, overlay
+from fakeforge.common import issue_or_404, register_shared, repo_or_404
 from fakeforge.state import Comment, Issue, Label, Pull, Repo
 
 if TYPE_CHECKING:
@@ -75,30 +76,13 @@ class GiteaShapes:
 
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GiteaShapes(forge), forge.state
-
-    def repo_or_404(owner: str, name: str) -> Repo:
-        repo = state.repo(owner, name)
-        if repo is None:
-            abort(404)
-        return repo
-
-    def issue_or_404(repo: Repo, number: int) -> Issue:
-        if number not in repo.issues:
-            abort(404)
-        return repo.issues[number]
-
-    @app.get(f"{PREFIX}/repos/<owner>/<name>")
-    def get_repo(owner, name):
-        return jsonify(shapes.repo(repo_or_404(owner, name)))
-
-    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>")
-    def get_issue(owner, name, number):
-        repo = repo_or_404(owner, name)
-        return jsonify(shapes.issue(repo, issue_or_404(repo, number)))
+    register_shared(app, forge, shapes, prefix=PREFIX, number="index",
+                    no_head=({"message": "head branch does not exist"}, 404),
+                    exists=({"message": "pull request already exists for these targets"}, 409))
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues")
     def list_issues(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         wanted = {w for w in request.args.get("labels", "").split(",") if w}
         kind = request.args.get("type", "")
         state_filter = request.args.get("state", "open")
@@ -110,12 +94,12 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels")
     def issue_labels(owner, name, number):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         return jsonify([shapes.label(repo.labels[n]) for n in issue_or_404(repo, number).labels])
 
     @app.post(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels")
     def add_labels(owner, name, number):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
         by_id = {label.id: label.name for label in repo.labels.values()}
         with state.lock:
@@ -129,7 +113,7 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.delete(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels/<int:label_id>")
     def remove_label(owner, name, number, label_id):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
         with state.lock:
             names = [n for n in issue.labels if repo.labels[n].id == label_id]
@@ -140,59 +124,24 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/labels")
     def list_labels(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         return jsonify([shapes.label(label) for label in _page(list(repo.labels.values()))])
 
     @app.post(f"{PREFIX}/repos/<owner>/<name>/labels")
     def create_label(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         data = request.get_json()
         with state.lock:
             label = state.label(repo, data["name"])
             label.color = data.get("color", label.color).lstrip("#")
         return jsonify(shapes.label(label)), 201
 
-    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/comments")
-    def list_comments(owner, name, number):
-        repo = repo_or_404(owner, name)
-        issue_or_404(repo, number)
-        return jsonify([shapes.comment(repo, c) for c in state.issue_comments(repo, number)])
-
-    @app.post(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/comments")
-    def create_comment(owner, name, number):
-        repo = repo_or_404(owner, name)
-        issue_or_404(repo, number)
-        comment = state.add_comment(repo, number, request.get_json()["body"], forge.bot_login)
-        return jsonify(shapes.comment(repo, comment)), 201
-
-    @app.patch(f"{PREFIX}/repos/<owner>/<name>/issues/comments/<int:comment_id>")
-    def edit_comment(owner, name, comment_id):
-        repo = repo_or_404(owner, name)
-        comment = state.comments.get(comment_id)
-        if comment is None or comment.repo != repo.full_name:
-            return jsonify(message="Not Found"), 404
-        comment.body = request.get_json()["body"]
-        return jsonify(shapes.comment(repo, comment))
-
     @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls")
     def list_pulls(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         wanted_state = request.args.get("state", "open")
         pulls = [p for p in repo.pulls.values() if wanted_state == "all" or p.state == wanted_state]
         return jsonify([shapes.pull(repo, p) for p in _page(pulls)])
-
-    @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls")
-    def create_pull(owner, name):
-        repo = repo_or_404(owner, name)
-        data = request.get_json()
-        with state.lock:
-            if repo.branch_sha(data["head"]) is None:
-                return jsonify(message="head branch does not exist"), 404
-            if any(p.head == data["head"] and p.state == "open" for p in repo.pulls.values()):
-                return jsonify(message="pull request already exists for these targets"), 409
-            pull = state.create_pull(repo, title=data["title"], body=data.get("body") or "", head=data["head"],
-                                     base=data["base"], author=forge.bot_login)
-        return jsonify(shapes.pull(repo, pull)), 201
 
 
 def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender: str) -> tuple[str, str, dict]:

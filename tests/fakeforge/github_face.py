@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, abort, jsonify, request
+from flask import Flask, jsonify, request
 
 from fakeforge.openapi import SPECS, overlay
+from fakeforge.common import issue_or_404, register_shared, repo_or_404
 from fakeforge.state import Comment, Issue, Label, Pull, Repo
 
 if TYPE_CHECKING:
@@ -74,30 +75,14 @@ class GitHubShapes:
 
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GitHubShapes(forge), forge.state
-
-    def repo_or_404(owner: str, name: str) -> Repo:
-        repo = state.repo(owner, name)
-        if repo is None:
-            abort(404)
-        return repo
-
-    def issue_or_404(repo: Repo, number: int) -> Issue:
-        if number not in repo.issues:
-            abort(404)
-        return repo.issues[number]
-
-    @app.get(f"{PREFIX}/repos/<owner>/<name>")
-    def get_repo(owner, name):
-        return jsonify(shapes.repo(repo_or_404(owner, name)))
-
-    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>")
-    def get_issue(owner, name, number):
-        repo = repo_or_404(owner, name)
-        return jsonify(shapes.issue(repo, issue_or_404(repo, number)))
+    register_shared(app, forge, shapes, prefix=PREFIX, number="issue_number",
+                    no_head=({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}, 422),
+                    exists=({"message": "Validation Failed", "errors": [
+                        {"code": "custom", "message": "A pull request already exists."}]}, 422))
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues")
     def list_issues(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         wanted = [w for w in request.args.get("labels", "").split(",") if w]
         state_filter = request.args.get("state", "open")
         issues = [i for i in repo.issues.values()
@@ -106,7 +91,7 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.post(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels")
     def add_labels(owner, name, number):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
         data = request.get_json()
         names = data.get("labels", []) if isinstance(data, dict) else data
@@ -119,7 +104,7 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.delete(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels/<label_name>")
     def remove_label(owner, name, number, label_name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
         with state.lock:
             if label_name not in issue.labels:
@@ -129,14 +114,14 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/labels/<label_name>")
     def get_label(owner, name, label_name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         if label_name not in repo.labels:
             return jsonify(message="Not Found"), 404
         return jsonify(shapes.label(repo.labels[label_name]))
 
     @app.post(f"{PREFIX}/repos/<owner>/<name>/labels")
     def create_label(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         data = request.get_json()
         with state.lock:
             if data["name"] in repo.labels:
@@ -145,50 +130,14 @@ def register(app: Flask, forge: FakeForge) -> None:
             label.color = data.get("color", label.color)
         return jsonify(shapes.label(label)), 201
 
-    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/comments")
-    def list_comments(owner, name, number):
-        repo = repo_or_404(owner, name)
-        issue_or_404(repo, number)
-        return jsonify([shapes.comment(repo, c) for c in state.issue_comments(repo, number)])
-
-    @app.post(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/comments")
-    def create_comment(owner, name, number):
-        repo = repo_or_404(owner, name)
-        issue_or_404(repo, number)
-        comment = state.add_comment(repo, number, request.get_json()["body"], forge.bot_login)
-        return jsonify(shapes.comment(repo, comment)), 201
-
-    @app.patch(f"{PREFIX}/repos/<owner>/<name>/issues/comments/<int:comment_id>")
-    def edit_comment(owner, name, comment_id):
-        repo = repo_or_404(owner, name)
-        comment = state.comments.get(comment_id)
-        if comment is None or comment.repo != repo.full_name:
-            return jsonify(message="Not Found"), 404
-        comment.body = request.get_json()["body"]
-        return jsonify(shapes.comment(repo, comment))
-
     @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls")
     def list_pulls(owner, name):
-        repo = repo_or_404(owner, name)
+        repo = repo_or_404(state, owner, name)
         head = request.args.get("head", "")
         wanted_state = request.args.get("state", "open")
         pulls = [p for p in repo.pulls.values() if (wanted_state == "all" or p.state == wanted_state)
                  and (not head or f"{repo.owner}:{p.head}" == head)]
         return jsonify([shapes.pull(repo, p, "pull-request-simple") for p in pulls])
-
-    @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls")
-    def create_pull(owner, name):
-        repo = repo_or_404(owner, name)
-        data = request.get_json()
-        with state.lock:
-            if repo.branch_sha(data["head"]) is None:
-                return jsonify(message="Validation Failed", errors=[{"field": "head", "code": "invalid"}]), 422
-            if any(p.head == data["head"] and p.state == "open" for p in repo.pulls.values()):
-                return jsonify(message="Validation Failed", errors=[{
-                    "code": "custom", "message": f"A pull request already exists for {repo.owner}:{data['head']}."}]), 422
-            pull = state.create_pull(repo, title=data["title"], body=data.get("body") or "", head=data["head"],
-                                     base=data["base"], author=forge.bot_login)
-        return jsonify(shapes.pull(repo, pull)), 201
 
 
 def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender: str) -> tuple[str, str, dict]:
