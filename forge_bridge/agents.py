@@ -7,7 +7,8 @@ import re
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from forge_bridge.models import TaskAction
 PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title)\}")
 BASE_ENV = ("PATH", "HOME", "LANG")
 KILL_GRACE = 5.0
+CANCEL_POLL = 0.5
 TAIL_LINES = 20
 
 # argv templates per preset and action; the prompt also always goes to stdin.
@@ -38,10 +40,11 @@ class AgentResult:
     timed_out: bool
     session_id: str
     summary: str
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and self.exit_code == 0
+        return not self.timed_out and not self.cancelled and self.exit_code == 0
 
 
 def substitute(template: str, values: Mapping[str, str]) -> str:
@@ -115,8 +118,23 @@ def _json_value(lines: list[str], spec: str) -> str:
     return found
 
 
+def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], bool]) -> str:
+    """"exited", "timeout" or "cancelled": wait in short steps so a cancel is seen within a second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            process.wait(timeout=max(0.0, min(CANCEL_POLL, deadline - time.monotonic())))
+            return "exited"
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            return "timeout"
+        if should_stop():
+            return "cancelled"
+
+
 def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], timeout: float,
-              log: Path, agent: AgentConfig) -> AgentResult:
+              log: Path, agent: AgentConfig, should_stop: Callable[[], bool] = lambda: False) -> AgentResult:
     offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         try:
@@ -126,16 +144,15 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
             out.write(f"forge-bridge: cannot start agent {argv[0]!r}: {error}\n".encode())
             return AgentResult(exit_code=None, timed_out=False, session_id="", summary="")
         threading.Thread(target=_feed_stdin, args=(process, prompt), daemon=True).start()
-        timed_out = False
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        _kill_group(process)  # after a timeout, and after a normal exit too: no leftovers
+        ended = _wait(process, timeout, should_stop)
+        _kill_group(process)  # after a timeout or cancel, and after a normal exit too: no leftovers
         process.wait()
+        if ended != "exited":
+            out.write(f"\nforge-bridge: agent stopped ({ended})\n".encode())
     lines = read_new_lines(log, offset)
-    return AgentResult(exit_code=None if timed_out else process.returncode, timed_out=timed_out,
-                       session_id=_json_value(lines, agent.session_id), summary=_json_value(lines, agent.summary))
+    return AgentResult(exit_code=process.returncode if ended == "exited" else None, timed_out=ended == "timeout",
+                       cancelled=ended == "cancelled", session_id=_json_value(lines, agent.session_id),
+                       summary=_json_value(lines, agent.summary))
 
 
 def read_new_lines(log: Path, offset: int) -> list[str]:

@@ -1,17 +1,24 @@
-"""Carry out a decision about a ForgeEvent inside a job: create the task, set labels, enqueue the agent run."""
+"""Carry out a decision about a ForgeEvent inside a job: authorize the sender, then start, continue, stop,
+retry, refresh or destroy — and answer on the forge."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from redis import Redis
 
-from forge_bridge import queue
+from forge_bridge import agents, queue, worktrees
+from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
-from forge_bridge.forges import ForgeClient, IssueInfo
-from forge_bridge.models import ForgeEvent, IssueRef, Session, TaskAction
+from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient
+from forge_bridge.lifecycle import safe_destroy
+from forge_bridge.models import ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
+from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store
-from forge_bridge.triggers import Skip, StartFromLabel, decide
+from forge_bridge.triggers import Act, Answer, Skip, StartFromLabel, decide
+
+PERMISSION_TTL = 300
+RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)
 
 
 @dataclass
@@ -22,17 +29,48 @@ class Intake:
     conn: Redis
 
     def handle(self, event: ForgeEvent) -> str:
-        decision = decide(event, self.settings)
+        # The webhook or poller already decided a label was *added*; deciding again here must not compare
+        # against the label set the webhook handler has since remembered.
+        decision = decide(event, self.settings, known_labels=None)
         if isinstance(decision, Skip):
             return f"ignored: {decision.reason}"
+        ref = self._target(event, decision)
+        if ref is None:
+            return "ignored: not a pull request the bridge opened"
+        if not self.authorized(event):
+            return self.deny(event, ref)
         if isinstance(decision, StartFromLabel):
             return self.start_from_label(event)
-        raise AssertionError(f"unhandled decision {decision!r}")
+        if isinstance(decision, Answer):
+            self.client.create_comment(event.issue, decision.text)
+            return "answered"
+        return self.act(decision.command, event, ref)
 
-    def _active_task(self, session: Session | None) -> bool:
-        tasks = self.store.tasks(session.task_ids[-1:]) if session else []
-        return bool(tasks) and not tasks[-1].state.finished
+    def _target(self, event: ForgeEvent, decision: object) -> IssueRef | None:
+        """The issue an event is about: a pull request of the bridge's maps back to its issue."""
+        if not (isinstance(decision, Act) and decision.on_pull):
+            return event.issue
+        linked = self.store.issue_for_pull(event.issue.repo, event.issue.number)
+        return parse_issue_ref(linked) if linked else None
 
+    # who may trigger
+    def authorized(self, event: ForgeEvent) -> bool:
+        if event.sender in self.settings.allow_users:
+            return True
+        key = f"perm:{event.forge}:{event.issue.repo}:{event.sender}"
+        permission = self.store.cached(key)
+        if permission is None:
+            permission = self.client.permission(event.issue.repo, event.sender) if event.sender else "none"
+            self.store.cache(key, permission, ttl=PERMISSION_TTL)
+        return permission in WRITE_PERMISSIONS
+
+    def deny(self, event: ForgeEvent, ref: IssueRef) -> str:
+        if self.store.claim(f"denied:{ref}"):  # at most one short reply per issue
+            self.client.create_comment(event.issue, f"@{event.sender} only people with write access to this "
+                                                    "repository can start or steer the agent here.")
+        return f"denied: {event.sender} may not trigger the agent"
+
+    # starting work
     def start_from_label(self, event: ForgeEvent) -> str:
         """The label is consumed under the issue's lock: whoever sees it first (webhook or poller)
         starts the task and removes it; everyone after finds it gone and starts nothing."""
@@ -41,27 +79,89 @@ class Intake:
             issue = self.client.get_issue(event.issue)
             if todo not in issue.labels:
                 return f"ignored: {todo} is no longer on the issue"
-            session = self.store.session(event.issue)
-            if self._active_task(session):
+            latest = self.store.latest_task(self.store.session(event.issue))
+            if latest and not latest.state.finished:
                 self.client.remove_label(event.issue, todo)
                 return "ignored: the issue already has a task in progress"
-            message = f"{issue.title}\n\n{issue.body}".strip()
-            task = self.store.new_task(event.issue, forge=event.forge, action=TaskAction.START,
-                                       message=message, requested_by=event.sender)
-            session = session or Session(issue=str(event.issue), forge=event.forge)
-            session.title = issue.title
-            session.task_ids.append(task.id)
-            self.store.save_session(session)
-            try:
-                self.report_queued(event.issue, session, issue)
-            finally:
-                # Queued even when the forge would not take the report: the work is never lost, and the
-                # runner (which starts after this, so it sees the status comment id) reports again.
-                queue.enqueue_agent_run(self.conn, task.id, max_agents=self.settings.max_concurrent_agents,
-                                        task_timeout=self.settings.task_timeout)
+            task = self.enqueue_task(event.issue, event, TaskAction.START, f"{issue.title}\n\n{issue.body}".strip(),
+                                     labels=issue.labels)
         return f"queued task {task.id}"
 
-    def report_queued(self, ref: IssueRef, session: Session, issue: IssueInfo) -> None:
-        Reporter(self.client, self.settings).report(ref, session, self.store.tasks(session.task_ids),
-                                                    labels=issue.labels)
+    def act(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        handlers = {Verb.START: self.start, Verb.CONTINUE: self.continue_, Verb.STOP: self.stop,
+                    Verb.RETRY: self.retry, Verb.STATUS: self.refresh, Verb.DESTROY: self.destroy}
+        with self.store.issue_lock(ref):
+            return handlers[command.verb](command, event, ref)
+
+    def start(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        issue = self.client.get_issue(ref)
+        message = "\n\n".join(part for part in (issue.title, issue.body, command.message) if part)
+        return f"queued task {self.enqueue_task(ref, event, TaskAction.START, message, labels=issue.labels).id}"
+
+    def continue_(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        session = self.store.session(ref)
+        if session is None or not session.task_ids:
+            return self.start(command, event, ref)
+        labels = self.client.get_issue(ref).labels
+        return f"queued task {self.enqueue_task(ref, event, TaskAction.CONTINUE, command.message, labels=labels).id}"
+
+    def retry(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        latest = self.store.latest_task(self.store.session(ref))
+        if latest is None or latest.state not in RETRYABLE:
+            state = latest.state.value if latest else "no task yet"
+            self.client.create_comment(ref, f"Nothing to retry: the last task is {state}.")
+            return "ignored: nothing to retry"
+        labels = self.client.get_issue(ref).labels
+        return f"queued task {self.enqueue_task(ref, event, latest.action, latest.message, labels=labels).id}"
+
+    def enqueue_task(self, ref: IssueRef, event: ForgeEvent, action: TaskAction, message: str, *,
+                     labels: tuple[str, ...]) -> Task:
+        task = self.store.new_task(ref, forge=event.forge, action=action, message=message,
+                                   requested_by=event.sender)
+        session = self.store.session(ref) or Session(issue=str(ref), forge=event.forge)
+        session.task_ids.append(task.id)
+        session.archived = False
+        self.store.save_session(session)
+        try:
+            self.report(ref, session, labels)
+        finally:
+            # Queued even when the forge would not take the report: the work is never lost, and the
+            # runner (which starts after this, so it sees the status comment id) reports again.
+            queue.enqueue_agent_run(self.conn, task.id, max_agents=self.settings.max_concurrent_agents,
+                                    task_timeout=self.settings.task_timeout)
+        return task
+
+    # steering work
+    def stop(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        session = self.store.session(ref)
+        latest = self.store.latest_task(session)
+        if latest is None or latest.state.finished:
+            self.client.create_comment(ref, "Nothing to stop: no task is queued or running.")
+            return "ignored: nothing to stop"
+        self.store.request_cancel(latest.id)  # a running task's runner sees this and kills the agent
+        if latest.state is TaskState.QUEUED:
+            queue.cancel_agent_run(self.conn, latest.id)
+            latest.state, latest.outcome = TaskState.CANCELLED, f"cancelled by @{event.sender} before it started"
+            self.store.save_task(latest)
+            self.report(ref, session, self.client.get_issue(ref).labels)
+        return f"cancelling task {latest.id}"
+
+    def refresh(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        session = self.store.session(ref)
+        if session is None:
+            self.client.create_comment(ref, "No agent has worked on this issue yet.")
+            return "ignored: no session"
+        self.report(ref, session, self.client.get_issue(ref).labels)
+        return "status refreshed"
+
+    def destroy(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        outcome = safe_destroy(self.settings, self.store, self.client, ref, force=command.force)
+        self.client.create_comment(ref, outcome.message)
+        return outcome.message
+
+    def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...]) -> None:
+        tasks = self.store.tasks(session.task_ids)
+        log_tail = agents.tail(worktrees.log_path(self.settings.data_dir, ref, tasks[-1].id)) if tasks else ""
+        Reporter(self.client, self.settings, self.store).report(ref, session, tasks, labels=labels,
+                                                                log_tail=log_tail)
         self.store.save_session(session)

@@ -117,6 +117,7 @@ class ForgeEvent:
     is_pull: bool = False
     merged: bool = False
     head_branch: str = ""
+    updated_at: str = ""           # the forge's own timestamp of the change; part of the event's meaning
 
     def to_json(self) -> str:
         data = asdict(self)

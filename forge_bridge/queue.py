@@ -5,6 +5,8 @@ from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.rate_limit import RateLimit
 
 EVENTS_QUEUE = "forge-bridge-events"   # intake: authorize, label, comment; short forge API jobs
@@ -35,6 +37,14 @@ def enqueue_agent_run(conn: Redis, task_id: str, *, max_agents: int, task_timeou
         job_timeout=int(task_timeout) + JOB_TIMEOUT_MARGIN,
         rate_limit=RateLimit(AGENT_SLOTS, concurrency=max_agents), failure_ttl=7 * 24 * 3600)
     return job.id
+
+
+def cancel_agent_run(conn: Redis, task_id: str) -> None:
+    """Take a queued agent run off the queue (and out of the rate limiter's waiting set)."""
+    try:
+        Job.fetch(f"task-{task_id}", connection=conn).cancel()
+    except NoSuchJobError:
+        pass
 
 
 def queue_depths(conn: Redis) -> dict[str, int]:

@@ -10,6 +10,7 @@ import jinja2
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient
 from forge_bridge.models import IssueRef, Session, Task, TaskState
+from forge_bridge.sessions import Store
 
 STATUS_MARKER = "<!-- forge-bridge:status -->"
 STATES = ("todo", "queued", "running", "review", "failed", "done")
@@ -69,6 +70,7 @@ class Reporter:
 
     client: ForgeClient
     settings: Settings
+    store: Store
 
     def report(self, issue: IssueRef, session: Session, tasks: list[Task], *, labels: tuple[str, ...],
                log_tail: str = "") -> str:
@@ -80,13 +82,18 @@ class Reporter:
 
     def set_state_label(self, issue: IssueRef, state: str, *, current: tuple[str, ...]) -> None:
         wanted = self.settings.label(state)
-        if wanted not in current:
+        labels = set(current)
+        if wanted not in labels:
             self.client.ensure_label(issue.repo, wanted, STATE_COLORS[state])
             self.client.add_label(issue, wanted)
+            labels.add(wanted)
         for other in STATES:
             name = self.settings.label(other)
-            if name != wanted and name in current:
+            if name != wanted and name in labels:
                 self.client.remove_label(issue, name)
+                labels.discard(name)
+        # Labels a person set are kept; the bridge's own change must not read as theirs on the next event.
+        self.store.remember_labels(issue, tuple(labels))
 
     def publish_status(self, issue: IssueRef, session: Session, body: str) -> None:
         """Edit the status comment in place; find it by its marker when the id is unknown."""

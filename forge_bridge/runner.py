@@ -70,7 +70,9 @@ class Runner:
             self.store.save_session(session)  # kept even when the run failed, so a continue can resume
         task.summary = result.summary
         task.commits = worktrees.count_commits(worktree, before, worktrees.head(worktree))
-        if result.timed_out:
+        if result.cancelled:
+            task.state, task.outcome = TaskState.CANCELLED, "stopped on request"
+        elif result.timed_out:
             task.state, task.outcome = TaskState.TIMED_OUT, f"the agent ran past task_timeout ({int(self.settings.task_timeout)}s) and was stopped"
         elif not result.ok:
             task.state, task.outcome = TaskState.FAILED, f"the agent exited with code {result.exit_code}"
@@ -91,7 +93,8 @@ class Runner:
             "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
             "FORGE_BRIDGE_TASK_ID": task.id})
         return agents.run_agent(argv, prompt=task.message, cwd=worktree, env=env,
-                                timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent)
+                                timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
+                                should_stop=lambda: self.store.cancel_requested(task.id))
 
     def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
         if session.pull_request_url:
@@ -101,9 +104,10 @@ class Runner:
             body = f"Closes #{ref.number}\n\n{task.summary}".strip()
             pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title, body=body)
         session.pull_request_url, session.pull_request_number = pull.url, pull.number
+        self.store.link_pull(ref.repo, pull.number, ref)
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
-        Reporter(self.client, self.settings).report(ref, session, self.store.tasks(session.task_ids), labels=labels,
+        Reporter(self.client, self.settings, self.store).report(ref, session, self.store.tasks(session.task_ids), labels=labels,
                                                     log_tail=agents.tail(log_file))
 
     def final_report(self, ref: IssueRef, session: Session, log_file: Path) -> None:

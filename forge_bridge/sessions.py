@@ -1,6 +1,7 @@
 """Session and task records in Redis, plus the small atomic primitives (claims, per-issue locks) built on them."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 from redis import Redis
 from redis.exceptions import RedisError
 
-from forge_bridge.models import IssueRef, Session, Task, TaskAction
+from forge_bridge.models import IssueRef, RepoRef, Session, Task, TaskAction
 
 PREFIX = "fb"
 RECENT_KEY = f"{PREFIX}:tasks:recent"
@@ -75,6 +76,49 @@ class Store:
     def session_ids(self) -> Iterator[str]:
         for key in self.conn.scan_iter(match=f"{PREFIX}:session:*", count=500):
             yield key.decode().removeprefix(f"{PREFIX}:session:")
+
+    def latest_task(self, session: Session | None) -> Task | None:
+        tasks = self.tasks(session.task_ids[-1:]) if session and session.task_ids else []
+        return tasks[0] if tasks else None
+
+    # what the bridge last knew of an issue's labels (Gitea sends sets, not changes)
+    def known_labels(self, issue: IssueRef | str) -> tuple[str, ...] | None:
+        raw = self.conn.get(f"{PREFIX}:labels:{issue}")
+        return tuple(json.loads(raw)) if raw is not None else None
+
+    def remember_labels(self, issue: IssueRef | str, labels: tuple[str, ...] | list[str]) -> None:
+        self.conn.set(f"{PREFIX}:labels:{issue}", json.dumps(sorted(labels)), ex=CLAIM_TTL * 8)
+
+    # which issue a pull request of the bridge's was opened for
+    def link_pull(self, repo: RepoRef, number: int, issue: IssueRef | str) -> None:
+        self.conn.set(f"{PREFIX}:pull:{repo}#{number}", str(issue))
+
+    def issue_for_pull(self, repo: RepoRef, number: int) -> str | None:
+        raw = self.conn.get(f"{PREFIX}:pull:{repo}#{number}")
+        return raw.decode() if raw else None
+
+    # cached answers from the forge
+    def cached(self, key: str) -> str | None:
+        raw = self.conn.get(f"{PREFIX}:cache:{key}")
+        return raw.decode() if raw is not None else None
+
+    def cache(self, key: str, value: str, *, ttl: int) -> None:
+        self.conn.set(f"{PREFIX}:cache:{key}", value, ex=ttl)
+
+    # cancelling: a flag any process can set and the runner polls, so it works across hosts
+    def request_cancel(self, task_id: str) -> None:
+        self.conn.set(f"{PREFIX}:cancel:{task_id}", "1", ex=CLAIM_TTL)
+
+    def cancel_requested(self, task_id: str) -> bool:
+        return bool(self.conn.exists(f"{PREFIX}:cancel:{task_id}"))
+
+    # the poller's place in each repository's comment stream
+    def cursor(self, name: str) -> str | None:
+        raw = self.conn.get(f"{PREFIX}:cursor:{name}")
+        return raw.decode() if raw else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        self.conn.set(f"{PREFIX}:cursor:{name}", value)
 
     # atomic primitives
     def claim(self, key: str, *, ttl: int = CLAIM_TTL) -> bool:

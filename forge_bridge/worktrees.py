@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -115,3 +116,24 @@ def commit_subjects(worktree: Path, old: str, new: str) -> list[str]:
 
 def push(worktree: Path, branch: str, env: dict[str, str]) -> None:
     git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=worktree, env=env)
+
+
+def unpushed_work(worktree: Path) -> str:
+    """Why removing the worktree would lose work ("" when nothing would be lost). Fetch first."""
+    if not (worktree / ".git").exists():
+        return ""
+    if git("status", "--porcelain", cwd=worktree):
+        return "the worktree has uncommitted changes"
+    ahead = int(git("rev-list", "--count", "HEAD", "--not", "--remotes=origin", cwd=worktree))
+    return f"{ahead} commit(s) are not on the remote" if ahead else ""
+
+
+def remove_worktree(data_dir: Path, mirror: Path, worktree: Path) -> None:
+    """Remove the worktree and its registration; never anything outside data_dir."""
+    worktree = _inside(data_dir, worktree)
+    if (mirror / "HEAD").exists() and (worktree / ".git").exists():
+        git("worktree", "remove", "--force", str(worktree), cwd=mirror)
+    if worktree.exists():
+        shutil.rmtree(worktree)
+    if (mirror / "HEAD").exists():
+        git("worktree", "prune", cwd=mirror)

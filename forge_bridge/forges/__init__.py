@@ -1,9 +1,12 @@
 """Build the ForgeClient for a configured forge; the only place that picks an implementation."""
 from forge_bridge.config import ForgeConfig
-from forge_bridge.forges.base import CommentInfo, ForgeClient, ForgeError, IssueInfo, PullInfo, RepoInfo
+from forge_bridge.forges.base import (
+    WRITE_PERMISSIONS, CommentInfo, ForgeClient, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo,
+)
 from forge_bridge.models import ForgeKind
 
-__all__ = ["CommentInfo", "ForgeClient", "ForgeError", "IssueInfo", "PullInfo", "RepoInfo", "make_client"]
+__all__ = ["WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "IssueInfo", "PullInfo", "RepoComment",
+           "RepoInfo", "make_client"]
 
 
 def make_client(forge: ForgeConfig) -> ForgeClient:

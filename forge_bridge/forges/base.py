@@ -2,9 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
+from datetime import datetime
 from typing import Protocol
 
 from forge_bridge.models import IssueRef, RepoRef
+
+
+WRITE_PERMISSIONS = frozenset({"write", "maintain", "admin", "owner"})
+_NUMBER_IN_URL = re.compile(r"/(issues|pulls|pull)/([0-9]+)")
+
+
+def number_from_url(url: str) -> tuple[int, bool]:
+    """`…/pull/7#issuecomment-1` -> (7, True): the issue or pull request a comment's URL points at."""
+    match = _NUMBER_IN_URL.search(url)
+    if not match:
+        raise ValueError(f"no issue number in {url!r}")
+    return int(match[2]), match[1] != "issues"
 
 
 class ForgeError(RuntimeError):
@@ -40,11 +54,24 @@ class CommentInfo:
 
 
 @dataclass(frozen=True)
+class RepoComment:
+    """A comment found by scanning a repository: which issue or pull request it is on, and when."""
+
+    id: int
+    number: int
+    is_pull: bool
+    body: str
+    author: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class PullInfo:
     number: int
     url: str
     state: str
     head_branch: str
+    merged: bool = False
 
 
 class ForgeClient(Protocol):
@@ -59,3 +86,7 @@ class ForgeClient(Protocol):
     def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None: ...
     def find_open_pull(self, repo: RepoRef, branch: str) -> PullInfo | None: ...
     def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo: ...
+    def get_pull(self, repo: RepoRef, number: int) -> PullInfo: ...
+    def permission(self, repo: RepoRef, user: str) -> str: ...
+    def label_actor(self, issue: IssueRef, label: str) -> str: ...
+    def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]: ...

@@ -6,6 +6,7 @@ generated client is used instead. It is async (httpx); each call here runs one s
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from gitea_api_client.models import (
     CreateIssueCommentOption, CreateLabelOption, CreatePullRequestOption, EditIssueCommentOption, IssueLabelsOption,
 )
 
-from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoInfo
+from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo, number_from_url
 from forge_bridge.models import IssueRef, RepoRef
 
 PAGE_SIZE = 50  # Gitea's default cap on list responses
@@ -117,7 +118,12 @@ class GiteaClient:
 
     @staticmethod
     def _pull(pull) -> PullInfo:
-        return PullInfo(number=pull.number, url=pull.html_url, state=pull.state, head_branch=pull.head.ref)
+        return PullInfo(number=pull.number, url=pull.html_url, state=pull.state, head_branch=pull.head.ref,
+                        merged=bool(pull.merged))
+
+    def get_pull(self, repo: RepoRef, number: int) -> PullInfo:
+        return self._pull(self._run("get pull request", lambda _, r: r.repo_get_pull_request(
+            repo.owner, repo.name, number)))
 
     def find_open_pull(self, repo: RepoRef, branch: str) -> PullInfo | None:
         async def find(_: IssueApi, r: RepositoryApi) -> list[Any]:
@@ -131,3 +137,34 @@ class GiteaClient:
         option = CreatePullRequestOption(head=head, base=base, title=title, body=body)
         return self._pull(self._run("create pull request",
                                     lambda _, r: r.repo_create_pull_request(repo.owner, repo.name, option)))
+
+    def permission(self, repo: RepoRef, user: str) -> str:
+        try:
+            answer = self._run("get permission", lambda _, r: r.repo_get_repo_permissions(repo.owner, repo.name, user))
+        except ForgeError as error:
+            if error.status in (403, 404):
+                return "none"
+            raise
+        return answer.permission or "none"
+
+    def label_actor(self, issue: IssueRef, label: str) -> str:
+        """Who last added `label`, from the issue's timeline (Gitea has no repository-wide event list)."""
+        r = issue.repo
+        timeline = self._run("get timeline", lambda i, _: i.issue_get_comments_and_timeline(
+            r.owner, r.name, issue.number))
+        for item in reversed(timeline):
+            if item.type == "label" and item.label and item.label.name == label and item.body == "1":
+                return item.user.login if item.user else ""
+        return ""
+
+    def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]:
+        async def fetch(i: IssueApi, _: RepositoryApi) -> list[Any]:
+            return await self._all_pages(lambda page: i.issue_get_repo_comments(
+                repo.owner, repo.name, since=since, page=page, limit=PAGE_SIZE))
+
+        out = []
+        for c in self._run("list repository comments", fetch):
+            number, is_pull = number_from_url(c.html_url or "")
+            out.append(RepoComment(id=c.id, number=number, is_pull=is_pull, body=c.body or "",
+                                   author=c.user.login if c.user else "", created_at=c.created_at))
+        return sorted(out, key=lambda c: (c.created_at, c.id))

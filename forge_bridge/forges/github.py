@@ -1,11 +1,16 @@
 """ForgeClient for GitHub and GitHub Enterprise, through PyGithub."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from github import Auth, Github, GithubException
 from github.Repository import Repository
 
-from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoInfo
+from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo, number_from_url
 from forge_bridge.models import IssueRef, RepoRef
+
+
+EVENT_SCAN_LIMIT = 300
 
 
 def _error(error: GithubException, doing: str) -> ForgeError:
@@ -81,7 +86,11 @@ class GitHubClient:
 
     @staticmethod
     def _pull(pull) -> PullInfo:
-        return PullInfo(number=pull.number, url=pull.html_url, state=pull.state, head_branch=pull.head.ref)
+        return PullInfo(number=pull.number, url=pull.html_url, state=pull.state, head_branch=pull.head.ref,
+                        merged=bool(getattr(pull, "merged", False)))
+
+    def get_pull(self, repo: RepoRef, number: int) -> PullInfo:
+        return self._pull(self._call("get pull request", self._repo(repo).get_pull, number))
 
     def find_open_pull(self, repo: RepoRef, branch: str) -> PullInfo | None:
         pulls = self._call("list pull requests",
@@ -92,3 +101,35 @@ class GitHubClient:
         pull = self._call("create pull request", self._repo(repo).create_pull, base=base, head=head,
                           title=title, body=body)
         return self._pull(pull)
+
+    def permission(self, repo: RepoRef, user: str) -> str:
+        try:
+            _, data = self._github.requester.requestJsonAndCheck(
+                "GET", f"/repos/{repo.full_name}/collaborators/{user}/permission")
+        except GithubException as error:
+            if error.status in (403, 404):
+                return "none"
+            raise _error(error, "get permission") from None
+        # `permission` folds maintain into write; role_name keeps it.
+        return data.get("role_name") if data.get("role_name") == "maintain" else data.get("permission", "none")
+
+    def label_actor(self, issue: IssueRef, label: str) -> str:
+        """Who last added `label` to the issue, from the repository's issue events (newest first)."""
+        events = self._call("list issue events", lambda: self._repo(issue.repo).get_issues_events())
+        for seen, event in enumerate(events):
+            if seen >= EVENT_SCAN_LIMIT:
+                break
+            if event.event == "labeled" and event.issue.number == issue.number and event.label \
+                    and event.label.name == label:
+                return event.actor.login if event.actor else ""
+        return ""
+
+    def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]:
+        comments = self._call("list repository comments", lambda: list(
+            self._repo(repo).get_issues_comments(sort="created", direction="asc", since=since)))
+        out = []
+        for c in comments:
+            number, is_pull = number_from_url(c.html_url)
+            out.append(RepoComment(id=c.id, number=number, is_pull=is_pull, body=c.body or "",
+                                   author=c.user.login if c.user else "", created_at=c.created_at))
+        return out

@@ -5,12 +5,13 @@ from typing import Any
 
 from forge_bridge.models import EventKind, ForgeEvent
 from forge_bridge.webhooks.errors import Ignored
-from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields
+from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields, updated_at
 
 
 def _common(payload: dict, *, forge: str, host: str, delivery: str, number_path: str) -> dict[str, Any]:
     return dict(forge=forge, delivery=delivery, action=field(payload, "action"),
-                issue=issue_ref(payload, host=host, number_path=number_path), sender=field(payload, "sender.login"))
+                issue=issue_ref(payload, host=host, number_path=number_path), sender=field(payload, "sender.login"),
+                updated_at=updated_at(payload))
 
 
 def _issue_fields(payload: dict) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Any
 
 from forge_bridge.models import EventKind, ForgeEvent
 from forge_bridge.webhooks.errors import Ignored
-from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields
+from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields, updated_at
 
 
 def _common(payload: dict, *, forge: str, host: str, delivery: str, number_path: str) -> dict[str, Any]:
@@ -14,6 +14,7 @@ def _common(payload: dict, *, forge: str, host: str, delivery: str, number_path:
         forge=forge, delivery=delivery, action=field(payload, "action"),
         issue=issue_ref(payload, host=host, number_path=number_path), sender=sender,
         sender_is_bot=field(payload, "sender.type", default="") == "Bot" or sender.endswith("[bot]"),
+        updated_at=updated_at(payload),
     )
 
 

@@ -40,3 +40,12 @@ def pull_fields(payload: Any) -> dict[str, Any]:
     """What both forges put alike in a pull_request event."""
     return dict(title=field(payload, "pull_request.title"), body=field(payload, "pull_request.body", default=""),
                 is_pull=True, head_branch=field(payload, "pull_request.head.ref"))
+
+
+def updated_at(payload: Any) -> str:
+    """When the thing changed, by the forge's clock: a replayed delivery carries the same value."""
+    for path in ("comment.updated_at", "review.submitted_at", "pull_request.updated_at", "issue.updated_at"):
+        value = field(payload, path, str, default="")
+        if value:
+            return value
+    return ""

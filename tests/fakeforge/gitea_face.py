@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 SPEC = SPECS["gitea"]
 PREFIX = "/api/v1"
+# The issue timeline is Gitea's only record of who added a label (no repository-wide event list); it is not in
+# the shared subset of the description, so its answers are shaped after Gitea's TimelineComment by hand.
+EXTRA_OPERATIONS = {("GET", f"{PREFIX}/repos/<owner>/<name>/issues/<int:index>/timeline")}
 PAGE_CAP = 50
 
 
@@ -58,10 +61,12 @@ class GiteaShapes:
             "comments": len(self.forge.state.issue_comments(repo, issue.number))})
 
     def comment(self, repo: Repo, comment: Comment) -> dict:
+        kind = "pulls" if comment.number in repo.pulls else "issues"
         return _from_schema("Comment", {
             "id": comment.id, "body": comment.body, "user": self.user(comment.author),
-            "html_url": f"{self.forge.url}/{repo.full_name}/issues/{comment.number}#issuecomment-{comment.id}",
-            "issue_url": f"{self.forge.url}/{repo.full_name}/issues/{comment.number}"})
+            "html_url": f"{self.forge.url}/{repo.full_name}/{kind}/{comment.number}#issuecomment-{comment.id}",
+            "issue_url": f"{self.forge.url}/{repo.full_name}/issues/{comment.number}",
+            "created_at": comment.created_at, "updated_at": comment.created_at})
 
     def pull(self, repo: Repo, pull: Pull) -> dict:
         def branch(ref: str) -> dict:
@@ -76,6 +81,7 @@ class GiteaShapes:
 
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GiteaShapes(forge), forge.state
+    _register_scans(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, number="index",
                     no_head=({"message": "head branch does not exist"}, 404),
                     exists=({"message": "pull request already exists for these targets"}, 409))
@@ -102,24 +108,20 @@ def register(app: Flask, forge: FakeForge) -> None:
         repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
         by_id = {label.id: label.name for label in repo.labels.values()}
-        with state.lock:
-            for item in request.get_json().get("labels", []):
-                label_name = by_id.get(item) if isinstance(item, int) else item
-                if label_name not in repo.labels:
-                    return jsonify(message=f"label {item!r} does not exist"), 422
-                if label_name not in issue.labels:
-                    issue.labels.append(label_name)
+        for item in request.get_json().get("labels", []):
+            label_name = by_id.get(item) if isinstance(item, int) else item
+            if label_name not in repo.labels:
+                return jsonify(message=f"label {item!r} does not exist"), 422
+            state.set_label(repo, issue, label_name, actor=forge.bot_login, added=True)
         return jsonify([shapes.label(repo.labels[n]) for n in issue.labels])
 
     @app.delete(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels/<int:label_id>")
     def remove_label(owner, name, number, label_id):
         repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
-        with state.lock:
-            names = [n for n in issue.labels if repo.labels[n].id == label_id]
-            if not names:
-                return jsonify(message="label not found"), 404
-            issue.labels.remove(names[0])
+        names = [n for n in issue.labels if repo.labels[n].id == label_id]
+        if not names or not state.set_label(repo, issue, names[0], actor=forge.bot_login, added=False):
+            return jsonify(message="label not found"), 404
         return "", 204
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/labels")
@@ -142,6 +144,39 @@ def register(app: Flask, forge: FakeForge) -> None:
         wanted_state = request.args.get("state", "open")
         pulls = [p for p in repo.pulls.values() if wanted_state == "all" or p.state == wanted_state]
         return jsonify([shapes.pull(repo, p) for p in _page(pulls)])
+
+
+def _register_scans(app: Flask, forge: FakeForge, shapes: GiteaShapes) -> None:
+    state = forge.state
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/collaborators/<user>/permission")
+    def permission(owner, name, user):
+        repo = repo_or_404(state, owner, name)
+        role = repo.permissions.get(user)
+        if role is None:
+            return jsonify(message="user is not a collaborator"), 403
+        return jsonify(permission="write" if role == "maintain" else role, role_name=role, user=shapes.user(user))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/<int:index>/timeline")
+    def timeline(owner, name, index):
+        repo = repo_or_404(state, owner, name)
+        issue_or_404(repo, index)
+        return jsonify([{"id": e.id, "type": "label", "body": "1" if e.added else "", "created_at": e.created_at,
+                         "label": shapes.label(repo.labels[e.label]), "user": shapes.user(e.actor)}
+                        for e in repo.label_events if e.number == index])
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/comments")
+    def repo_comments(owner, name):
+        repo = repo_or_404(state, owner, name)
+        return jsonify([shapes.comment(repo, c) for c in _page(state.comments_since(repo, request.args.get("since")))])
+
+
+def comment_payload(forge: FakeForge, repo: Repo, issue: Issue, comment: Comment) -> tuple[str, str, dict]:
+    shapes = GiteaShapes(forge)
+    event_type = "pull_request_comment" if issue.is_pull else "issue_comment"
+    return "issue_comment", event_type, {"action": "created", "issue": shapes.issue(repo, issue),
+                                         "comment": shapes.comment(repo, comment), "repository": shapes.repo(repo),
+                                         "sender": shapes.user(comment.author), "is_pull": issue.is_pull}
 
 
 def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender: str) -> tuple[str, str, dict]:

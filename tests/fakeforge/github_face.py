@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 SPEC = SPECS["github"]
 PREFIX = "/api/v3"
+EXTRA_OPERATIONS: set[tuple[str, str]] = set()
+GITHUB_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read"}
 
 
 def _from_schema(name: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +55,12 @@ class GitHubShapes:
         return _from_schema("issue", values)
 
     def comment(self, repo: Repo, comment: Comment) -> dict:
+        kind = "pull" if comment.number in repo.pulls else "issues"
         return _from_schema("issue-comment", {
             "id": comment.id, "body": comment.body, "user": self.user(comment.author),
-            "html_url": f"{self.forge.url}/{repo.full_name}/issues/{comment.number}#issuecomment-{comment.id}",
+            "html_url": f"{self.forge.url}/{repo.full_name}/{kind}/{comment.number}#issuecomment-{comment.id}",
             "issue_url": f"{self.forge.api}/repos/{repo.full_name}/issues/{comment.number}",
+            "created_at": comment.created_at, "updated_at": comment.created_at,
             "url": f"{self.forge.api}/repos/{repo.full_name}/issues/comments/{comment.id}"})
 
     def pull(self, repo: Repo, pull: Pull, schema: str = "pull-request") -> dict:
@@ -75,6 +79,7 @@ class GitHubShapes:
 
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GitHubShapes(forge), forge.state
+    _register_scans(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, number="issue_number",
                     no_head=({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}, 422),
                     exists=({"message": "Validation Failed", "errors": [
@@ -95,21 +100,16 @@ def register(app: Flask, forge: FakeForge) -> None:
         issue = issue_or_404(repo, number)
         data = request.get_json()
         names = data.get("labels", []) if isinstance(data, dict) else data
-        with state.lock:
-            for label_name in names:
-                state.label(repo, label_name)
-                if label_name not in issue.labels:
-                    issue.labels.append(label_name)
+        for label_name in names:
+            state.set_label(repo, issue, label_name, actor=forge.bot_login, added=True)
         return jsonify([shapes.label(repo.labels[n]) for n in issue.labels])
 
     @app.delete(f"{PREFIX}/repos/<owner>/<name>/issues/<int:number>/labels/<label_name>")
     def remove_label(owner, name, number, label_name):
         repo = repo_or_404(state, owner, name)
         issue = issue_or_404(repo, number)
-        with state.lock:
-            if label_name not in issue.labels:
-                return jsonify(message="Label does not exist"), 404
-            issue.labels.remove(label_name)
+        if not state.set_label(repo, issue, label_name, actor=forge.bot_login, added=False):
+            return jsonify(message="Label does not exist"), 404
         return jsonify([shapes.label(repo.labels[n]) for n in issue.labels])
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/labels/<label_name>")
@@ -138,6 +138,39 @@ def register(app: Flask, forge: FakeForge) -> None:
         pulls = [p for p in repo.pulls.values() if (wanted_state == "all" or p.state == wanted_state)
                  and (not head or f"{repo.owner}:{p.head}" == head)]
         return jsonify([shapes.pull(repo, p, "pull-request-simple") for p in pulls])
+
+
+def _register_scans(app: Flask, forge: FakeForge, shapes: GitHubShapes) -> None:
+    state = forge.state
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/collaborators/<user>/permission")
+    def permission(owner, name, user):
+        repo = repo_or_404(state, owner, name)
+        role = repo.permissions.get(user)
+        if role is None:
+            return jsonify(message="Not Found"), 404
+        return jsonify(permission=GITHUB_PERMISSION[role], role_name=role,
+                       user=_from_schema("nullable-collaborator", {"login": user, "id": 1}))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/events")
+    def issue_events(owner, name):
+        repo = repo_or_404(state, owner, name)
+        return jsonify([_from_schema("issue-event", {
+            "id": e.id, "event": "labeled" if e.added else "unlabeled", "actor": shapes.user(e.actor),
+            "label": {"name": e.label, "color": repo.labels[e.label].color}, "created_at": e.created_at,
+            "issue": shapes.issue(repo, repo.issues[e.number])}) for e in reversed(repo.label_events)])
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/comments")
+    def repo_comments(owner, name):
+        repo = repo_or_404(state, owner, name)
+        return jsonify([shapes.comment(repo, c) for c in state.comments_since(repo, request.args.get("since"))])
+
+
+def comment_payload(forge: FakeForge, repo: Repo, issue: Issue, comment: Comment) -> tuple[str, str, dict]:
+    shapes = GitHubShapes(forge)
+    return "issue_comment", "", {"action": "created", "issue": shapes.issue(repo, issue),
+                                 "comment": shapes.comment(repo, comment), "repository": shapes.repo(repo),
+                                 "sender": shapes.user(comment.author)}
 
 
 def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender: str) -> tuple[str, str, dict]:

@@ -128,7 +128,7 @@ class Spec:
         for key in ("oneOf", "anyOf"):
             if key in schema:
                 return self.skeleton(schema[key][0], depth + 1)
-        if schema.get("nullable"):
+        if schema.get("nullable") and depth > 0:  # nested: null is the smallest; the top is always built
             return None
         if "enum" in schema:
             return schema["enum"][0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,10 @@ class Label:
     color: str = LABEL_COLOR
 
 
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass
 class Comment:
     id: int
@@ -24,7 +29,18 @@ class Comment:
     number: int
     body: str
     author: str
+    created_at: str = field(default_factory=now_iso)
     reactions: list[tuple[str, str]] = field(default_factory=list)   # (user, content)
+
+
+@dataclass
+class LabelEvent:
+    id: int
+    number: int
+    label: str
+    actor: str
+    added: bool
+    created_at: str = field(default_factory=now_iso)
 
 
 @dataclass
@@ -60,6 +76,7 @@ class Repo:
     bare: Path
     default_branch: str = "main"
     labels: dict[str, Label] = field(default_factory=dict)
+    label_events: list[LabelEvent] = field(default_factory=list)
     issues: dict[int, Issue] = field(default_factory=dict)
     pulls: dict[int, Pull] = field(default_factory=dict)
     permissions: dict[str, str] = field(default_factory=dict)
@@ -96,7 +113,7 @@ class State:
         _git("-c", "user.name=Forge", "-c", "user.email=forge@example.invalid", "commit", "--quiet", "-m", "init",
              cwd=seed)
         _git("clone", "--quiet", "--bare", str(seed), str(bare))
-        repo = Repo(id=self.next_id(), owner=owner, name=name, bare=bare)
+        repo = Repo(id=self.next_id(), owner=owner, name=name, bare=bare, permissions={owner: "admin"})
         self.repos[repo.full_name] = repo
         return repo
 
@@ -108,6 +125,19 @@ class State:
             if name not in repo.labels:
                 repo.labels[name] = Label(id=self.next_id(), name=name)
             return repo.labels[name]
+
+    def set_label(self, repo: Repo, issue: Issue, name: str, *, actor: str, added: bool) -> bool:
+        """Add or remove a label as `actor`, recording the event; False when nothing changed."""
+        with self.lock:
+            self.label(repo, name)
+            if added == (name in issue.labels):
+                return False
+            if added:
+                issue.labels.append(name)
+            else:
+                issue.labels.remove(name)
+            repo.label_events.append(LabelEvent(self.next_id(), issue.number, name, actor, added))
+            return True
 
     def next_number(self, repo: Repo) -> int:
         return max([0, *repo.issues, *repo.pulls]) + 1
@@ -136,6 +166,13 @@ class State:
             comment = Comment(id=self.next_id(), repo=repo.full_name, number=number, body=body, author=author)
             self.comments[comment.id] = comment
             return comment
+
+    def comments_since(self, repo: Repo, since: str | None) -> list[Comment]:
+        """Comments of the repository at or after `since` (any ISO 8601 form), oldest first."""
+        floor = datetime.fromisoformat(since.replace(" ", "+")) if since else None
+        found = [c for c in self.comments.values() if c.repo == repo.full_name
+                 and (floor is None or datetime.fromisoformat(c.created_at) >= floor)]
+        return sorted(found, key=lambda c: (c.created_at, c.id))
 
     def issue_comments(self, repo: Repo, number: int) -> list[Comment]:
         return sorted((c for c in self.comments.values() if c.repo == repo.full_name and c.number == number),

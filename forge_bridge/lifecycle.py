@@ -1,0 +1,54 @@
+"""Safe destroy: the worktree goes only when nothing would be lost (or with --force); the session is archived."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_bridge import worktrees
+from forge_bridge.config import Settings
+from forge_bridge.forges import ForgeClient
+from forge_bridge.models import IssueRef
+from forge_bridge.sessions import Store
+
+
+@dataclass(frozen=True)
+class DestroyOutcome:
+    destroyed: bool
+    message: str
+
+
+def _refusal(store: Store, client: ForgeClient, ref: IssueRef, settings: Settings) -> str:
+    """Why destroying now would lose something, or "" when it would not."""
+    session = store.session(ref)
+    if session.pull_request_number:
+        pull = client.get_pull(ref.repo, session.pull_request_number)
+        if pull.state == "open":
+            return f"pull request #{pull.number} is still open"
+    worktree = Path(session.worktree) if session.worktree else None
+    if worktree and worktree.exists():
+        repo = client.get_repo(ref.repo)
+        forge = settings.forge(session.forge)
+        worktrees.sync_mirror(worktrees.mirror_dir(settings.data_dir, ref.repo), repo.clone_url,
+                              worktrees.git_env(repo.clone_url, forge.token()))
+        return worktrees.unpushed_work(worktree)
+    return ""
+
+
+def safe_destroy(settings: Settings, store: Store, client: ForgeClient, ref: IssueRef, *,
+                 force: bool) -> DestroyOutcome:
+    session = store.session(ref)
+    if session is None or (session.archived and not session.worktree):
+        return DestroyOutcome(False, "Nothing to destroy: this issue has no worktree.")
+    latest = store.latest_task(session)
+    if latest and not latest.state.finished:  # never pull a worktree from under a running agent
+        return DestroyOutcome(False, f"Not destroying: task {latest.id} is {latest.state.value}; stop it first.")
+    if not force:
+        reason = _refusal(store, client, ref, settings)
+        if reason:
+            return DestroyOutcome(False, f"Not destroying: {reason}. Use `{settings.command} destroy --force` to "
+                                         "destroy anyway.")
+    worktrees.remove_worktree(settings.data_dir, worktrees.mirror_dir(settings.data_dir, ref.repo),
+                              worktrees.worktree_dir(settings.data_dir, ref))
+    session.worktree, session.archived = "", True
+    store.save_session(session)
+    return DestroyOutcome(True, f"Destroyed the worktree of {ref}; the session is archived.")
