@@ -55,16 +55,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "poll")
-    from forge_bridge import poller
+    from forge_bridge.poller import Poller
 
     client_for = cache(lambda name: make_client(settings.forge(name)))
-    conn = queue.connect(settings.redis_url)
+    poller = Poller(settings, queue.connect(settings.redis_url), client_for)
     if args.once:
-        print(f"handed {poller.poll_once(settings, conn, client_for)} event(s) to intake")
+        print(f"handed {poller.poll_once()} event(s) to intake")
         return 0
     _raise_on_signals()
     try:
-        poller.run(settings, conn, client_for)
+        poller.run()
     except Stopping:
         pass
     return 0

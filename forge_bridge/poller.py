@@ -1,73 +1,107 @@
-"""Scan polled repositories for issues carrying the trigger label; emit the same ForgeEvents webhooks do."""
+"""Scan polled repositories — issues carrying the trigger label, comments since a stored cursor — and hand
+the same ForgeEvents webhooks produce to the same decision code."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from forge_bridge import queue
 from forge_bridge.config import RepoConfig, Settings
-from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
+from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo, RepoComment
 from forge_bridge.models import EventKind, ForgeEvent, IssueRef, RepoRef
 from forge_bridge.sessions import PREFIX, Store
-from forge_bridge.triggers import Skip, decide
+from forge_bridge.triggers import Skip, decide, meaning_key
 
 log = logging.getLogger(__name__)
 STATE_KEY = f"{PREFIX}:poller"
 MAX_BACKOFF = 300.0
+CURSOR_OVERLAP = timedelta(seconds=1)  # `since` is inclusive at a second's grain; meaning keys drop repeats
 
 
-def _label_event(forge: str, ref: IssueRef, issue: IssueInfo, label: str) -> ForgeEvent:
-    return ForgeEvent(forge=forge, kind=EventKind.LABELS_CHANGED, issue=ref, sender=issue.author, source="poller",
+def _label_event(forge: str, ref: IssueRef, issue: IssueInfo, label: str, actor: str) -> ForgeEvent:
+    return ForgeEvent(forge=forge, kind=EventKind.LABELS_CHANGED, issue=ref, sender=actor, source="poller",
                       action="polled", labels=issue.labels, label=label, title=issue.title, body=issue.body)
 
 
-def repo_events(settings: Settings, repo: RepoConfig, client: ForgeClient) -> list[ForgeEvent]:
-    forge = settings.forge(repo.forge)
-    owner, name = repo.name.split("/", 1)
-    todo = settings.label("todo")
-    issues = client.list_labeled_issues(RepoRef(forge.host, owner, name), todo)
-    return [_label_event(forge.name, IssueRef(RepoRef(forge.host, owner, name), i.number), i, todo)
-            for i in issues if not i.is_pull]
+def _comment_event(forge: str, repo: RepoRef, comment: RepoComment) -> ForgeEvent:
+    return ForgeEvent(forge=forge, kind=EventKind.COMMENT, issue=IssueRef(repo, comment.number),
+                      sender=comment.author, source="poller", action="polled", is_pull=comment.is_pull,
+                      comment_id=comment.id, comment_body=comment.body)
 
 
-def poll_once(settings: Settings, conn: Redis, client_for: Callable[[str], ForgeClient]) -> int:
-    """One scan of every polled repository; returns how many events were handed to intake."""
-    store, handed = Store(conn), 0
-    for repo in settings.polled_repos():
-        if any(ch in repo.name for ch in "*?["):
-            log.warning("poll: %s is a pattern; polling needs a concrete owner/repo", repo.name)
-            continue
-        for event in repo_events(settings, repo, client_for(repo.forge)):
-            if isinstance(decide(event, settings), Skip):
+class Poller:
+    def __init__(self, settings: Settings, conn: Redis, client_for: Callable[[str], ForgeClient]) -> None:
+        self.settings, self.conn, self.client_for = settings, conn, client_for
+        self.store = Store(conn)
+
+    def label_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
+        client, todo = self.client_for(repo.forge), self.settings.label("todo")
+        for issue in client.list_labeled_issues(ref_repo, todo):
+            if issue.is_pull:
                 continue
+            ref = IssueRef(ref_repo, issue.number)
             # Intake decides under the issue's lock; this claim only keeps one pending job per sighting.
-            if store.claim(f"poll:{event.issue}:{event.label}", ttl=max(int(settings.poll_interval), 30)):
-                queue.enqueue_event(conn, event.to_json())
-                handed += 1
-    return handed
+            if not self.store.claim(f"poll:{ref}:{todo}", ttl=max(int(self.settings.poll_interval), 30)):
+                continue
+            actor = client.label_actor(ref, todo)  # authorized like a webhook: whoever added the label
+            yield _label_event(repo.forge, ref, issue, todo, actor)
 
+    def comment_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
+        name = f"comments:{repo.forge}:{ref_repo}"
+        cursor = self.store.cursor(name)
+        if cursor is None:  # the first scan starts now (forges count in whole seconds): history is not replayed
+            self.store.set_cursor(name, datetime.now(timezone.utc).replace(microsecond=0).isoformat())
+            return
+        floor = datetime.fromisoformat(cursor)
+        comments = [c for c in self.client_for(repo.forge).comments_since(ref_repo, floor - CURSOR_OVERLAP)
+                    if c.created_at >= floor]
+        for comment in comments:
+            yield _comment_event(repo.forge, ref_repo, comment)
+        if comments:
+            self.store.set_cursor(name, max(c.created_at for c in comments).isoformat())
 
-def run(settings: Settings, conn: Redis, client_for: Callable[[str], ForgeClient],
-        stop: threading.Event | None = None) -> None:
-    """Poll every poll_interval; forge or Redis failures back off and recover by themselves."""
-    stop = stop or threading.Event()
-    backoff = settings.poll_interval
-    while not stop.is_set():
-        started = time.time()
-        try:
-            handed = poll_once(settings, conn, client_for)
-            conn.hset(STATE_KEY, mapping={"last_run": started, "next_run": started + settings.poll_interval,
-                                          "last_error": ""})
-            backoff = settings.poll_interval
-            log.info("poll: %d event(s) handed to intake", handed)
-        except (ForgeError, RedisError, OSError) as error:
-            log.warning("poll failed (%s); retrying in %.0fs", error, backoff)
-            stop.wait(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
-            continue
-        stop.wait(settings.poll_interval)
+    def poll_once(self) -> int:
+        """One scan of every polled repository; returns how many events were handed to intake."""
+        handed = 0
+        for repo in self.settings.polled_repos():
+            if any(ch in repo.name for ch in "*?["):
+                log.warning("poll: %s is a pattern; polling needs a concrete owner/repo", repo.name)
+                continue
+            owner, name = repo.name.split("/", 1)
+            ref_repo = RepoRef(self.settings.forge(repo.forge).host, owner, name)
+            for event in [*self.label_events(repo, ref_repo), *self.comment_events(repo, ref_repo)]:
+                handed += self.hand_over(event)
+        return handed
+
+    def hand_over(self, event: ForgeEvent) -> int:
+        if isinstance(decide(event, self.settings), Skip):
+            return 0
+        if event.kind is EventKind.COMMENT and not self.store.claim(f"event:{meaning_key(event)}"):
+            return 0  # the webhook brought it already
+        queue.enqueue_event(self.conn, event.to_json())
+        return 1
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Poll every poll_interval; forge or Redis failures back off and recover by themselves."""
+        stop = stop or threading.Event()
+        backoff = self.settings.poll_interval
+        while not stop.is_set():
+            started = time.time()
+            try:
+                handed = self.poll_once()
+                self.conn.hset(STATE_KEY, mapping={"last_run": started, "last_error": "",
+                                                   "next_run": started + self.settings.poll_interval})
+                backoff = self.settings.poll_interval
+                log.info("poll: %d event(s) handed to intake", handed)
+            except (ForgeError, RedisError, OSError) as error:
+                log.warning("poll failed (%s); retrying in %.0fs", error, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            stop.wait(self.settings.poll_interval)

@@ -57,12 +57,14 @@ def test_label_webhook_opens_pull_request(forge, start_bridge):
     assert bridge.stop() == 0
 
 
-def test_poller_starts_labelled_issue_without_webhook(github, start_bridge):
-    repo = github.create_repo("alice", "widgets")
-    issue = github.create_issue(repo, TITLE, BODY, labels=("kugetsu:todo",))
-    bridge = start_bridge([github], poll=True, hooks=False)
+def test_poller_starts_labelled_issue_without_webhook(forge, start_bridge):
+    repo = forge.create_repo("alice", "widgets")
+    issue = forge.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([forge], poll=True, hooks=False)
 
-    _assert_reviewed(github, repo, issue, bridge)
+    assert forge.add_label(repo, issue, "kugetsu:todo") == []  # no webhook: only the poller can see it
+
+    _assert_reviewed(forge, repo, issue, bridge)
 
 
 def test_webhook_and_poller_seeing_one_label_start_one_task(gitea, start_bridge):
@@ -130,3 +132,39 @@ def test_embedded_server_stops_with_serve_and_keeps_its_data(github, start_bridg
         bridge.redis.ping()
     bridge.start()
     assert len(bridge.redis.keys("fb:task:*")) == 1  # the append-only file brought it back
+
+
+def test_comment_start_reaches_the_agent_as_data_never_a_shell(github, start_bridge, tmp_path):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    start_bridge([github])
+    trap = tmp_path / "pwned"
+    request = f"/kugetsu start $(touch {trap}); `touch {trap}` | sh && echo {{prompt}} > {trap}"
+
+    [answer] = github.comment(repo, issue, request)
+
+    assert answer.status_code == 202
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the review label")
+    [pull] = repo.pulls.values()
+    assert _branch_file(repo, pull.head, "AGENT_WORK.md").strip().endswith(request.removeprefix("/kugetsu start "))
+    assert not trap.exists()
+
+
+def test_a_comment_on_the_pull_request_continues_on_the_same_branch(gitea, start_bridge):
+    repo = gitea.create_repo("alice", "widgets")
+    issue = gitea.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([gitea])
+    gitea.add_label(repo, issue, "kugetsu:todo")
+    _assert_reviewed(gitea, repo, issue, bridge)
+    [pull] = repo.pulls.values()
+
+    [answer] = gitea.comment(repo, repo.issues[pull.number], "thanks @kugetsu-bot, now also sort the list")
+
+    assert answer.status_code == 202
+    wait_for(lambda: "sort the list" in _branch_file(repo, pull.head, "AGENT_WORK.md"), timeout=90,
+             what="the second run's commit on the same branch")
+    wait_for(lambda: _settled(gitea, repo, issue, "kugetsu:review") and
+             "| 2 |" in _status_comments(gitea, repo, issue)[0], timeout=90, what="the second run's report")
+    assert list(repo.pulls) == [pull.number]  # the same pull request, updated by the push
+    [status] = _status_comments(gitea, repo, issue)
+    assert "continue: thanks @kugetsu-bot" in status

@@ -83,6 +83,19 @@ BAD_INPUT = [
      {}, 400, "malformed"),
     ("missing fields", b'{"action": "labeled"}', {}, 400, "malformed"),
 ]
+COMMENT = json.loads((FIXTURES / "github" / "issue_comment.created.json").read_text())
+
+
+def _comment_body(text: str) -> bytes:
+    return json.dumps({**COMMENT, "comment": {**COMMENT["comment"], "body": text}}).encode()
+
+
+BAD_INPUT += [
+    ("comment of 1 MiB", _comment_body("x" * (1024 * 1024)), {"X-GitHub-Event": "issue_comment"}, 200, "ignored"),
+    ("quoted command", _comment_body("> /kugetsu start"), {"X-GitHub-Event": "issue_comment"}, 200, "ignored"),
+    ("shell metacharacters without a command", _comment_body("$(rm -rf ~); `id` | sh"),
+     {"X-GitHub-Event": "issue_comment"}, 200, "ignored"),
+]
 
 
 @pytest.mark.parametrize(("name", "body", "changes", "status", "answer"), BAD_INPUT, ids=[r[0] for r in BAD_INPUT])
@@ -109,6 +122,19 @@ def test_body_over_25_mib_is_refused_before_reading(client, conn):
     response = client.post("/webhooks/github", data=body, headers=github_headers(b""))
     assert (response.status_code, response.json["status"]) == (413, "too_large")
     assert events_queued(conn) == 0
+
+
+def test_forgejo_delivery_is_read_with_its_own_headers(redis_url, conn):
+    settings = settings_from_dict({"redis_url": redis_url, "forges": [
+        {"name": "fj", "kind": "forgejo", "url": "https://codeberg.org", "webhook_secret_env": "S"}],
+        "repos": [{"forge": "fj", "name": "alice/*"}]}, source="t", environ={"S": SECRET})
+    body = GITEA_LABELS.replace(b'"priority/high"', b'"kugetsu:todo"')
+    headers = {"X-Forgejo-Event": "issues", "X-Forgejo-Event-Type": "issue_label", "X-Forgejo-Delivery": "f-1",
+               "X-Forgejo-Signature": sign(body), "X-Gitea-Event": "issues", "X-Gitea-Delivery": "f-1",
+               "X-Gitea-Signature": "0" * 64, "Content-Type": "application/json"}
+    answer = create_app(settings).test_client().post("/webhooks/forgejo", data=body, headers=headers)
+    assert (answer.status_code, answer.json["status"]) == (202, "queued")
+    assert events_queued(conn) == 1
 
 
 def test_unknown_forge_endpoint_is_404(client):

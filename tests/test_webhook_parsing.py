@@ -131,3 +131,38 @@ def test_unsafe_repository_names_are_malformed():
         headers = DeliveryHeaders(kind=ForgeKind.GITHUB, event="issues", event_type="", delivery="d", signature="")
         with pytest.raises(Malformed):
             parse_delivery(headers, json.dumps(payload).encode(), forge="f", host="forge.example")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                      max_size=5), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([(ForgeKind.GITHUB, "issues"), (ForgeKind.GITHUB, "issue_comment"),
+                        (ForgeKind.GITHUB, "pull_request"), (ForgeKind.GITHUB, "pull_request_review"),
+                        (ForgeKind.GITEA, "issues"), (ForgeKind.GITEA, "issue_comment"),
+                        (ForgeKind.GITEA, "pull_request"), (ForgeKind.GITEA, "pull_request_rejected")]),
+       st.dictionaries(st.sampled_from(["action", "issue", "comment", "repository", "sender", "label",
+                                        "pull_request", "review", "is_pull", "number"]), JSON_VALUES, max_size=8))
+def test_parsers_answer_any_json_with_an_event_an_ignore_or_malformed(kind_event, payload):
+    kind, event = kind_event
+    headers = DeliveryHeaders(kind=kind, event=event, event_type="", delivery="d", signature="")
+    try:
+        parsed = parse_delivery(headers, json.dumps(payload).encode(), forge="f", host="h.example")
+    except Malformed:
+        return
+    assert isinstance(parsed, (ForgeEvent, Ignored))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_answer_any_bytes_with_malformed_at_worst(body):
+    headers = DeliveryHeaders(kind=ForgeKind.GITHUB, event="issues", event_type="", delivery="d", signature="")
+    try:
+        parse_delivery(headers, body, forge="f", host="h.example")
+    except Malformed:
+        pass

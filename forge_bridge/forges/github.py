@@ -22,9 +22,11 @@ class GitHubClient:
     def __init__(self, api_url: str, token: str) -> None:
         auth = Auth.Token(token) if token else None
         self._github = Github(auth=auth, base_url=api_url, retry=None)
+        self._api_url = api_url.rstrip("/")
 
     def _repo(self, repo: RepoRef) -> Repository:
-        return self._github.get_repo(repo.full_name, lazy=True)
+        """A lazy repository: no GET until an attribute is read (what get_issue() does for issues)."""
+        return Repository(self._github.requester, url=f"{self._api_url}/repos/{repo.full_name}")
 
     def _call(self, doing: str, fn, *args, **kwargs):
         try:

@@ -6,8 +6,8 @@ from redis.exceptions import RedisError
 
 from forge_bridge import queue
 from forge_bridge.config import Settings
-from forge_bridge.models import ForgeKind
-from forge_bridge.triggers import Skip, decide
+from forge_bridge.models import EventKind, ForgeEvent, ForgeKind
+from forge_bridge.triggers import Skip, decide, meaning_key
 from forge_bridge.webhooks import (
     Ignored, Malformed, WebhookError, parse_delivery, read_headers, verify_signature,
 )
@@ -69,15 +69,33 @@ def receive(name: str):
         return answer(error.answer, error.status, delivery=delivery, reason=str(error))
     if isinstance(parsed, Ignored):
         return answer("ignored", 200, delivery=delivery, reason=parsed.reason)
-    decision = decide(parsed, bridge.settings)
+    try:
+        return _decide_and_enqueue(bridge, parsed, name)
+    except RedisError as error:
+        return answer("unavailable", 503, delivery=delivery, reason=f"queue unavailable: {type(error).__name__}")
+
+
+def _decide_and_enqueue(bridge, event: ForgeEvent, endpoint: str):
+    """Exactly once: the delivery id (GitHub keeps it on redelivery) and the event's meaning (a Gitea replay
+    gets a new id; the poller has none) are both claimed atomically; only then is the event decided on, so a
+    replay is a duplicate even when the first delivery changed what the bridge knows."""
+    store, delivery = bridge.store, event.delivery
+    claims = [f"delivery:{endpoint}:{delivery}", f"event:{meaning_key(event)}"]
+    for taken, claim in enumerate(claims):
+        if not store.claim(claim):
+            for earlier in claims[:taken]:
+                store.release_quietly(earlier)
+            return answer("duplicate", 200, delivery=delivery, reason="this event was already received")
+    known = store.known_labels(event.issue) if event.kind is EventKind.LABELS_CHANGED else None
+    if event.kind is EventKind.LABELS_CHANGED:
+        store.remember_labels(event.issue, event.labels)
+    decision = decide(event, bridge.settings, known_labels=known)
     if isinstance(decision, Skip):
         return answer("ignored", 200, delivery=delivery, reason=decision.reason)
-    claim = f"delivery:{name}:{delivery}"
     try:
-        if not bridge.store.claim(claim):
-            return answer("duplicate", 200, delivery=delivery, reason="this delivery was already received")
-        queue.enqueue_event(bridge.conn, parsed.to_json())
-    except RedisError as error:
-        bridge.store.release_quietly(claim)  # so the forge's redelivery is not taken for a duplicate
-        return answer("unavailable", 503, delivery=delivery, reason=f"queue unavailable: {type(error).__name__}")
+        queue.enqueue_event(bridge.conn, event.to_json())
+    except RedisError:
+        for claim in claims:  # so the forge's redelivery is not taken for a duplicate
+            store.release_quietly(claim)
+        raise
     return answer("queued", 202, delivery=delivery, reason=type(decision).__name__)

@@ -25,9 +25,9 @@ def issue_or_404(repo: Repo, number: int) -> Issue:
     return repo.issues[number]
 
 
-def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, number: str,
+def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, number: str, pull_number: str,
                     no_head: tuple[dict, int], exists: tuple[dict, int]) -> None:
-    """`number` is the path parameter's name in the API description (issue_number or index)."""
+    """`number`, `pull_number`: the path parameters' names in the API description (issue_number or index)."""
     state = forge.state
 
     @app.get(f"{prefix}/repos/<owner>/<name>")
@@ -60,6 +60,14 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
             return jsonify(message="Not Found"), 404
         comment.body = request.get_json()["body"]
         return jsonify(shapes.comment(repo, comment))
+
+    @app.get(f"{prefix}/repos/<owner>/<name>/pulls/<int:{pull_number}>")
+    def get_pull(owner, name, **path):
+        repo = repo_or_404(state, owner, name)
+        pull = repo.pulls.get(path[pull_number])
+        if pull is None:
+            return jsonify(message="Not Found"), 404
+        return jsonify(shapes.pull(repo, pull))
 
     @app.post(f"{prefix}/repos/<owner>/<name>/pulls")
     def create_pull(owner, name):

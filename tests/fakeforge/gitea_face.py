@@ -82,7 +82,7 @@ class GiteaShapes:
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GiteaShapes(forge), forge.state
     _register_scans(app, forge, shapes)
-    register_shared(app, forge, shapes, prefix=PREFIX, number="index",
+    register_shared(app, forge, shapes, prefix=PREFIX, pull_number="index", number="index",
                     no_head=({"message": "head branch does not exist"}, 404),
                     exists=({"message": "pull request already exists for these targets"}, 409))
 

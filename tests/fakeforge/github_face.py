@@ -80,7 +80,7 @@ class GitHubShapes:
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GitHubShapes(forge), forge.state
     _register_scans(app, forge, shapes)
-    register_shared(app, forge, shapes, prefix=PREFIX, number="issue_number",
+    register_shared(app, forge, shapes, prefix=PREFIX, pull_number="pull_number", number="issue_number",
                     no_head=({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}, 422),
                     exists=({"message": "Validation Failed", "errors": [
                         {"code": "custom", "message": "A pull request already exists."}]}, 422))

@@ -1,0 +1,66 @@
+"""The poller against the fake forge: labelled issues authorized by whoever added the label, and comments
+found after a stored cursor — handed to intake like webhook events."""
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+from test_intake import make_intake
+
+from forge_bridge import queue
+from forge_bridge.config import settings_from_dict
+from forge_bridge.forges import make_client
+from forge_bridge.models import ForgeEvent
+from forge_bridge.poller import Poller
+
+
+@pytest.fixture
+def polling(forge, redis_url, tmp_path):
+    repo = forge.create_repo("alice", "widgets")
+    settings = settings_from_dict({"redis_url": redis_url, "data_dir": str(tmp_path), "forges": [
+        {"name": forge.kind, "kind": forge.kind, "url": forge.url, "token_env": "T", "bot_login": forge.bot_login}],
+        "repos": [{"forge": forge.kind, "name": "alice/widgets", "poll": True}]}, source="t", environ={"T": forge.token})
+    client = make_client(settings.forge(forge.kind))
+    return forge, repo, Poller(settings, queue.connect(redis_url), lambda name: client), \
+        make_intake(forge, redis_url, tmp_path)
+
+
+def run_intake(poller: Poller, intake) -> list[str]:
+    """What a worker would do with every event the poller queued."""
+    events = Queue(queue.EVENTS_QUEUE, connection=poller.conn)
+    outcomes = [intake.handle(ForgeEvent.from_json(job.args[0])) for job in events.get_jobs()]
+    events.empty()
+    return outcomes
+
+
+def test_a_label_is_authorized_by_whoever_added_it(polling):
+    forge, repo, poller, intake = polling
+    mine = forge.create_issue(repo, "mine", "")
+    theirs = forge.create_issue(repo, "theirs", "")
+    forge.add_label(repo, mine, "kugetsu:todo", sender="alice")
+    forge.add_label(repo, theirs, "kugetsu:todo", sender="mallory")
+
+    assert poller.poll_once() == 2
+    outcomes = sorted(run_intake(poller, intake))
+    assert outcomes[0].startswith("denied: mallory") and outcomes[1].startswith("queued task")
+    assert forge.labels_of(repo, mine) == ["kugetsu:queued"]
+
+
+def test_a_sighting_is_handed_over_once_per_poll_interval(polling):
+    forge, repo, poller, intake = polling
+    forge.add_label(repo, forge.create_issue(repo, "t", ""), "kugetsu:todo")
+    assert poller.poll_once() == 1
+    assert poller.poll_once() == 0
+
+
+def test_comments_after_the_cursor_are_found_once(polling):
+    forge, repo, poller, intake = polling
+    issue = forge.create_issue(repo, "t", "b")
+    old = forge.state.add_comment(repo, issue.number, "/kugetsu start old request", "alice")
+    old.created_at = "2026-01-01T00:00:00Z"
+    assert poller.poll_once() == 0  # the first scan only sets the cursor: history is not replayed
+    forge.state.add_comment(repo, issue.number, "/kugetsu start now please", "alice")
+    forge.state.add_comment(repo, issue.number, "just chatting", "alice")
+    assert poller.poll_once() == 1
+    assert poller.poll_once() == 0
+    [outcome] = run_intake(poller, intake)
+    assert outcome.startswith("queued task")
