@@ -43,6 +43,7 @@ class ForgeConfig:
     webhook_secret_env: str = ""
     bot_login: str = ""
     api_url: str = ""
+    write_interval: float = 1.0   # GitHub asks for about a second between writes (secondary rate limits)
     # Read from the environment variables named above when the configuration is loaded; never shown.
     token_value: str = field(default="", repr=False, compare=False)
     secret_value: str = field(default="", repr=False, compare=False)
@@ -203,8 +204,11 @@ def _forge(table: dict, index: int, source: str, environ: dict[str, str]) -> For
         raise ConfigError(f"{source}: {where}url: {error}") from None
     api_url = table.get("api_url", "").rstrip("/") or _default_api_url(kind, url)
     token_env, secret_env = table.get("token_env", ""), table.get("webhook_secret_env", "")
+    default_interval = 1.0 if kind is ForgeKind.GITHUB else 0.0
+    interval = parse_duration(table.get("write_interval", default_interval), where=f"{source}: {where}write_interval")
     return ForgeConfig(
         name=table["name"], kind=kind, url=url, api_url=api_url, token_env=token_env, webhook_secret_env=secret_env,
+        write_interval=interval,
         bot_login=table.get("bot_login", ""), token_value=environ.get(token_env, "") if token_env else "",
         secret_value=environ.get(secret_env, "") if secret_env else "",
     )

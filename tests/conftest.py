@@ -91,7 +91,7 @@ def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_a
     for forge in forges:
         lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
                   f'token_env = "{TOKEN_ENV}"', f'webhook_secret_env = "{SECRET_ENV}"',
-                  f'bot_login = "{forge.bot_login}"']
+                  f'bot_login = "{forge.bot_login}"', 'write_interval = 0']
         lines += ["", "[[repos]]", f'forge = "{forge.kind}"',
                   f'name = "{"alice/widgets" if poll else "alice/*"}"', f"poll = {str(poll).lower()}"]
     return "\n".join(lines) + "\n"

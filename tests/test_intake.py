@@ -25,7 +25,7 @@ from forge_bridge.webhooks import DeliveryHeaders, parse_delivery
 def make_intake(forge: FakeForge, redis_url: str, data_dir, **top) -> Intake:
     raw = {"redis_url": redis_url, "data_dir": str(data_dir), **top,
            "forges": [{"name": forge.kind, "kind": forge.kind, "url": forge.url, "token_env": "T",
-                       "bot_login": forge.bot_login}],
+                       "write_interval": 0, "bot_login": forge.bot_login}],
            "repos": [{"forge": forge.kind, "name": "alice/*"}]}
     settings = settings_from_dict(raw, source="test.toml", environ={"T": forge.token})
     conn = queue.connect(redis_url)

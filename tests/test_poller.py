@@ -17,7 +17,8 @@ from forge_bridge.poller import Poller
 def polling(forge, redis_url, tmp_path):
     repo = forge.create_repo("alice", "widgets")
     settings = settings_from_dict({"redis_url": redis_url, "data_dir": str(tmp_path), "forges": [
-        {"name": forge.kind, "kind": forge.kind, "url": forge.url, "token_env": "T", "bot_login": forge.bot_login}],
+        {"name": forge.kind, "kind": forge.kind, "url": forge.url, "token_env": "T", "write_interval": 0,
+         "bot_login": forge.bot_login}],
         "repos": [{"forge": forge.kind, "name": "alice/widgets", "poll": True}]}, source="t", environ={"T": forge.token})
     client = make_client(settings.forge(forge.kind))
     return forge, repo, Poller(settings, queue.connect(redis_url), lambda name: client), \

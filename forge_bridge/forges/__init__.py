@@ -13,7 +13,7 @@ def make_client(forge: ForgeConfig) -> ForgeClient:
     if forge.kind is ForgeKind.GITHUB:
         from forge_bridge.forges.github import GitHubClient
 
-        return GitHubClient(forge.api_url, forge.token())
+        return GitHubClient(forge.api_url, forge.token(), write_interval=forge.write_interval)
     # Imported lazily: gitea-api-client takes about 1.5 s to import, which only Gitea users should pay.
     from forge_bridge.forges.gitea import GiteaClient
 

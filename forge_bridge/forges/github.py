@@ -19,9 +19,10 @@ def _error(error: GithubException, doing: str) -> ForgeError:
 
 
 class GitHubClient:
-    def __init__(self, api_url: str, token: str) -> None:
+    def __init__(self, api_url: str, token: str, *, write_interval: float = 1.0) -> None:
         auth = Auth.Token(token) if token else None
-        self._github = Github(auth=auth, base_url=api_url, retry=None)
+        self._github = Github(auth=auth, base_url=api_url, retry=None, seconds_between_writes=write_interval,
+                              seconds_between_requests=min(0.25, write_interval))
         self._api_url = api_url.rstrip("/")
 
     def _repo(self, repo: RepoRef) -> Repository:
