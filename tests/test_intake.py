@@ -218,3 +218,18 @@ def test_bots_trigger_only_when_listed(github, redis_url, tmp_path):
         "ignored: bot 'renovate[bot]' is not in allow_bots"
     allowed = (github, repo, issue, make_intake(github, redis_url, tmp_path, allow_bots=["renovate[bot]"]))
     assert comment(allowed, "/kugetsu start", author="renovate[bot]").startswith("queued task")
+
+
+def test_a_review_requesting_changes_continues_the_issue(world):
+    from forge_bridge.models import EventKind, IssueRef
+
+    forge, repo, issue, intake = world
+    comment(world, "/kugetsu start")
+    subprocess.run(["git", "-C", str(repo.bare), "branch", "kugetsu/1-fix", "main"], check=True)
+    pull = forge.state.create_pull(repo, title="Fix", body="", head="kugetsu/1-fix", base="main", author="x")
+    intake.store.link_pull(repo_ref(intake), pull.number, f"{forge.host}/alice/widgets#1")
+    review = ForgeEvent(forge=forge.kind, kind=EventKind.REVIEW, issue=IssueRef(repo_ref(intake), pull.number),
+                        sender="alice", is_pull=True, comment_body="Please handle the empty case.")
+    assert intake.handle(review).startswith("queued task")
+    assert tasks(intake)[-1].action is TaskAction.CONTINUE
+    assert tasks(intake)[-1].message == "Please handle the empty case."
