@@ -1,6 +1,7 @@
 """Agent argv templates and presets, and one agent run: prompt on stdin, a timeout, a log, a process-group kill."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -19,6 +20,7 @@ PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|tit
 BASE_ENV = ("PATH", "HOME", "LANG")
 KILL_GRACE = 5.0
 CANCEL_POLL = 0.5
+PR_SET_PDEATHSIG = 1
 TAIL_LINES = 20
 
 # argv templates per preset and action; the prompt also always goes to stdin.
@@ -40,11 +42,11 @@ class AgentResult:
     timed_out: bool
     session_id: str
     summary: str
-    cancelled: bool = False
+    stopped: str = ""              # why the bridge stopped it: cancelled | shutdown | worker gone
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and not self.cancelled and self.exit_code == 0
+        return not self.timed_out and not self.stopped and self.exit_code == 0
 
 
 def substitute(template: str, values: Mapping[str, str]) -> str:
@@ -70,6 +72,15 @@ def agent_env(agent: AgentConfig, variables: Mapping[str, str], *, environ: Mapp
     return env
 
 
+def _die_with_parent() -> None:
+    """In the agent, before exec: the kernel sends SIGKILL when the worker running it dies (Linux), so a
+    SIGKILLed worker leaves no agent behind; its children are reaped by process group afterwards."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def _feed_stdin(process: subprocess.Popen, prompt: str) -> None:
     try:
         process.stdin.write(prompt.encode())
@@ -80,6 +91,14 @@ def _feed_stdin(process: subprocess.Popen, prompt: str) -> None:
             process.stdin.close()
         except OSError:
             pass
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group that outlived its worker (reaping what a dead one left)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -118,8 +137,8 @@ def _json_value(lines: list[str], spec: str) -> str:
     return found
 
 
-def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], bool]) -> str:
-    """"exited", "timeout" or "cancelled": wait in short steps so a cancel is seen within a second."""
+def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], str]) -> str:
+    """"exited", "timeout" or why it must stop: wait in short steps so a stop is seen within a second."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -129,20 +148,24 @@ def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], b
             pass
         if time.monotonic() >= deadline:
             return "timeout"
-        if should_stop():
-            return "cancelled"
+        reason = should_stop()
+        if reason:
+            return reason
 
 
 def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], timeout: float,
-              log: Path, agent: AgentConfig, should_stop: Callable[[], bool] = lambda: False) -> AgentResult:
+              log: Path, agent: AgentConfig, should_stop: Callable[[], str] = lambda: "",
+              on_start: Callable[[int], None] = lambda pid: None) -> AgentResult:
     offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         try:
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_die_with_parent)
         except OSError as error:
             out.write(f"forge-bridge: cannot start agent {argv[0]!r}: {error}\n".encode())
             return AgentResult(exit_code=None, timed_out=False, session_id="", summary="")
+        on_start(process.pid)
         threading.Thread(target=_feed_stdin, args=(process, prompt), daemon=True).start()
         ended = _wait(process, timeout, should_stop)
         _kill_group(process)  # after a timeout or cancel, and after a normal exit too: no leftovers
@@ -151,8 +174,8 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
             out.write(f"\nforge-bridge: agent stopped ({ended})\n".encode())
     lines = read_new_lines(log, offset)
     return AgentResult(exit_code=process.returncode if ended == "exited" else None, timed_out=ended == "timeout",
-                       cancelled=ended == "cancelled", session_id=_json_value(lines, agent.session_id),
-                       summary=_json_value(lines, agent.summary))
+                       stopped=ended if ended not in ("exited", "timeout") else "",
+                       session_id=_json_value(lines, agent.session_id), summary=_json_value(lines, agent.summary))
 
 
 def read_new_lines(log: Path, offset: int) -> list[str]:

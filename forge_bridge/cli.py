@@ -132,7 +132,11 @@ class Supervisor:
     def shutdown(self) -> None:
         for child in self.children.values():
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                # The whole group: an RQ worker's work horse must hear it too, to requeue its task.
+                try:
+                    os.killpg(child.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for child in self.children.values():
             try:

@@ -2,15 +2,17 @@
 retry, refresh or destroy — and answer on the forge."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from redis import Redis
 
-from forge_bridge import agents, queue, worktrees
+from forge_bridge import agents, worktrees
 from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient
 from forge_bridge.lifecycle import safe_destroy
+from forge_bridge.queue import Scheduler
 from forge_bridge.models import ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
@@ -27,6 +29,7 @@ class Intake:
     store: Store
     client: ForgeClient
     conn: Redis
+    scheduler: Scheduler
 
     def handle(self, event: ForgeEvent) -> str:
         # The webhook or poller already decided a label was *added*; deciding again here must not compare
@@ -127,8 +130,7 @@ class Intake:
         finally:
             # Queued even when the forge would not take the report: the work is never lost, and the
             # runner (which starts after this, so it sees the status comment id) reports again.
-            queue.enqueue_agent_run(self.conn, task.id, max_agents=self.settings.max_concurrent_agents,
-                                    task_timeout=self.settings.task_timeout)
+            self.scheduler.submit(task.id, str(ref))
         return task
 
     # steering work
@@ -138,12 +140,15 @@ class Intake:
         if latest is None or latest.state.finished:
             self.client.create_comment(ref, "Nothing to stop: no task is queued or running.")
             return "ignored: nothing to stop"
-        self.store.request_cancel(latest.id)  # a running task's runner sees this and kills the agent
-        if latest.state is TaskState.QUEUED:
-            queue.cancel_agent_run(self.conn, latest.id)
-            latest.state, latest.outcome = TaskState.CANCELLED, f"cancelled by @{event.sender} before it started"
-            self.store.save_task(latest)
-            self.report(ref, session, self.client.get_issue(ref).labels)
+        for task in self.store.tasks(self.scheduler.waiting(str(ref))):
+            self.store.request_cancel(task.id)  # a running task's runner sees this and kills the agent
+            if task.state is TaskState.QUEUED:
+                self.scheduler.cancel(task.id)
+                task.state, task.outcome = TaskState.CANCELLED, f"cancelled by @{event.sender} before it started"
+                task.finished_at = time.time()
+                self.store.save_task(task)
+                self.scheduler.finish(task.id, str(ref))
+        self.report(ref, session, self.client.get_issue(ref).labels)
         return f"cancelling task {latest.id}"
 
     def refresh(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:

@@ -152,6 +152,8 @@ class Task:
     outcome: str = ""              # one line: why it ended as it did
     commits: int = 0
     summary: str = ""
+    host: str = ""                 # where the agent runs, and its process group, to reap what a dead worker left
+    agent_pid: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

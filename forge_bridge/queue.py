@@ -1,50 +1,124 @@
-"""The only module that imports RQ: the two queues, enqueueing by dotted path, and the worker."""
+"""The only module that imports RQ: the two queues, per-issue lines in front of the global agent slots, the worker.
+
+Two limits hold by construction:
+- One task per issue at a time, in arrival order: each issue has a line (a Redis list). Only the task at its
+  head is ever handed to RQ; the next one is handed over when the head leaves. Joining and leaving are single
+  Lua scripts, so exactly one process submits each head.
+- `max_concurrent_agents` across every worker on every host: RQ 3's RateLimit takes the slot atomically (a
+  Lua script) when a job is let onto the queue; jobs over the limit wait in its rate-limited set — queued,
+  not failed, not polling. Because only heads are submitted, no slot is ever held by a task that must wait
+  for its issue, so no slot idles while a task could run.
+"""
 from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-from rq import Queue, Worker
+from redis.exceptions import RedisError
+from redis.retry import Retry as RedisRetry
+from rq import Callback, Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.rate_limit import RateLimit
+from rq.rate_limit import RateLimit, RateLimitRegistry
 
+log = logging.getLogger(__name__)
 EVENTS_QUEUE = "forge-bridge-events"   # intake: authorize, label, comment; short forge API jobs
 AGENTS_QUEUE = "forge-bridge-agents"   # agent runs, limited by the global agent slots
 AGENT_SLOTS = "forge-bridge-agent-slots"
 EVENT_JOB_TIMEOUT = 300
+EVENT_RETRY = Retry(max=3, interval=[10, 60, 300])   # a forge outage delays intake; it loses nothing
 JOB_TIMEOUT_MARGIN = 300               # the runner kills the agent itself; RQ's timeout is a backstop
+FAILURE_TTL = 7 * 24 * 3600
+# A dead worker's job is found abandoned when its execution heartbeat (monitoring interval + 60 s) lapses
+# and the next maintenance runs: about 90 s with these, inside the promised 2 minutes.
+JOB_MONITORING_INTERVAL = 5
+MAINTENANCE_INTERVAL = 20
+MAX_RECONNECT_WAIT = 30.0
+
+_JOIN_LINE = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return redis.call('LINDEX', KEYS[1], 0) == ARGV[1] and 1 or 0
+"""
+# Leave the line; when the leaver was the head, answer the new head (to be submitted), else nothing.
+_LEAVE_LINE = """
+local head = redis.call('LINDEX', KEYS[1], 0)
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+if head == ARGV[1] then return redis.call('LINDEX', KEYS[1], 0) end
+return false
+"""
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     """Bounded retries: a webhook must get its 503 well inside the forge's 5 s delivery timeout. Workers keep
     no socket timeout, since RQ blocks on the queues for minutes at a time."""
     return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=2, socket_timeout=socket_timeout,
-                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+                          retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2))
 
 
 def enqueue_event(conn: Redis, event_json: str) -> str:
     job = Queue(EVENTS_QUEUE, connection=conn).enqueue(
-        "jobs.tasks.handle_event", event_json, job_timeout=EVENT_JOB_TIMEOUT, failure_ttl=7 * 24 * 3600)
+        "jobs.tasks.handle_event", event_json, job_timeout=EVENT_JOB_TIMEOUT, failure_ttl=FAILURE_TTL,
+        retry=EVENT_RETRY)
     return job.id
 
 
-def enqueue_agent_run(conn: Redis, task_id: str, *, max_agents: int, task_timeout: float) -> str:
-    """RQ 3's RateLimit holds `max_agents` jobs at once across every worker on every host: the slot is
-    taken atomically (a Lua script) when the job is let onto the queue, so no count-then-start race."""
-    job = Queue(AGENTS_QUEUE, connection=conn).enqueue(
-        "jobs.tasks.run_task", task_id, job_id=f"task-{task_id}",
-        job_timeout=int(task_timeout) + JOB_TIMEOUT_MARGIN,
-        rate_limit=RateLimit(AGENT_SLOTS, concurrency=max_agents), failure_ttl=7 * 24 * 3600)
-    return job.id
+@dataclass(frozen=True)
+class Scheduler:
+    conn: Redis
+    max_agents: int
+    task_timeout: float
+
+    @staticmethod
+    def line_key(issue: str) -> str:
+        return f"fb:line:{issue}"
+
+    def submit(self, task_id: str, issue: str) -> bool:
+        """Put the task in its issue's line; hand it to RQ at once when it is the head."""
+        if self.conn.eval(_JOIN_LINE, 1, self.line_key(issue), task_id):
+            self._enqueue_run(task_id)
+            return True
+        return False
+
+    def finish(self, task_id: str, issue: str) -> str | None:
+        """The task leaves its line (done, failed, cancelled); the next one in the line is handed over."""
+        following = self.conn.eval(_LEAVE_LINE, 1, self.line_key(issue), task_id)
+        if following:
+            following = following.decode()
+            self._enqueue_run(following)
+        return following
+
+    def resubmit(self, task_id: str) -> None:
+        """Run the head again (after a shutdown interrupted it): a new RQ job for the same task."""
+        self._enqueue_run(task_id)
+
+    def waiting(self, issue: str) -> list[str]:
+        return [raw.decode() for raw in self.conn.lrange(self.line_key(issue), 0, -1)]
+
+    def cancel(self, task_id: str) -> None:
+        """Take a task's queued agent run off RQ (and out of the rate limiter's waiting set)."""
+        job_id = self.conn.get(f"fb:job:{task_id}")
+        if not job_id:
+            return
+        try:
+            Job.fetch(job_id.decode(), connection=self.conn).cancel()
+        except NoSuchJobError:
+            pass
+
+    def _enqueue_run(self, task_id: str) -> None:
+        attempt = self.conn.incr(f"fb:attempts:{task_id}")
+        job_id = f"task-{task_id}-{attempt}"
+        self.conn.set(f"fb:job:{task_id}", job_id)
+        Queue(AGENTS_QUEUE, connection=self.conn).enqueue(
+            "jobs.tasks.run_task", task_id, job_id=job_id, job_timeout=int(self.task_timeout) + JOB_TIMEOUT_MARGIN,
+            rate_limit=RateLimit(AGENT_SLOTS, concurrency=self.max_agents), failure_ttl=FAILURE_TTL,
+            on_failure=Callback("jobs.tasks.agent_run_failed"), on_stopped=Callback("jobs.tasks.agent_run_failed"))
 
 
-def cancel_agent_run(conn: Redis, task_id: str) -> None:
-    """Take a queued agent run off the queue (and out of the rate limiter's waiting set)."""
-    try:
-        Job.fetch(f"task-{task_id}", connection=conn).cancel()
-    except NoSuchJobError:
-        pass
+def slots_in_use(conn: Redis) -> int:
+    return RateLimitRegistry(AGENT_SLOTS, connection=conn).get_allowed_job_count()
 
 
 def queue_depths(conn: Redis) -> dict[str, int]:
@@ -52,6 +126,17 @@ def queue_depths(conn: Redis) -> dict[str, int]:
 
 
 def work(conn: Redis, *, name: str | None = None, burst: bool = False) -> None:
-    """Run one worker on both queues, intake first so acknowledgements are never stuck behind agents."""
+    """One worker on both queues, intake first so acknowledgements never wait behind agents. When Redis is
+    unreachable (at start or later), wait with backoff and carry on by itself when it returns."""
     queues = [Queue(EVENTS_QUEUE, connection=conn), Queue(AGENTS_QUEUE, connection=conn)]
-    Worker(queues, connection=conn, name=name).work(burst=burst, with_scheduler=False)
+    wait = 1.0
+    while True:
+        try:
+            worker = Worker(queues, connection=conn, name=name, job_monitoring_interval=JOB_MONITORING_INTERVAL,
+                            maintenance_interval=MAINTENANCE_INTERVAL)
+            worker.work(burst=burst, with_scheduler=True)
+            return
+        except RedisError as error:
+            log.warning("worker: Redis unreachable (%s); retrying in %.0fs", error, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, MAX_RECONNECT_WAIT)

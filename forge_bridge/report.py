@@ -50,9 +50,11 @@ def issue_state(tasks: list[Task], session: Session) -> str:
     """The state label an issue should carry, from its newest task and its pull request."""
     if not tasks:
         return "queued"
+    states = {task.state for task in tasks}
+    for active in (TaskState.RUNNING, TaskState.QUEUED):  # a queued follow-up does not hide a running task
+        if active in states:
+            return active.value
     latest = tasks[-1].state
-    if latest in (TaskState.QUEUED, TaskState.RUNNING):
-        return latest.value
     if latest is TaskState.SUCCEEDED and session.pull_request_url:
         return "review"
     return "failed"

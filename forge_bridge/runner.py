@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from forge_bridge.agents import AgentConfigError
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
 from forge_bridge.models import IssueRef, Session, Task, TaskState
+from forge_bridge.queue import Scheduler
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store
@@ -18,6 +21,9 @@ from forge_bridge.worktrees import GitError
 
 log = logging.getLogger(__name__)
 EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError)
+SHUTDOWN = "shutdown"       # the worker is stopping: the task goes back to the head of its line
+CANCELLED = "cancelled"
+WORKER_GONE = "worker gone"
 
 
 @dataclass
@@ -25,16 +31,16 @@ class Runner:
     settings: Settings
     store: Store
     client: ForgeClient
+    scheduler: Scheduler
+    shutting_down: Callable[[], str] = lambda: ""   # the worker's own stop reason ("" while it runs on)
 
     def run(self, task_id: str) -> Task | None:
-        task = self.store.task(task_id)
-        if task is None or task.state is not TaskState.QUEUED:
-            return task  # cancelled or already handled: never run twice
+        task = self.store.begin_task(task_id)
+        if task is None:
+            return self.store.task(task_id)  # cancelled, or another job already ran it: never run twice
         ref = parse_issue_ref(task.issue)
         session = self.store.session(ref) or Session(issue=task.issue, forge=task.forge)
         log_file = worktrees.log_path(self.settings.data_dir, ref, task.id)
-        task.state, task.started_at = TaskState.RUNNING, time.time()
-        self.store.save_task(task)
         try:
             issue = self.client.get_issue(ref)
             self.report(ref, session, issue.labels, log_file)
@@ -46,11 +52,20 @@ class Runner:
             task.state, task.outcome = TaskState.FAILED, f"internal error: {type(error).__name__}: {error}"
             log.exception("task %s for %s crashed", task.id, ref)
         finally:
+            self.conclude(task, session, ref, log_file)
+        return task
+
+    def conclude(self, task: Task, session: Session, ref: IssueRef, log_file: Path) -> None:
+        if task.state is TaskState.QUEUED:   # interrupted by a shutdown: it runs again, first in its line
+            task.started_at, task.agent_pid = 0.0, 0
+            self.store.save_task(task)
+            self.scheduler.resubmit(task.id)
+        else:
             task.finished_at = time.time()
             self.store.save_task(task)
-            self.store.save_session(session)
-            self.final_report(ref, session, log_file)
-        return task
+            self.scheduler.finish(task.id, task.issue)
+        self.store.save_session(session)
+        self.final_report(ref, session, log_file)
 
     def execute(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, log_file: Path) -> None:
         forge = self.settings.forge(task.forge)
@@ -70,10 +85,15 @@ class Runner:
             self.store.save_session(session)  # kept even when the run failed, so a continue can resume
         task.summary = result.summary
         task.commits = worktrees.count_commits(worktree, before, worktrees.head(worktree))
-        if result.cancelled:
+        if result.stopped == SHUTDOWN:
+            task.state, task.outcome = TaskState.QUEUED, "interrupted by a shutdown; it will run again"
+        elif result.stopped == CANCELLED:
             task.state, task.outcome = TaskState.CANCELLED, "stopped on request"
+        elif result.stopped:
+            task.state, task.outcome = TaskState.FAILED, "the worker running it stopped"
         elif result.timed_out:
-            task.state, task.outcome = TaskState.TIMED_OUT, f"the agent ran past task_timeout ({int(self.settings.task_timeout)}s) and was stopped"
+            task.state = TaskState.TIMED_OUT
+            task.outcome = f"the agent ran past task_timeout ({int(self.settings.task_timeout)}s) and was stopped"
         elif not result.ok:
             task.state, task.outcome = TaskState.FAILED, f"the agent exited with code {result.exit_code}"
         elif task.commits == 0:
@@ -82,6 +102,12 @@ class Runner:
             worktrees.push(worktree, session.branch, env)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
             task.state, task.outcome = TaskState.SUCCEEDED, f"{task.commits} new commit(s) pushed"
+
+    def stop_reason(self, task: Task) -> str:
+        reason = self.shutting_down()
+        if reason:
+            return reason
+        return CANCELLED if self.store.cancel_requested(task.id) else ""
 
     def run_agent(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
                   log_file: Path) -> agents.AgentResult:
@@ -92,9 +118,14 @@ class Runner:
             "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
             "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
             "FORGE_BRIDGE_TASK_ID": task.id})
+
+        def started(pid: int) -> None:
+            task.host, task.agent_pid = socket.gethostname(), pid
+            self.store.save_task(task)
+
         return agents.run_agent(argv, prompt=task.message, cwd=worktree, env=env,
                                 timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
-                                should_stop=lambda: self.store.cancel_requested(task.id))
+                                should_stop=lambda: self.stop_reason(task), on_start=started)
 
     def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
         if session.pull_request_url:
@@ -107,8 +138,8 @@ class Runner:
         self.store.link_pull(ref.repo, pull.number, ref)
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
-        Reporter(self.client, self.settings, self.store).report(ref, session, self.store.tasks(session.task_ids), labels=labels,
-                                                    log_tail=agents.tail(log_file))
+        Reporter(self.client, self.settings, self.store).report(ref, session, self.store.tasks(session.task_ids),
+                                                                labels=labels, log_tail=agents.tail(log_file))
 
     def final_report(self, ref: IssueRef, session: Session, log_file: Path) -> None:
         try:
@@ -117,3 +148,22 @@ class Runner:
             log.error("could not report on %s: %s", ref, error)
         finally:
             self.store.save_session(session)
+
+
+def fail_abandoned(settings: Settings, store: Store, client: ForgeClient, scheduler: Scheduler, task_id: str,
+                   reason: str) -> Task | None:
+    """A task whose worker died (or whose job failed outside the runner): mark it failed, reap its agent if it
+    ran on this host, free its issue's line and say so on the forge."""
+    task = store.task(task_id)
+    if task is None or task.state.finished:
+        return task
+    if task.agent_pid and task.host == socket.gethostname():
+        agents.kill_group(task.agent_pid)
+    task.state, task.outcome, task.finished_at = TaskState.FAILED, reason, time.time()
+    store.save_task(task)
+    scheduler.finish(task.id, task.issue)
+    ref = parse_issue_ref(task.issue)
+    session = store.session(ref) or Session(issue=task.issue, forge=task.forge)
+    Runner(settings, store, client, scheduler).final_report(
+        ref, session, worktrees.log_path(settings.data_dir, ref, task.id))
+    return task

@@ -18,6 +18,18 @@ CLAIM_TTL = 7 * 24 * 3600
 LOCK_TTL = 120
 LOCK_WAIT = 60.0
 
+# QUEUED -> RUNNING exactly once, whoever else holds a job for the same task.
+_BEGIN_TASK = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local task = cjson.decode(raw)
+if task['state'] ~= 'queued' then return 0 end
+task['state'] = 'running'
+task['started_at'] = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], cjson.encode(task))
+return 1
+"""
+
 # Release a lock only when we still hold it, so an expired holder never frees someone else's lock.
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -45,6 +57,12 @@ class Store:
             pipe.set(f"{PREFIX}:task:{task.id}", task.to_json())
             pipe.zadd(RECENT_KEY, {task.id: task.queued_at})
             pipe.execute()
+
+    def begin_task(self, task_id: str) -> Task | None:
+        """Mark a queued task running, atomically: a second job for it finds it running and does nothing."""
+        if not self.conn.eval(_BEGIN_TASK, 1, f"{PREFIX}:task:{task_id}", repr(time.time())):
+            return None
+        return self.task(task_id)
 
     def task(self, task_id: str) -> Task | None:
         raw = self.conn.get(f"{PREFIX}:task:{task_id}")

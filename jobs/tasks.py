@@ -1,15 +1,19 @@
 """RQ entry points: thin — parse the arguments, build the collaborators, call the core."""
 from __future__ import annotations
 
+import os
+import signal
 from functools import cache
 
 from rq import get_current_job
+from rq.job import Job
 
 from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
 from forge_bridge.models import ForgeEvent
-from forge_bridge.runner import Runner
+from forge_bridge.queue import Scheduler
+from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
 from forge_bridge.sessions import Store
 
 
@@ -19,20 +23,57 @@ def settings() -> Settings:
     return load_settings()
 
 
+def scheduler(conn) -> Scheduler:
+    config = settings()
+    return Scheduler(conn, config.max_concurrent_agents, config.task_timeout)
+
+
 def handle_event(event_json: str) -> str:
     event = ForgeEvent.from_json(event_json)
     config = settings()
     conn = get_current_job().connection
     client = make_client(config.forge(event.forge))
-    return Intake(config, Store(conn), client, conn).handle(event)
+    return Intake(config, Store(conn), client, conn, scheduler(conn)).handle(event)
+
+
+class _StopWatch:
+    """Inside the work horse: SIGTERM (the worker is stopping) or a dead worker (this process was orphaned)
+    stop the agent; the runner then requeues or fails the task instead of leaving it half-run."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.parent = os.getppid()
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        self.reason = SHUTDOWN
+
+    def __call__(self) -> str:
+        if not self.reason and os.getppid() != self.parent:
+            self.reason = WORKER_GONE
+        return self.reason
 
 
 def run_task(task_id: str) -> str:
     config = settings()
-    store = Store(get_current_job().connection)
+    conn = get_current_job().connection
+    store = Store(conn)
     task = store.task(task_id)
     if task is None:
         return f"no task {task_id}"
-    runner = Runner(config, store, make_client(config.forge(task.forge)))
+    runner = Runner(config, store, make_client(config.forge(task.forge)), scheduler(conn), _StopWatch())
     done = runner.run(task_id)
     return f"{done.state.value}: {done.outcome}" if done else f"no task {task_id}"
+
+
+def agent_run_failed(job: Job, connection, exc_type=None, value=None, traceback=None) -> None:
+    """RQ's failure (and stop) callback: also called when a dead worker's job is found abandoned."""
+    task_id = job.args[0]
+    store = Store(connection)
+    task = store.task(task_id)
+    if task is None or task.state.finished:
+        return
+    reason = "the worker running it died" if exc_type is None or exc_type.__name__ == "AbandonedJobError" \
+        else f"the job failed: {exc_type.__name__}: {value}"
+    config = settings()
+    fail_abandoned(config, store, make_client(config.forge(task.forge)), scheduler(connection), task_id, reason)

@@ -29,7 +29,8 @@ def make_intake(forge: FakeForge, redis_url: str, data_dir, **top) -> Intake:
            "repos": [{"forge": forge.kind, "name": "alice/*"}]}
     settings = settings_from_dict(raw, source="test.toml", environ={"T": forge.token})
     conn = queue.connect(redis_url)
-    return Intake(settings, Store(conn), make_client(settings.forge(forge.kind)), conn)
+    return Intake(settings, Store(conn), make_client(settings.forge(forge.kind)), conn,
+                  queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
 
 
 def as_event(forge: FakeForge, delivery: tuple[str, str, dict]) -> ForgeEvent:
