@@ -28,8 +28,9 @@ def _refusal(store: Store, client: ForgeClient, ref: IssueRef, settings: Setting
     if worktree and worktree.exists():
         repo = client.get_repo(ref.repo)
         forge = settings.forge(session.forge)
-        worktrees.sync_mirror(worktrees.mirror_dir(settings.data_dir, ref.repo), repo.clone_url,
-                              worktrees.git_env(repo.clone_url, forge.token()))
+        mirror = worktrees.mirror_dir(settings.data_dir, ref.repo)
+        with worktrees.mirror_lock(mirror):
+            worktrees.sync_mirror(mirror, repo.clone_url, worktrees.git_env(repo.clone_url, forge.token()))
         return worktrees.unpushed_work(worktree)
     return ""
 
@@ -47,8 +48,9 @@ def safe_destroy(settings: Settings, store: Store, client: ForgeClient, ref: Iss
         if reason:
             return DestroyOutcome(False, f"Not destroying: {reason}. Use `{settings.command} destroy --force` to "
                                          "destroy anyway.")
-    worktrees.remove_worktree(settings.data_dir, worktrees.mirror_dir(settings.data_dir, ref.repo),
-                              worktrees.worktree_dir(settings.data_dir, ref))
+    mirror = worktrees.mirror_dir(settings.data_dir, ref.repo)
+    with worktrees.mirror_lock(mirror):
+        worktrees.remove_worktree(settings.data_dir, mirror, worktrees.worktree_dir(settings.data_dir, ref))
     session.worktree, session.archived = "", True
     store.save_session(session)
     return DestroyOutcome(True, f"Destroyed the worktree of {ref}; the session is archived.")

@@ -76,8 +76,9 @@ class Runner:
         session.branch = session.branch or worktrees.branch_name(self.settings.label_prefix, ref.number, issue.title)
         session.worktree = str(worktree)
         self.store.save_session(session)
-        worktrees.sync_mirror(mirror, repo.clone_url, env)
-        worktrees.ensure_worktree(mirror, worktree, branch=session.branch, base=repo.default_branch)
+        with worktrees.mirror_lock(mirror):
+            worktrees.sync_mirror(mirror, repo.clone_url, env)
+            worktrees.ensure_worktree(mirror, worktree, branch=session.branch, base=repo.default_branch)
         before = worktrees.head(worktree)
         result = self.run_agent(task, session, issue, ref, worktree, log_file)
         if result.session_id:
@@ -99,7 +100,8 @@ class Runner:
         elif task.commits == 0:
             task.state, task.outcome = TaskState.FAILED, "the agent left no new commits"
         else:
-            worktrees.push(worktree, session.branch, env)
+            with worktrees.mirror_lock(mirror):
+                worktrees.push(worktree, session.branch, env)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
             task.state, task.outcome = TaskState.SUCCEEDED, f"{task.commits} new commit(s) pushed"
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from forge_bridge.models import InvalidRef, IssueRef, RepoRef
@@ -69,6 +72,19 @@ def log_path(data_dir: Path, issue: IssueRef, task_id: str) -> Path:
     folder = _inside(data_dir, data_dir / "logs" / issue.dir_name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{task_id}.log"
+
+
+@contextmanager
+def mirror_lock(mirror: Path) -> Iterator[None]:
+    """Agents of one repository share its mirror: fetches, worktree changes and pushes take turns (per host;
+    each host has its own data_dir and mirror)."""
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    with open(mirror.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sync_mirror(mirror: Path, clone_url: str, env: dict[str, str]) -> None:

@@ -6,11 +6,13 @@ generated client is used instead. It is async (httpx); each call here runs one s
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import time
 import warnings
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
+import httpx
 from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi
 from gitea_api_client.exceptions import ApiException
 from gitea_api_client.models import (
@@ -21,6 +23,17 @@ from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInf
 from forge_bridge.models import IssueRef, RepoRef
 
 PAGE_SIZE = 50  # Gitea's default cap on list responses
+RETRIES = 4          # 0.25 + 0.5 + 1 + 2 s; longer outages are the job-level retry's (queue.EVENT_RETRY)
+BACKOFF = 0.25
+MAX_WAIT = 900.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _retry_after(headers, attempt: int) -> float:
+    value = (headers or {}).get("Retry-After", "")
+    if value.isdigit():
+        return min(float(value), MAX_WAIT)
+    return BACKOFF * 2 ** attempt
 T = TypeVar("T")
 
 
@@ -32,15 +45,24 @@ class GiteaClient:
             self._config.api_key_prefix = {"AuthorizationHeaderToken": "token"}
 
     def _run(self, doing: str, call: Callable[[IssueApi, RepositoryApi], Awaitable[T]]) -> T:
+        """One call, retried with backoff on 429, 5xx and transport errors (honouring Retry-After)."""
         async def go() -> T:
             async with ApiClient(self._config) as api:
                 return await call(IssueApi(api), RepositoryApi(api))
 
-        try:
-            return asyncio.run(go())
-        except ApiException as error:
-            raise ForgeError(f"Gitea: {doing} failed with {error.status} {error.reason or ''}".strip(),
-                             status=error.status) from None
+        for attempt in range(RETRIES + 1):
+            try:
+                return asyncio.run(go())
+            except ApiException as error:
+                if error.status not in RETRY_STATUSES or attempt == RETRIES:
+                    raise ForgeError(f"Gitea: {doing} failed with {error.status} {error.reason or ''}".strip(),
+                                     status=error.status) from None
+                time.sleep(_retry_after(error.headers, attempt))
+            except httpx.TransportError as error:
+                if attempt == RETRIES:
+                    raise ForgeError(f"Gitea: {doing} failed: {type(error).__name__}") from None
+                time.sleep(BACKOFF * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     async def _all_pages(self, fetch: Callable[[int], Awaitable[list[Any]]]) -> list[Any]:
         items, page = [], 1

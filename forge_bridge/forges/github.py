@@ -1,9 +1,12 @@
 """ForgeClient for GitHub and GitHub Enterprise, through PyGithub."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
-from github import Auth, Github, GithubException
+import requests
+
+from github import Auth, Github, GithubException, GithubRetry
 from github.Repository import Repository
 
 from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo, number_from_url
@@ -11,6 +14,10 @@ from forge_bridge.models import IssueRef, RepoRef
 
 
 EVENT_SCAN_LIMIT = 300
+RETRIES = 4          # 0.25 + 0.5 + 1 + 2 s; longer outages are the job-level retry's (queue.EVENT_RETRY)
+BACKOFF = 0.25
+MAX_RATE_LIMIT_WAIT = 900
+TIMEOUT = 30
 
 
 def _error(error: GithubException, doing: str) -> ForgeError:
@@ -21,8 +28,11 @@ def _error(error: GithubException, doing: str) -> ForgeError:
 class GitHubClient:
     def __init__(self, api_url: str, token: str, *, write_interval: float = 1.0) -> None:
         auth = Auth.Token(token) if token else None
-        self._github = Github(auth=auth, base_url=api_url, retry=None, seconds_between_writes=write_interval,
-                              seconds_between_requests=min(0.25, write_interval))
+        # GithubRetry retries 5xx with backoff and waits out rate limits (403/429 with reset or Retry-After).
+        retry = GithubRetry(total=RETRIES, backoff_factor=BACKOFF, max_rate_limit_wait=MAX_RATE_LIMIT_WAIT,
+                            status_forcelist=[*range(500, 600), 429])
+        self._github = Github(auth=auth, base_url=api_url, retry=retry, seconds_between_writes=write_interval,
+                              seconds_between_requests=min(0.25, write_interval), timeout=TIMEOUT)
         self._api_url = api_url.rstrip("/")
 
     def _repo(self, repo: RepoRef) -> Repository:
@@ -34,6 +44,12 @@ class GitHubClient:
             return fn(*args, **kwargs)
         except GithubException as error:
             raise _error(error, doing) from None
+        except requests.exceptions.RetryError as error:  # the retries ran out on 5xx answers
+            status = re.search(r"too many (\d{3}) error", str(error))
+            raise ForgeError(f"GitHub: {doing} failed after retries", status=int(status[1]) if status else None) \
+                from None
+        except requests.exceptions.RequestException as error:
+            raise ForgeError(f"GitHub: {doing} failed: {type(error).__name__}") from None
 
     def get_repo(self, repo: RepoRef) -> RepoInfo:
         info = self._call("get repository", self._github.get_repo, repo.full_name)
@@ -46,7 +62,7 @@ class GitHubClient:
                          is_pull=issue.pull_request is not None, author=issue.user.login)
 
     def get_issue(self, issue: IssueRef) -> IssueInfo:
-        return self._issue(self._call("get issue", self._repo(issue.repo).get_issue, issue.number))
+        return self._call("get issue", lambda: self._issue(self._repo(issue.repo).get_issue(issue.number)))
 
     def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
         issues = self._call("list issues", lambda: list(self._repo(repo).get_issues(state="open", labels=[label])))
@@ -118,14 +134,16 @@ class GitHubClient:
 
     def label_actor(self, issue: IssueRef, label: str) -> str:
         """Who last added `label` to the issue, from the repository's issue events (newest first)."""
-        events = self._call("list issue events", lambda: self._repo(issue.repo).get_issues_events())
-        for seen, event in enumerate(events):
-            if seen >= EVENT_SCAN_LIMIT:
-                break
-            if event.event == "labeled" and event.issue.number == issue.number and event.label \
-                    and event.label.name == label:
-                return event.actor.login if event.actor else ""
-        return ""
+        def scan() -> str:
+            for seen, event in enumerate(self._repo(issue.repo).get_issues_events()):
+                if seen >= EVENT_SCAN_LIMIT:
+                    break
+                if event.event == "labeled" and event.issue.number == issue.number and event.label \
+                        and event.label.name == label:
+                    return event.actor.login if event.actor else ""
+            return ""
+
+        return self._call("list issue events", scan)
 
     def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]:
         comments = self._call("list repository comments", lambda: list(

@@ -28,6 +28,17 @@ class Hook:
 
 
 @dataclass
+class Fault:
+    """The next `count` requests whose path contains `path` get this answer instead."""
+
+    count: int
+    status: int
+    path: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict = field(default_factory=lambda: {"message": "Service Unavailable"})
+
+
+@dataclass
 class Exchange:
     method: str
     path: str
@@ -50,6 +61,7 @@ class FakeForge:
     hooks: list[Hook] = field(default_factory=list)
     exchanges: list[Exchange] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -89,7 +101,7 @@ class FakeForge:
         def authenticate():
             if request.headers.get("Authorization", "") != f"token {self.token}":
                 return jsonify(message="Bad credentials"), 401
-            return None
+            return self._inject_fault()
 
         @app.after_request
         def check_against_spec(response: Response) -> Response:
@@ -123,6 +135,18 @@ class FakeForge:
         schema = self.spec.response_schema(request.method, template, response.status_code)
         if response.status_code < 300 and schema and response.is_json:
             self.violations += [f"{where} response {e}" for e in self.spec.validate(schema, response.get_json())]
+
+    def fail_next(self, count: int, status: int, *, path: str = "", headers: dict | None = None,
+                  body: dict | None = None) -> None:
+        self.faults.append(Fault(count, status, path, headers or {}, body or {"message": "Service Unavailable"}))
+
+    def _inject_fault(self):
+        with self.state.lock:
+            for fault in self.faults:
+                if fault.count > 0 and fault.path in request.path:
+                    fault.count -= 1
+                    return jsonify(fault.body), fault.status, fault.headers
+        return None
 
     # what a person does on the forge
     def create_repo(self, owner: str, name: str) -> Repo:

@@ -1,0 +1,60 @@
+"""Both forge clients against the fake forge: transient failures are retried with backoff, rate limits are
+waited out, and a persistent failure ends as one ForgeError."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from forge_bridge.config import settings_from_dict
+from forge_bridge.forges import ForgeError, make_client
+from forge_bridge.models import IssueRef, RepoRef
+
+
+@pytest.fixture
+def client_and_issue(forge):
+    repo = forge.create_repo("alice", "widgets")
+    issue = forge.create_issue(repo, "T", "B")
+    settings = settings_from_dict({"forges": [{"name": "f", "kind": forge.kind, "url": forge.url, "token_env": "T",
+                                               "write_interval": 0}]}, source="t", environ={"T": forge.token})
+    ref = IssueRef(RepoRef(forge.host, "alice", "widgets"), issue.number)
+    return forge, make_client(settings.forge("f")), ref
+
+
+def _tries(forge, path_end: str) -> int:
+    return sum(1 for e in forge.exchanges if e.path.endswith(path_end))
+
+
+def test_server_errors_are_retried(client_and_issue):
+    forge, client, ref = client_and_issue
+    forge.fail_next(2, 502, path="/issues/1")
+    assert client.get_issue(ref).title == "T"
+    assert _tries(forge, "/issues/1") == 3
+
+
+def test_a_rate_limit_is_waited_out(client_and_issue):
+    forge, client, ref = client_and_issue
+    reset = int(time.time()) + 2
+    if forge.kind == "github":
+        forge.fail_next(1, 403, path="/issues/1", body={"message": "API rate limit exceeded for user."},
+                        headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
+    else:
+        forge.fail_next(1, 429, path="/issues/1", headers={"Retry-After": "1"})
+    started = time.monotonic()
+    assert client.get_issue(ref).title == "T"
+    assert time.monotonic() - started >= 0.9 and _tries(forge, "/issues/1") == 2
+
+
+def test_a_persistent_failure_is_one_forge_error(client_and_issue):
+    forge, client, ref = client_and_issue
+    forge.fail_next(100, 500, path="/issues/1")
+    with pytest.raises(ForgeError) as raised:
+        client.get_issue(ref)
+    assert raised.value.status == 500 and 2 < _tries(forge, "/issues/1") <= 7
+
+
+def test_client_errors_are_not_retried(client_and_issue):
+    forge, client, ref = client_and_issue
+    with pytest.raises(ForgeError) as raised:
+        client.get_issue(IssueRef(ref.repo, 99))
+    assert raised.value.status == 404 and _tries(forge, "/issues/99") == 1
