@@ -48,7 +48,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "worker")
     import jobs.tasks
 
-    jobs.tasks.settings()  # load once here, so every forked job inherits it
+    jobs.tasks.configure(settings)  # every forked job inherits these
     queue.work(queue.connect(settings.redis_url), burst=args.burst)
     return 0
 

@@ -33,9 +33,11 @@ EVENT_RETRY = Retry(max=3, interval=[10, 60, 300])   # a forge outage delays int
 JOB_TIMEOUT_MARGIN = 300               # the runner kills the agent itself; RQ's timeout is a backstop
 FAILURE_TTL = 7 * 24 * 3600
 # A dead worker's job is found abandoned when its execution heartbeat (monitoring interval + 60 s) lapses
-# and the next maintenance runs: about 90 s with these, inside the promised 2 minutes.
+# and the next maintenance runs. An idle worker blocks in dequeue for worker_ttl - 15 s and only runs
+# maintenance between dequeues, so both are short: at most 65 + 15 + 15 s, inside the promised 2 minutes.
 JOB_MONITORING_INTERVAL = 5
-MAINTENANCE_INTERVAL = 20
+MAINTENANCE_INTERVAL = 15
+WORKER_TTL = MAINTENANCE_INTERVAL + 15
 MAX_RECONNECT_WAIT = 30.0
 
 _JOIN_LINE = """
@@ -133,7 +135,7 @@ def work(conn: Redis, *, name: str | None = None, burst: bool = False) -> None:
     while True:
         try:
             worker = Worker(queues, connection=conn, name=name, job_monitoring_interval=JOB_MONITORING_INTERVAL,
-                            maintenance_interval=MAINTENANCE_INTERVAL)
+                            maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
             worker.work(burst=burst, with_scheduler=True)
             return
         except RedisError as error:

@@ -43,7 +43,10 @@ class Runner:
         log_file = worktrees.log_path(self.settings.data_dir, ref, task.id)
         try:
             issue = self.client.get_issue(ref)
-            self.report(ref, session, issue.labels, log_file)
+            try:
+                self.report(ref, session, issue.labels, log_file)
+            except ForgeError as error:  # saying "running" is not worth failing the run for
+                log.warning("could not report task %s running on %s: %s", task.id, ref, error)
             self.execute(task, session, issue, ref, log_file)
         except EXPECTED_FAILURES as error:
             task.state, task.outcome = TaskState.FAILED, str(error)

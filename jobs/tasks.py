@@ -17,10 +17,18 @@ from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
 from forge_bridge.sessions import Store
 
 
+_configured: list[Settings] = []
+
+
+def configure(config: Settings) -> None:
+    """The worker hands over the settings it loaded (from --config or the environment) before it forks."""
+    _configured[:] = [config]
+
+
 @cache
 def settings() -> Settings:
-    """Loaded once per worker process (before the fork into each job's work horse)."""
-    return load_settings()
+    """Loaded once per worker process, before the fork into each job's work horse."""
+    return _configured[0] if _configured else load_settings()
 
 
 def scheduler(conn) -> Scheduler:

@@ -100,7 +100,11 @@ class GiteaClient:
             labels = await self._all_pages(
                 lambda page: i.issue_list_labels(repo.owner, repo.name, page=page, limit=PAGE_SIZE))
             if not any(label.name == name for label in labels):
-                await i.issue_create_label(repo.owner, repo.name, CreateLabelOption(name=name, color=f"#{color}"))
+                try:
+                    await i.issue_create_label(repo.owner, repo.name, CreateLabelOption(name=name, color=f"#{color}"))
+                except ApiException as error:
+                    if error.status not in (409, 422):  # created by another worker a moment ago
+                        raise
 
         self._run("ensure label", ensure)
 

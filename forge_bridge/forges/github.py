@@ -74,7 +74,11 @@ class GitHubClient:
         except GithubException as error:
             if error.status != 404:
                 raise _error(error, "get label") from None
-            self._call("create label", self._repo(repo).create_label, name, color)
+            try:
+                self._call("create label", self._repo(repo).create_label, name, color)
+            except ForgeError as created:
+                if created.status != 422:  # 422: another worker created it a moment ago, which is what we want
+                    raise
 
     def add_label(self, issue: IssueRef, name: str) -> None:
         # PyGithub's add_to_labels posts a bare array; the documented body is {"labels": [...]}.

