@@ -12,6 +12,8 @@ Two limits hold by construction:
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -119,6 +121,19 @@ class Scheduler:
             on_failure=Callback("jobs.tasks.agent_run_failed"), on_stopped=Callback("jobs.tasks.agent_run_failed"))
 
 
+class BridgeWorker(Worker):
+    """RQ's worker, except that a warm shutdown (the first SIGTERM) is passed on to the work horse, which RQ
+    puts in a process group of its own: the runner there stops the agent and puts the task back in line."""
+
+    def request_stop(self, signum, frame):
+        if self.horse_pid:
+            try:
+                os.kill(self.horse_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        super().request_stop(signum, frame)
+
+
 def slots_in_use(conn: Redis) -> int:
     return RateLimitRegistry(AGENT_SLOTS, connection=conn).get_allowed_job_count()
 
@@ -134,7 +149,7 @@ def work(conn: Redis, *, name: str | None = None, burst: bool = False) -> None:
     wait = 1.0
     while True:
         try:
-            worker = Worker(queues, connection=conn, name=name, job_monitoring_interval=JOB_MONITORING_INTERVAL,
+            worker = BridgeWorker(queues, connection=conn, name=name, job_monitoring_interval=JOB_MONITORING_INTERVAL,
                             maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
             worker.work(burst=burst, with_scheduler=True)
             return

@@ -82,6 +82,7 @@ class Runner:
         with worktrees.mirror_lock(mirror):
             worktrees.sync_mirror(mirror, repo.clone_url, env)
             worktrees.ensure_worktree(mirror, worktree, branch=session.branch, base=repo.default_branch)
+            worktrees.catch_up(mirror, worktree, session.branch)
         before = worktrees.head(worktree)
         result = self.run_agent(task, session, issue, ref, worktree, log_file)
         if result.session_id:

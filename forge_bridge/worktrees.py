@@ -29,7 +29,7 @@ def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT}s") from None
     if done.returncode != 0:
-        raise GitError(f"git {args[0]} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+        raise GitError(f"git {args[0]} failed: {(done.stderr or done.stdout).strip()[-1000:]}")
     return done.stdout.strip()
 
 
@@ -115,6 +115,22 @@ def ensure_worktree(mirror: Path, worktree: Path, *, branch: str, base: str) -> 
         git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{branch}", cwd=mirror)
     else:
         git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{base}", cwd=mirror)
+
+
+def catch_up(mirror: Path, worktree: Path, branch: str) -> None:
+    """Fast-forward the worktree to the pushed branch: on another host (or by hand) the branch may have moved
+    on since this worktree last ran. Local work that diverged from it is never thrown away: that is an error."""
+    remote = f"refs/remotes/origin/{branch}"
+    if not _has_ref(mirror, remote):
+        return
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", remote, "HEAD"], cwd=worktree, capture_output=True)
+    if done.returncode == 0:
+        return  # nothing new on the remote
+    try:
+        git("merge", "--ff-only", "--quiet", remote, cwd=worktree)
+    except GitError:
+        raise GitError(f"the worktree and the pushed branch {branch} have diverged; resolve it by hand or "
+                       "destroy the worktree with --force") from None
 
 
 def head(worktree: Path) -> str:

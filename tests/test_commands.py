@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from forge_bridge.commands import Command, NoCommand, Reply, Verb, mentions, parse_comment
@@ -91,5 +91,6 @@ def test_quoted_commands_never_count(prefix, verb):
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=300))
 def test_start_message_is_kept_verbatim(message):
+    assume("<!--" not in message)  # an unclosed HTML comment hides the rest, as the forge renders it
     parsed = parse(f"/kugetsu start {message}")
     assert isinstance(parsed, Command) and parsed.message == message.strip()

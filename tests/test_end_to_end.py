@@ -2,6 +2,7 @@
 and a real RQ worker process -> real git -> the fake agent -> a branch, a pull request, one status comment."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -168,3 +169,21 @@ def test_a_comment_on_the_pull_request_continues_on_the_same_branch(gitea, start
     assert list(repo.pulls) == [pull.number]  # the same pull request, updated by the push
     [status] = _status_comments(gitea, repo, issue)
     assert "continue: thanks @kugetsu-bot" in status
+
+
+def test_a_task_interrupted_by_shutdown_runs_again_after_a_restart(github, start_bridge, tmp_path):
+    record = tmp_path / "runs.jsonl"
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([github], agent_args=["--sleep", "6", "--record", str(record)])
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: record.exists() and '"start"' in record.read_text(), timeout=60, what="the agent to start")
+
+    assert bridge.stop() == 0                       # SIGTERM while the agent works: it is stopped...
+    [first] = [json.loads(line) for line in record.read_text().splitlines()]
+    assert first["what"] == "start"                 # ...before it could finish
+    bridge.start()                                  # the task was requeued, so it runs again
+
+    _assert_reviewed(github, repo, issue, bridge)
+    starts = [json.loads(line)["task"] for line in record.read_text().splitlines() if '"start"' in line]
+    assert starts == [first["task"], first["task"]]

@@ -65,3 +65,23 @@ def test_comments_after_the_cursor_are_found_once(polling):
     assert poller.poll_once() == 0
     [outcome] = run_intake(poller, intake)
     assert outcome.startswith("queued task")
+
+
+def test_the_poller_backs_off_while_redis_is_away_and_stops_cleanly(gitea, tmp_path, caplog):
+    import threading
+
+    gitea.create_repo("a", "b")
+    settings = settings_from_dict({"forges": [{"name": "g", "kind": "gitea", "url": gitea.url, "token_env": "T"}],
+                                   "repos": [{"forge": "g", "name": "a/b", "poll": True}]}, source="t",
+                                  environ={"T": gitea.token})
+    client = make_client(settings.forge("g"))
+    poller = Poller(settings, queue.connect(f"unix://{tmp_path}/gone.sock"), lambda name: client)
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,))
+    with caplog.at_level("WARNING"):
+        thread.start()
+        from helpers import wait_for
+        wait_for(lambda: "poll failed" in caplog.text, timeout=10, what="the poller to report the outage")
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -133,7 +133,7 @@ def _assert_schedule(host: Host, conn: Redis, order: dict[str, list[str]], limit
     assert max_overlap([(r["start"], r["end"]) for r in seen.values()]) == limit
     for issue, ids in order.items():
         assert sorted(ids, key=lambda t: seen[t]["start"]) == ids, f"{issue} ran out of order"
-    assert queue.slots_in_use(conn) == 0
+    wait_for(lambda: queue.slots_in_use(conn) == 0, timeout=15, what="every slot to be free")
 
 
 def test_stress_200_tasks_50_issues_4_workers_limit_3(hosts, conn):
@@ -192,7 +192,7 @@ def test_stop_kills_a_running_agent_within_seconds(hosts, conn):
     wait_for(lambda: "kugetsu:failed" in host.forge.labels_of(host.forge.state.repo("alice", "widgets"),
                                                               host.forge.state.repo("alice", "widgets").issues[1]),
              timeout=15, what="the failed label")
-    assert queue.slots_in_use(conn) == 0
+    wait_for(lambda: queue.slots_in_use(conn) == 0, timeout=15, what="the slot to be free")
 
 
 def test_a_sigkilled_worker_is_detected_and_its_task_failed_once(hosts, conn):
@@ -214,7 +214,8 @@ def test_a_sigkilled_worker_is_detected_and_its_task_failed_once(hosts, conn):
              what="the abandoned task to be failed")
     assert Store(conn).task(task_id).outcome == "the worker running it died"
     wait_for(lambda: not _alive(agent) and not _alive(child), timeout=15, what="the orphaned agent to be reaped")
-    assert queue.slots_in_use(conn) == 0 and queue.Scheduler(conn, 3, 120).waiting(str(ref)) == []
+    wait_for(lambda: queue.slots_in_use(conn) == 0, timeout=15, what="the slot to be free")
+    assert queue.Scheduler(conn, 3, 120).waiting(str(ref)) == []
     assert len(runs(host.record)[task_id]) == 1  # started once, never run again
     repo = host.forge.state.repo("alice", "widgets")
     wait_for(lambda: "kugetsu:failed" in host.forge.labels_of(repo, repo.issues[1]), timeout=30, what="the label")
@@ -258,3 +259,25 @@ def test_workers_ride_out_redis_going_away_and_coming_back(github, tmp_path):
         host.stop()
         if server.is_running():
             server.stop()
+
+
+def test_a_continue_while_the_agent_runs_is_acknowledged_and_waits_its_turn(hosts, conn):
+    from forge_bridge.report import STATUS_MARKER
+
+    host = hosts("host", ["--mode", "hang"])
+    [ref] = make_issues(host.forge, 1)
+    first = submit(host, ref, "first")
+    host.start_worker()
+    wait_for(lambda: _agent_pids(host.record, first), timeout=60, what="the first agent")
+
+    second = submit(host, ref, "and then this", TaskAction.CONTINUE)
+
+    repo = host.forge.state.repo("alice", "widgets")
+    [status] = [b for b in host.forge.comments_of(repo, repo.issues[1]) if STATUS_MARKER in b]
+    assert "continue: and then this" in status and "| queued |" in status
+    assert host.forge.labels_of(repo, repo.issues[1]) == ["kugetsu:running"]
+    assert not conn.exists(f"fb:job:{second}")           # not handed to RQ: it holds no slot while it waits
+    Store(conn).request_cancel(first)
+    wait_for(lambda: _agent_pids(host.record, second), timeout=30, what="the second task to start after the first")
+    Store(conn).request_cancel(second)
+    wait_for(lambda: _all_finished(conn, [first, second]), timeout=30, what="both to end")

@@ -64,3 +64,24 @@ def test_paths_stay_inside_data_dir(tmp_path):
     (tmp_path / "worktrees" / ref.dir_name).symlink_to("/etc")
     with pytest.raises(ValueError):
         worktrees.worktree_dir(tmp_path, ref)
+
+
+def test_a_stale_worktree_catches_up_with_the_pushed_branch(tmp_path):
+    origin = _origin(tmp_path)
+    issue = IssueRef(RepoRef("h.example", "o", "r"), 4)
+    hosts = []
+    for name in ("a", "b"):
+        data = tmp_path / name
+        mirror, tree = worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue)
+        worktrees.sync_mirror(mirror, str(origin), worktrees.git_env(str(origin), ""))
+        worktrees.ensure_worktree(mirror, tree, branch="kugetsu/4-x", base="main")
+        hosts.append((mirror, tree))
+    (mirror_a, tree_a), (mirror_b, tree_b) = hosts
+    (tree_a / "a.txt").write_text("from a")
+    subprocess.run(["git", "-C", str(tree_a), "add", "a.txt"], check=True)
+    subprocess.run(["git", "-C", str(tree_a), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "a"],
+                   check=True)
+    worktrees.push(tree_a, "kugetsu/4-x", {})
+    worktrees.sync_mirror(mirror_b, str(origin), worktrees.git_env(str(origin), ""))
+    worktrees.catch_up(mirror_b, tree_b, "kugetsu/4-x")
+    assert (tree_b / "a.txt").read_text() == "from a"
