@@ -13,7 +13,7 @@ from pathlib import Path
 
 from forge_bridge import embedded, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, load_settings
-from forge_bridge.forges import make_client
+from forge_bridge.forges import ForgeError, make_client
 
 log = logging.getLogger("forge_bridge")
 SHUTDOWN_GRACE = 25.0
@@ -67,6 +67,53 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
         poller.run()
     except Stopping:
         pass
+    return 0
+
+
+def _operator_intake(settings: Settings, ref_text: str):
+    """Intake for a command given on this machine: the operator is trusted, the issue ref is checked."""
+    import getpass
+
+    from forge_bridge.intake import Intake
+    from forge_bridge.models import EventKind, ForgeEvent, InvalidRef
+    from forge_bridge.refs import find_issue_ref
+    from forge_bridge.sessions import Store
+
+    _need_redis(settings, "enqueue")
+    default = settings.default_forge
+    try:
+        ref = find_issue_ref(ref_text, default_host=default.host if default else None)
+    except InvalidRef as error:
+        raise UsageError(str(error)) from None
+    if ref is None:
+        raise UsageError(f"no issue ref in {ref_text!r} (expected host/owner/repo#N, owner/repo#N or an issue URL)")
+    forge = settings.forge_for_host(ref.repo.host)
+    if forge is None:
+        raise UsageError(f"no configured forge serves {ref.repo.host}")
+    conn = queue.connect(settings.redis_url)
+    intake = Intake(settings, Store(conn), make_client(forge), conn,
+                    queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
+    event = ForgeEvent(forge=forge.name, kind=EventKind.COMMENT, issue=ref, sender=getpass.getuser(), source="cli")
+    return intake, event, ref
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge.commands import Command, Verb
+
+    intake, event, ref = _operator_intake(settings, args.issue_ref)
+    message = " ".join(args.message).strip()
+    if not message:
+        raise UsageError("enqueue needs a message: forge-bridge enqueue <issue-ref> <message>")
+    with intake.store.issue_lock(ref):
+        print(f"{ref}: {intake.continue_(Command(Verb.CONTINUE, message=message), event, ref)}")
+    return 0
+
+
+def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge.commands import Command, Verb
+
+    intake, event, ref = _operator_intake(settings, args.issue_ref)
+    print(f"{ref}: {intake.act(Command(Verb.STOP), event, ref)}")
     return 0
 
 
@@ -181,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     poll = sub.add_parser("poll", help="the poller (needs redis_url)")
     poll.add_argument("--once", action="store_true", help="poll once and exit")
     poll.set_defaults(run=cmd_poll)
+    enqueue = sub.add_parser("enqueue", help="queue a task by hand (continues the session, or starts one)")
+    enqueue.add_argument("issue_ref", help="host/owner/repo#N, owner/repo#N, an issue URL, or a sentence with one")
+    enqueue.add_argument("message", nargs="*")
+    enqueue.set_defaults(run=cmd_enqueue)
+    stop = sub.add_parser("stop", help="cancel an issue's queued tasks and stop its running agent")
+    stop.add_argument("issue_ref")
+    stop.set_defaults(run=cmd_stop)
     return parser
 
 
@@ -190,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         _configure_logging(settings)
         return args.run(settings, args)
-    except (ConfigError, UsageError) as error:
+    except (ConfigError, UsageError, ForgeError) as error:
         print(f"forge-bridge: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

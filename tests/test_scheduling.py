@@ -281,3 +281,24 @@ def test_a_continue_while_the_agent_runs_is_acknowledged_and_waits_its_turn(host
     wait_for(lambda: _agent_pids(host.record, second), timeout=30, what="the second task to start after the first")
     Store(conn).request_cancel(second)
     wait_for(lambda: _all_finished(conn, [first, second]), timeout=30, what="both to end")
+
+
+def test_the_command_line_enqueues_and_stops_from_any_process(hosts, conn):
+    host = hosts("host", ["--mode", "hang"])
+    [ref] = make_issues(host.forge, 1)
+    env = {**os.environ, "T": host.forge.token}
+    cli = [sys.executable, "-m", "forge_bridge", "--config", str(host.config)]
+    queued = subprocess.run([*cli, "enqueue", f"please look at {ref}", "make", "it", "faster"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert queued.returncode == 0 and "queued task" in queued.stdout
+    host.start_worker()
+    [task] = Store(conn).tasks(Store(conn).session(ref).task_ids)
+    assert task.message.endswith("make it faster")
+    wait_for(lambda: _agent_pids(host.record, task.id), timeout=60, what="the agent to start")
+
+    stopped = subprocess.run([*cli, "stop", str(ref)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert stopped.returncode == 0 and "cancelling" in stopped.stdout
+    wait_for(lambda: Store(conn).task(task.id).state is TaskState.CANCELLED, timeout=15, what="the stop")
+    bad = subprocess.run([*cli, "stop", "not a ref"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no issue ref" in bad.stderr and "Traceback" not in bad.stderr
