@@ -48,8 +48,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "worker")
     import jobs.tasks
 
+    from forge_bridge.lifecycle import collect_garbage
+    from forge_bridge.sessions import Store
+
     jobs.tasks.configure(settings)  # every forked job inherits these
-    queue.work(queue.connect(settings.redis_url), burst=args.burst)
+    conn = queue.connect(settings.redis_url)
+    queue.work(conn, burst=args.burst, housekeeping=lambda: collect_garbage(settings, Store(conn)))
     return 0
 
 

@@ -2,6 +2,7 @@
 retry, refresh or destroy — and answer on the forge."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -10,15 +11,16 @@ from redis import Redis
 from forge_bridge import agents, worktrees
 from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
-from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient
+from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.lifecycle import safe_destroy
 from forge_bridge.queue import Scheduler
-from forge_bridge.models import ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
+from forge_bridge.models import EventKind, ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store
-from forge_bridge.triggers import Act, Answer, Skip, StartFromLabel, decide
+from forge_bridge.triggers import Act, Answer, IssueClosed, PullClosed, Skip, StartFromLabel, decide
 
+log = logging.getLogger(__name__)
 PERMISSION_TTL = 300
 RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)
 
@@ -40,8 +42,13 @@ class Intake:
         ref = self._target(event, decision)
         if ref is None:
             return "ignored: not a pull request the bridge opened"
+        if isinstance(decision, PullClosed):
+            return self.pull_closed(ref, merged=decision.merged)
+        if isinstance(decision, IssueClosed):
+            return self.issue_closed(event, ref)
         if not self.authorized(event):
             return self.deny(event, ref)
+        self.acknowledge(event)
         if isinstance(decision, StartFromLabel):
             return self.start_from_label(event)
         if isinstance(decision, Answer):
@@ -51,7 +58,7 @@ class Intake:
 
     def _target(self, event: ForgeEvent, decision: object) -> IssueRef | None:
         """The issue an event is about: a pull request of the bridge's maps back to its issue."""
-        if not (isinstance(decision, Act) and decision.on_pull):
+        if not ((isinstance(decision, Act) and decision.on_pull) or isinstance(decision, PullClosed)):
             return event.issue
         linked = self.store.issue_for_pull(event.issue.repo, event.issue.number)
         return parse_issue_ref(linked) if linked else None
@@ -72,6 +79,15 @@ class Intake:
             self.client.create_comment(event.issue, f"@{event.sender} only people with write access to this "
                                                     "repository can start or steer the agent here.")
         return f"denied: {event.sender} may not trigger the agent"
+
+    def acknowledge(self, event: ForgeEvent) -> None:
+        """👀 on an accepted command comment; a forge that refuses it does not stop the command."""
+        if event.kind is not EventKind.COMMENT or not event.comment_id or not self.client.supports_reactions:
+            return
+        try:
+            self.client.add_reaction(event.issue.repo, event.comment_id, "eyes")
+        except ForgeError as error:
+            log.warning("could not react to comment %s on %s: %s", event.comment_id, event.issue, error)
 
     # starting work
     def start_from_label(self, event: ForgeEvent) -> str:
@@ -142,12 +158,7 @@ class Intake:
             return "ignored: nothing to stop"
         for task in self.store.tasks(self.scheduler.waiting(str(ref))):
             self.store.request_cancel(task.id)  # a running task's runner sees this and kills the agent
-            if task.state is TaskState.QUEUED:
-                self.scheduler.cancel(task.id)
-                task.state, task.outcome = TaskState.CANCELLED, f"cancelled by @{event.sender} before it started"
-                task.finished_at = time.time()
-                self.store.save_task(task)
-                self.scheduler.finish(task.id, str(ref))
+        self._cancel_queued(ref, f"cancelled by @{event.sender} before it started")
         self.report(ref, session, self.client.get_issue(ref).labels)
         return f"cancelling task {latest.id}"
 
@@ -156,7 +167,7 @@ class Intake:
         if session is None:
             self.client.create_comment(ref, "No agent has worked on this issue yet.")
             return "ignored: no session"
-        self.report(ref, session, self.client.get_issue(ref).labels)
+        self.report(ref, session, self.client.get_issue(ref).labels, force=True)
         return "status refreshed"
 
     def destroy(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
@@ -164,9 +175,53 @@ class Intake:
         self.client.create_comment(ref, outcome.message)
         return outcome.message
 
-    def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...]) -> None:
+    # the pull request's and the issue's end
+    def pull_closed(self, ref: IssueRef, *, merged: bool) -> str:
+        with self.store.issue_lock(ref):
+            session = self.store.session(ref)
+            if session is None:
+                return "ignored: no session"
+            if merged:
+                return self._merged(ref, session)
+            outcome = safe_destroy(self.settings, self.store, self.client, ref, force=False)
+            if not outcome.destroyed:
+                self.client.create_comment(ref, f"The pull request was closed without merging. {outcome.message}")
+            return outcome.message
+
+    def _merged(self, ref: IssueRef, session: Session) -> str:
+        """Merged: the work is on the base branch, so the worktree goes (unless an agent still runs in it)."""
+        outcome = safe_destroy(self.settings, self.store, self.client, ref, force=True)
+        session = self.store.session(ref) or session
+        if self.settings.delete_branch_on_merge and session.branch:
+            self.client.delete_branch(ref.repo, session.branch)
+        session.archived, session.merged = session.archived or outcome.destroyed, True
+        self.report(ref, session, self.client.get_issue(ref).labels)
+        return f"merged: {outcome.message}"
+
+    def issue_closed(self, event: ForgeEvent, ref: IssueRef) -> str:
+        with self.store.issue_lock(ref):
+            session = self.store.session(ref)
+            if session is None:
+                return "ignored: no session"
+            cancelled = self._cancel_queued(ref, f"the issue was closed by @{event.sender}")
+            outcome = safe_destroy(self.settings, self.store, self.client, ref, force=False)
+            return f"cancelled {cancelled} queued task(s); {outcome.message}"
+
+    def _cancel_queued(self, ref: IssueRef, why: str) -> int:
+        cancelled = 0
+        for task in self.store.tasks(self.scheduler.waiting(str(ref))):
+            if task.state is TaskState.QUEUED:
+                self.store.request_cancel(task.id)
+                self.scheduler.cancel(task.id)
+                task.state, task.outcome, task.finished_at = TaskState.CANCELLED, why, time.time()
+                self.store.save_task(task)
+                self.scheduler.finish(task.id, str(ref))
+                cancelled += 1
+        return cancelled
+
+    def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], *, force: bool = False) -> None:
         tasks = self.store.tasks(session.task_ids)
         log_tail = agents.tail(worktrees.log_path(self.settings.data_dir, ref, tasks[-1].id)) if tasks else ""
         Reporter(self.client, self.settings, self.store).report(ref, session, tasks, labels=labels,
-                                                                log_tail=log_tail)
+                                                                log_tail=log_tail, force=force)
         self.store.save_session(session)

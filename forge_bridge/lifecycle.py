@@ -1,6 +1,7 @@
 """Safe destroy: the worktree goes only when nothing would be lost (or with --force); the session is archived."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +55,26 @@ def safe_destroy(settings: Settings, store: Store, client: ForgeClient, ref: Iss
     session.worktree, session.archived = "", True
     store.save_session(session)
     return DestroyOutcome(True, f"Destroyed the worktree of {ref}; the session is archived.")
+
+
+def collect_garbage(settings: Settings, store: Store) -> list[Path]:
+    """Remove worktrees no live session owns, then prune each mirror's worktree list. A worktree whose issue
+    has a queued or running task is never touched."""
+    root = settings.data_dir / "worktrees"
+    if not root.is_dir():
+        return []
+    keep: set[str] = set()
+    for issue in store.session_ids():
+        session = store.session(issue)
+        latest = store.latest_task(session)
+        if session and session.worktree and (not session.archived or (latest and not latest.state.finished)):
+            keep.add(session.worktree)
+    removed = []
+    for path in sorted(root.iterdir()):
+        if str(path.resolve()) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for mirror in sorted((settings.data_dir / "mirrors").glob("*.git")):
+        with worktrees.mirror_lock(mirror):
+            worktrees.git("worktree", "prune", cwd=mirror)
+    return removed

@@ -184,9 +184,11 @@ class Session:
     pull_request_url: str = ""
     pull_request_number: int = 0
     status_comment_id: int = 0
+    status_digest: str = ""        # of the status comment's last text, so an unchanged status is not rewritten
     task_ids: list[str] = field(default_factory=list)
     title: str = ""
     archived: bool = False
+    merged: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

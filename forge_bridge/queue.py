@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
@@ -125,6 +126,16 @@ class BridgeWorker(Worker):
     """RQ's worker, except that a warm shutdown (the first SIGTERM) is passed on to the work horse, which RQ
     puts in a process group of its own: the runner there stops the agent and puts the task back in line."""
 
+    housekeeping: Callable[[], None] | None = None   # the bridge's own periodic work on this host
+
+    def run_maintenance_tasks(self):
+        super().run_maintenance_tasks()
+        if self.housekeeping is not None:
+            try:
+                self.housekeeping()
+            except Exception:  # housekeeping must never take a worker down
+                log.exception("worker housekeeping failed")
+
     def request_stop(self, signum, frame):
         if self.horse_pid:
             try:
@@ -142,7 +153,8 @@ def queue_depths(conn: Redis) -> dict[str, int]:
     return {name: Queue(name, connection=conn).count for name in (EVENTS_QUEUE, AGENTS_QUEUE)}
 
 
-def work(conn: Redis, *, name: str | None = None, burst: bool = False) -> None:
+def work(conn: Redis, *, name: str | None = None, burst: bool = False,
+         housekeeping: Callable[[], None] | None = None) -> None:
     """One worker on both queues, intake first so acknowledgements never wait behind agents. When Redis is
     unreachable (at start or later), wait with backoff and carry on by itself when it returns."""
     queues = [Queue(EVENTS_QUEUE, connection=conn), Queue(AGENTS_QUEUE, connection=conn)]
@@ -151,6 +163,9 @@ def work(conn: Redis, *, name: str | None = None, burst: bool = False) -> None:
         try:
             worker = BridgeWorker(queues, connection=conn, name=name, job_monitoring_interval=JOB_MONITORING_INTERVAL,
                             maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
+            worker.housekeeping = housekeeping
+            if housekeeping is not None:
+                housekeeping()  # a worker that starts first cleans up what a dead one left
             worker.work(burst=burst, with_scheduler=True)
             return
         except RedisError as error:

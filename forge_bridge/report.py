@@ -1,6 +1,7 @@
 """Render the one status comment from templates/ and keep exactly one state label on the issue."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -8,7 +9,7 @@ from importlib.resources import files
 import jinja2
 
 from forge_bridge.config import Settings
-from forge_bridge.forges import ForgeClient
+from forge_bridge.forges import ForgeClient, ForgeError
 from forge_bridge.models import IssueRef, Session, Task, TaskState
 from forge_bridge.sessions import Store
 
@@ -55,6 +56,8 @@ def issue_state(tasks: list[Task], session: Session) -> str:
         if active in states:
             return active.value
     latest = tasks[-1].state
+    if session.merged:
+        return "done"
     if latest is TaskState.SUCCEEDED and session.pull_request_url:
         return "review"
     return "failed"
@@ -75,10 +78,11 @@ class Reporter:
     store: Store
 
     def report(self, issue: IssueRef, session: Session, tasks: list[Task], *, labels: tuple[str, ...],
-               log_tail: str = "") -> str:
+               log_tail: str = "", force: bool = False) -> str:
         """Status comment first, label last: whoever sees the label change finds the comment current."""
         state = issue_state(tasks, session)
-        self.publish_status(issue, session, render_status(session, tasks, state=state, log_tail=log_tail))
+        self.publish_status(issue, session, render_status(session, tasks, state=state, log_tail=log_tail),
+                            force=force)
         self.set_state_label(issue, state, current=labels)
         return state
 
@@ -97,12 +101,22 @@ class Reporter:
         # Labels a person set are kept; the bridge's own change must not read as theirs on the next event.
         self.store.remember_labels(issue, tuple(labels))
 
-    def publish_status(self, issue: IssueRef, session: Session, body: str) -> None:
-        """Edit the status comment in place; find it by its marker when the id is unknown."""
+    def publish_status(self, issue: IssueRef, session: Session, body: str, *, force: bool = False) -> None:
+        """Edit the status comment in place, only when its text changed (or when forced); find it by its
+        marker when the id is unknown; write a new one when someone deleted it."""
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        if digest == session.status_digest and session.status_comment_id and not force:
+            return
         if not session.status_comment_id:
             mine = [c for c in self.client.list_comments(issue) if STATUS_MARKER in c.body]
             session.status_comment_id = mine[0].id if mine else 0
-        if session.status_comment_id:
-            self.client.edit_comment(issue.repo, session.status_comment_id, body)
-        else:
-            session.status_comment_id = self.client.create_comment(issue, body)
+        try:
+            if session.status_comment_id:
+                self.client.edit_comment(issue.repo, session.status_comment_id, body)
+            else:
+                session.status_comment_id = self.client.create_comment(issue, body)
+        except ForgeError as error:
+            if error.status != 404:
+                raise
+            session.status_comment_id = self.client.create_comment(issue, body)  # it was deleted
+        session.status_digest = digest

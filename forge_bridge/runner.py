@@ -139,7 +139,14 @@ class Runner:
         pull = self.client.find_open_pull(ref.repo, session.branch)
         if pull is None:
             body = f"Closes #{ref.number}\n\n{task.summary}".strip()
-            pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title, body=body)
+            try:
+                pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title,
+                                               body=body)
+            except ForgeError as error:
+                # "A pull request already exists" (GitHub 422, Gitea 409) means someone opened it: adopt it.
+                pull = self.client.find_open_pull(ref.repo, session.branch) if error.status in (409, 422) else None
+                if pull is None:
+                    raise
         session.pull_request_url, session.pull_request_number = pull.url, pull.number
         self.store.link_pull(ref.repo, pull.number, ref)
 

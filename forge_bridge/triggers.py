@@ -34,11 +34,23 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class PullClosed:
+    """A pull request closed, merged or not: if it is the bridge's, destroy its issue's worktree safely."""
+
+    merged: bool
+
+
+@dataclass(frozen=True)
+class IssueClosed:
+    """Cancel the issue's queued tasks; destroy its worktree when no open pull request remains."""
+
+
+@dataclass(frozen=True)
 class Skip:
     reason: str
 
 
-Decision = StartFromLabel | Act | Answer | Skip
+Decision = StartFromLabel | Act | Answer | PullClosed | IssueClosed | Skip
 
 
 def _sender_refused(event: ForgeEvent, settings: Settings) -> str:
@@ -82,6 +94,11 @@ def _comment(event: ForgeEvent, settings: Settings) -> Decision:
 def decide(event: ForgeEvent, settings: Settings, *, known_labels: tuple[str, ...] | None = None) -> Decision:
     if not settings.repo_allowed(event.forge, event.issue.repo.full_name):
         return Skip(f"repository {event.issue.repo.full_name} is not in the allowlist")
+    # Closing is the forge's own decision, already authorized there, whoever (or whatever) did it.
+    if event.kind is EventKind.PULL_CLOSED:
+        return PullClosed(merged=event.merged)
+    if event.kind is EventKind.ISSUE_CLOSED:
+        return IssueClosed()
     refused = _sender_refused(event, settings)
     if refused:
         return Skip(refused)
@@ -91,7 +108,7 @@ def decide(event: ForgeEvent, settings: Settings, *, known_labels: tuple[str, ..
         return _comment(event, settings)
     if event.kind is EventKind.REVIEW:
         return Act(Command(Verb.CONTINUE, message=event.comment_body.strip() or REVIEW_MESSAGE), on_pull=True)
-    return Skip(f"{event.kind.value} events are not acted on yet")
+    return Skip(f"{event.kind.value} events are not acted on")
 
 
 def meaning_key(event: ForgeEvent) -> str:

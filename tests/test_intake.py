@@ -17,6 +17,7 @@ from forge_bridge.config import settings_from_dict
 from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
 from forge_bridge.models import ForgeEvent, ForgeKind, Session, TaskAction, TaskState
+from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import STATUS_MARKER
 from forge_bridge.sessions import Store
 from forge_bridge.webhooks import DeliveryHeaders, parse_delivery
@@ -234,3 +235,72 @@ def test_a_review_requesting_changes_continues_the_issue(world):
     assert intake.handle(review).startswith("queued task")
     assert tasks(intake)[-1].action is TaskAction.CONTINUE
     assert tasks(intake)[-1].message == "Please handle the empty case."
+
+
+def _status(forge, repo, issue):
+    return [c for c in forge.state.issue_comments(repo, issue.number) if STATUS_MARKER in c.body]
+
+
+def test_accepted_commands_get_an_eyes_reaction(world):
+    forge, repo, issue, intake = world
+    comment(world, "/kugetsu start")
+    repo.permissions["bob"] = "read"
+    comment(world, "/kugetsu start", author="bob")
+    command, denied = [c for c in forge.state.issue_comments(repo, issue.number) if c.body == "/kugetsu start"]
+    assert command.reactions == [(forge.bot_login, "eyes")] and denied.reactions == []
+
+
+def test_the_status_comment_is_written_only_when_its_text_changes(world):
+    forge, repo, issue, intake = world
+    comment(world, "/kugetsu start")
+    session = intake.store.session(f"{forge.host}/alice/widgets#1")
+    edits = lambda: sum(1 for e in forge.exchanges if e.method == "PATCH")  # noqa: E731
+    before = edits()
+    intake.report(parse_issue_ref(session.issue), session, ())   # nothing changed: nothing is written
+    assert edits() == before
+    [task] = tasks(intake)
+    task.state = TaskState.RUNNING
+    intake.store.save_task(task)
+    comment(world, "/kugetsu status")
+    assert edits() == before + 1 and "running" in _status(forge, repo, issue)[0].body
+
+
+def test_a_deleted_status_comment_is_written_again(world):
+    forge, repo, issue, intake = world
+    comment(world, "/kugetsu start")
+    [old] = _status(forge, repo, issue)
+    del forge.state.comments[old.id]
+    comment(world, "/kugetsu status")
+    [new] = _status(forge, repo, issue)
+    assert new.id != old.id and "queued" in new.body
+
+
+def test_a_label_set_by_a_person_is_kept(world):
+    forge, repo, issue, intake = world
+    forge.state.set_label(repo, issue, "needs-design", actor="alice", added=True)
+    comment(world, "/kugetsu start")
+    [task] = tasks(intake)
+    task.state = TaskState.FAILED
+    intake.store.save_task(task)
+    comment(world, "/kugetsu status")
+    assert sorted(forge.labels_of(repo, issue)) == ["kugetsu:failed", "needs-design"]
+
+
+def test_garbage_collection_removes_only_unowned_worktrees(world):
+    from forge_bridge.lifecycle import collect_garbage
+
+    forge, repo, issue, intake = world
+    root = intake.settings.data_dir / "worktrees"
+    owned, running, stray = root / "owned", root / "running", root / "stray"
+    for path in (owned, running, stray):
+        path.mkdir(parents=True)
+    intake.store.save_session(Session(issue=f"{forge.host}/alice/widgets#1", forge=forge.kind,
+                                      worktree=str(owned.resolve())))
+    comment(world, "/kugetsu start")  # issue 2 below holds `running` with a queued task, though archived
+    second = forge.create_issue(repo, "other", "")
+    task = intake.store.new_task(parse_issue_ref(f"{forge.host}/alice/widgets#{second.number}"), forge=forge.kind,
+                                 action=TaskAction.START, message="m", requested_by="alice")
+    intake.store.save_session(Session(issue=f"{forge.host}/alice/widgets#{second.number}", forge=forge.kind,
+                                      worktree=str(running.resolve()), task_ids=[task.id], archived=True))
+    assert collect_garbage(intake.settings, intake.store) == [stray]
+    assert owned.exists() and running.exists() and not stray.exists()

@@ -16,7 +16,8 @@ import httpx
 from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi
 from gitea_api_client.exceptions import ApiException
 from gitea_api_client.models import (
-    CreateIssueCommentOption, CreateLabelOption, CreatePullRequestOption, EditIssueCommentOption, IssueLabelsOption,
+    CreateIssueCommentOption, CreateLabelOption, CreatePullRequestOption, EditIssueCommentOption, EditReactionOption,
+    IssueLabelsOption,
 )
 
 from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo, number_from_url
@@ -38,6 +39,7 @@ T = TypeVar("T")
 
 
 class GiteaClient:
+    supports_reactions = True
     def __init__(self, api_url: str, token: str) -> None:
         self._config = Configuration(host=api_url)
         if token:
@@ -194,3 +196,14 @@ class GiteaClient:
             out.append(RepoComment(id=c.id, number=number, is_pull=is_pull, body=c.body or "",
                                    author=c.user.login if c.user else "", created_at=c.created_at))
         return sorted(out, key=lambda c: (c.created_at, c.id))
+
+    def delete_branch(self, repo: RepoRef, branch: str) -> None:
+        try:
+            self._run("delete branch", lambda _, r: r.repo_delete_branch(repo.owner, repo.name, branch))
+        except ForgeError as error:
+            if error.status != 404:  # already gone
+                raise
+
+    def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+        self._run("add reaction", lambda i, _: i.issue_post_comment_reaction(
+            repo.owner, repo.name, comment_id, EditReactionOption(content=content)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from urllib.parse import quote
 
 import requests
 
@@ -26,6 +27,7 @@ def _error(error: GithubException, doing: str) -> ForgeError:
 
 
 class GitHubClient:
+    supports_reactions = True
     def __init__(self, api_url: str, token: str, *, write_interval: float = 1.0) -> None:
         auth = Auth.Token(token) if token else None
         # GithubRetry retries 5xx with backoff and waits out rate limits (403/429 with reset or Retry-After).
@@ -158,3 +160,15 @@ class GitHubClient:
             out.append(RepoComment(id=c.id, number=number, is_pull=is_pull, body=c.body or "",
                                    author=c.user.login if c.user else "", created_at=c.created_at))
         return out
+
+    def delete_branch(self, repo: RepoRef, branch: str) -> None:
+        try:
+            self._github.requester.requestJsonAndCheck(
+                "DELETE", f"/repos/{repo.full_name}/git/refs/heads/{quote(branch, safe='/')}")
+        except GithubException as error:
+            if error.status not in (404, 422):  # already gone
+                raise _error(error, "delete branch") from None
+
+    def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+        self._call("add reaction", self._github.requester.requestJsonAndCheck, "POST",
+                   f"/repos/{repo.full_name}/issues/comments/{comment_id}/reactions", input={"content": content})

@@ -26,6 +26,7 @@ def issue_or_404(repo: Repo, number: int) -> Issue:
 
 
 def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, number: str, pull_number: str,
+                    comment: str,
                     no_head: tuple[dict, int], exists: tuple[dict, int]) -> None:
     """`number`, `pull_number`: the path parameters' names in the API description (issue_number or index)."""
     state = forge.state
@@ -68,6 +69,18 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
         if pull is None:
             return jsonify(message="Not Found"), 404
         return jsonify(shapes.pull(repo, pull))
+
+    @app.post(f"{prefix}/repos/<owner>/<name>/issues/comments/<int:{comment}>/reactions")
+    def react(owner, name, **path):
+        repo = repo_or_404(state, owner, name)
+        found = state.comments.get(path[comment])
+        if found is None or found.repo != repo.full_name:
+            return jsonify(message="Not Found"), 404
+        content = request.get_json()["content"]
+        again = (forge.bot_login, content) in found.reactions
+        if not again:
+            found.reactions.append((forge.bot_login, content))
+        return jsonify(shapes.reaction(content)), 200 if again else 201
 
     @app.post(f"{prefix}/repos/<owner>/<name>/pulls")
     def create_pull(owner, name):

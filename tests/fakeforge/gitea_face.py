@@ -34,6 +34,9 @@ class GiteaShapes:
     def __init__(self, forge: FakeForge) -> None:
         self.forge = forge
 
+    def reaction(self, content: str) -> dict:
+        return _from_schema("Reaction", {"content": content, "user": self.user(self.forge.bot_login)})
+
     def user(self, login: str) -> dict:
         return _from_schema("User", {"id": abs(hash(login)) % 10**6, "login": login, "username": login,
                                      "html_url": f"{self.forge.url}/{login}"})
@@ -82,7 +85,7 @@ class GiteaShapes:
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GiteaShapes(forge), forge.state
     _register_scans(app, forge, shapes)
-    register_shared(app, forge, shapes, prefix=PREFIX, pull_number="index", number="index",
+    register_shared(app, forge, shapes, prefix=PREFIX, pull_number="index", number="index", comment="id",
                     no_head=({"message": "head branch does not exist"}, 404),
                     exists=({"message": "pull request already exists for these targets"}, 409))
 
@@ -165,6 +168,13 @@ def _register_scans(app: Flask, forge: FakeForge, shapes: GiteaShapes) -> None:
                          "label": shapes.label(repo.labels[e.label]), "user": shapes.user(e.actor)}
                         for e in repo.label_events if e.number == index])
 
+    @app.delete(f"{PREFIX}/repos/<owner>/<name>/branches/<path:branch>")
+    def delete_branch(owner, name, branch):
+        repo = repo_or_404(state, owner, name)
+        if not state.delete_branch(repo, branch):
+            return jsonify(message="branch not found"), 404
+        return "", 204
+
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/comments")
     def repo_comments(owner, name):
         repo = repo_or_404(state, owner, name)
@@ -184,3 +194,16 @@ def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender
     return "issues", "issue_label", {"action": "label_updated", "number": issue.number,
                                      "issue": shapes.issue(repo, issue), "repository": shapes.repo(repo),
                                      "sender": shapes.user(sender), "commit_id": ""}
+
+
+def pull_closed_payload(forge: FakeForge, repo: Repo, pull: Pull, sender: str) -> tuple[str, str, dict]:
+    shapes = GiteaShapes(forge)
+    return "pull_request", "pull_request", {"action": "closed", "number": pull.number,
+                                            "pull_request": shapes.pull(repo, pull), "repository": shapes.repo(repo),
+                                            "sender": shapes.user(sender)}
+
+
+def issue_closed_payload(forge: FakeForge, repo: Repo, issue: Issue, sender: str) -> tuple[str, str, dict]:
+    shapes = GiteaShapes(forge)
+    return "issues", "issues", {"action": "closed", "number": issue.number, "issue": shapes.issue(repo, issue),
+                                "repository": shapes.repo(repo), "sender": shapes.user(sender)}

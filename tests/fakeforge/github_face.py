@@ -26,6 +26,9 @@ class GitHubShapes:
     def __init__(self, forge: FakeForge) -> None:
         self.forge = forge
 
+    def reaction(self, content: str) -> dict:
+        return _from_schema("reaction", {"id": 1, "content": content, "user": self.user(self.forge.bot_login)})
+
     def user(self, login: str) -> dict:
         return _from_schema("simple-user", {"login": login, "id": abs(hash(login)) % 10**6,
                                             "type": "Bot" if login.endswith("[bot]") else "User",
@@ -81,6 +84,7 @@ def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GitHubShapes(forge), forge.state
     _register_scans(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="pull_number", number="issue_number",
+                    comment="comment_id",
                     no_head=({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}, 422),
                     exists=({"message": "Validation Failed", "errors": [
                         {"code": "custom", "message": "A pull request already exists."}]}, 422))
@@ -160,6 +164,13 @@ def _register_scans(app: Flask, forge: FakeForge, shapes: GitHubShapes) -> None:
             "label": {"name": e.label, "color": repo.labels[e.label].color}, "created_at": e.created_at,
             "issue": shapes.issue(repo, repo.issues[e.number])}) for e in reversed(repo.label_events)])
 
+    @app.delete(f"{PREFIX}/repos/<owner>/<name>/git/refs/heads/<path:branch>")
+    def delete_branch(owner, name, branch):
+        repo = repo_or_404(state, owner, name)
+        if not state.delete_branch(repo, branch):
+            return jsonify(message="Reference does not exist"), 422
+        return "", 204
+
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues/comments")
     def repo_comments(owner, name):
         repo = repo_or_404(state, owner, name)
@@ -177,4 +188,16 @@ def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender
     shapes = GitHubShapes(forge)
     return "issues", "", {"action": "labeled", "issue": shapes.issue(repo, issue),
                           "label": shapes.label(repo.labels[label]), "repository": shapes.repo(repo),
+                          "sender": shapes.user(sender)}
+
+
+def pull_closed_payload(forge: FakeForge, repo: Repo, pull: Pull, sender: str) -> tuple[str, str, dict]:
+    shapes = GitHubShapes(forge)
+    return "pull_request", "", {"action": "closed", "number": pull.number, "pull_request": shapes.pull(repo, pull),
+                                "repository": shapes.repo(repo), "sender": shapes.user(sender)}
+
+
+def issue_closed_payload(forge: FakeForge, repo: Repo, issue: Issue, sender: str) -> tuple[str, str, dict]:
+    shapes = GitHubShapes(forge)
+    return "issues", "", {"action": "closed", "issue": shapes.issue(repo, issue), "repository": shapes.repo(repo),
                           "sender": shapes.user(sender)}

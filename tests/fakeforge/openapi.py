@@ -57,7 +57,9 @@ class Spec:
     def _templates(self) -> list[tuple[re.Pattern, str]]:
         out = []
         for template in self.doc["paths"]:
-            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+            # A git ref ("heads/feature/x") keeps its slashes in the path; every other parameter is one segment.
+            pattern = re.escape(template).replace(r"\{ref\}", ".+")
+            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
             out.append((re.compile(f"^{pattern}$"), template))
         return out
 

@@ -35,7 +35,8 @@ class Fault:
     status: int
     path: str = ""
     headers: dict[str, str] = field(default_factory=dict)
-    body: dict = field(default_factory=lambda: {"message": "Service Unavailable"})
+    body: dict | list = field(default_factory=lambda: {"message": "Service Unavailable"})
+    method: str = ""
 
 
 @dataclass
@@ -137,13 +138,14 @@ class FakeForge:
             self.violations += [f"{where} response {e}" for e in self.spec.validate(schema, response.get_json())]
 
     def fail_next(self, count: int, status: int, *, path: str = "", headers: dict | None = None,
-                  body: dict | None = None) -> None:
-        self.faults.append(Fault(count, status, path, headers or {}, body or {"message": "Service Unavailable"}))
+                  body: dict | list | None = None, method: str = "") -> None:
+        body = {"message": "Service Unavailable"} if body is None else body
+        self.faults.append(Fault(count, status, path, headers or {}, body, method))
 
     def _inject_fault(self):
         with self.state.lock:
             for fault in self.faults:
-                if fault.count > 0 and fault.path in request.path:
+                if fault.count > 0 and fault.path in request.path and fault.method in ("", request.method):
                     fault.count -= 1
                     return jsonify(fault.body), fault.status, fault.headers
         return None
@@ -165,6 +167,18 @@ class FakeForge:
         """Comment as a person would; the forge then delivers the webhook."""
         comment = self.state.add_comment(repo, issue.number, body, author)
         return self.deliver(*self.face.comment_payload(self, repo, issue, comment))
+
+    def merge_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
+        self.state.merge(repo, pull)
+        return self.deliver(*self.face.pull_closed_payload(self, repo, pull, sender))
+
+    def close_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
+        pull.state = repo.issues[pull.number].state = "closed"
+        return self.deliver(*self.face.pull_closed_payload(self, repo, pull, sender))
+
+    def close_issue(self, repo: Repo, issue: Issue, *, sender: str = "alice") -> list[requests.Response]:
+        issue.state = "closed"
+        return self.deliver(*self.face.issue_closed_payload(self, repo, issue, sender))
 
     # webhooks
     def add_hook(self, url: str, secret: str) -> None:

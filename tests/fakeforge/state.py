@@ -139,6 +139,24 @@ class State:
             repo.label_events.append(LabelEvent(self.next_id(), issue.number, name, actor, added))
             return True
 
+    def delete_branch(self, repo: Repo, branch: str) -> bool:
+        if repo.branch_sha(branch) is None:
+            return False
+        _git("update-ref", "-d", f"refs/heads/{branch}", cwd=repo.bare)
+        return True
+
+    def merge(self, repo: Repo, pull: Pull) -> None:
+        """Merge as the forge's merge button would: a merge commit of head into base, in the bare repository."""
+        base, head = repo.branch_sha(pull.base), repo.branch_sha(pull.head)
+        tree = subprocess.run(["git", "merge-tree", "--write-tree", base, head], cwd=repo.bare, capture_output=True,
+                              text=True, check=True).stdout.split()[0]
+        commit = subprocess.run(["git", "-c", "user.name=Forge", "-c", "user.email=forge@example.invalid",
+                                 "commit-tree", tree, "-p", base, "-p", head, "-m", f"Merge pull request #{pull.number}"],
+                                cwd=repo.bare, capture_output=True, text=True, check=True).stdout.strip()
+        _git("update-ref", f"refs/heads/{pull.base}", commit, cwd=repo.bare)
+        pull.merged, pull.state = True, "closed"
+        repo.issues[pull.number].state = "closed"
+
     def next_number(self, repo: Repo) -> int:
         return max([0, *repo.issues, *repo.pulls]) + 1
 
