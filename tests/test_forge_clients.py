@@ -58,3 +58,36 @@ def test_client_errors_are_not_retried(client_and_issue):
     with pytest.raises(ForgeError) as raised:
         client.get_issue(IssueRef(ref.repo, 99))
     assert raised.value.status == 404 and _tries(forge, "/issues/99") == 1
+
+
+def test_github_polls_conditionally_so_an_unchanged_repository_costs_no_quota(github):
+    from datetime import datetime, timedelta, timezone
+
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "T", "B")
+    github.add_label(repo, issue, "kugetsu:todo")
+    settings = settings_from_dict({"forges": [{"name": "f", "kind": "github", "url": github.url, "token_env": "T",
+                                               "write_interval": 0}]}, source="t", environ={"T": github.token})
+    client, where = make_client(settings.forge("f")), RepoRef(github.host, "alice", "widgets")
+    since = datetime.now(timezone.utc) - timedelta(minutes=5)
+
+    first = client.list_labeled_issues(where, "kugetsu:todo"), client.comments_since(where, since)
+    again = client.list_labeled_issues(where, "kugetsu:todo"), client.comments_since(where, since)
+
+    assert first == again and [i.number for i in first[0]] == [issue.number]
+    assert [e.status for e in github.exchanges[-2:]] == [304, 304]
+    github.state.add_comment(repo, issue.number, "news", "alice")
+    assert len(client.comments_since(where, since)) == 1 and github.exchanges[-1].status == 200
+
+
+def test_github_slows_down_before_the_rate_limit(github):
+    repo = github.create_repo("alice", "widgets")
+    github.create_issue(repo, "T", "B")
+    settings = settings_from_dict({"forges": [{"name": "f", "kind": "github", "url": github.url, "token_env": "T",
+                                               "write_interval": 0}]}, source="t", environ={"T": github.token})
+    client = make_client(settings.forge("f"))
+    github.rate_limit_headers = {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "2", "X-RateLimit-Used": "4998",
+                                 "X-RateLimit-Reset": str(int(time.time()) + 3), "X-RateLimit-Resource": "core"}
+    started = time.monotonic()
+    client.get_issue(IssueRef(RepoRef(github.host, "alice", "widgets"), 1))
+    assert time.monotonic() - started >= 0.8   # about (reset - now) / remaining

@@ -1,8 +1,10 @@
 """ForgeClient for GitHub and GitHub Enterprise, through PyGithub."""
 from __future__ import annotations
 
+import logging
 import re
-from datetime import datetime
+import time
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import requests
@@ -14,7 +16,10 @@ from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInf
 from forge_bridge.models import IssueRef, RepoRef
 
 
+log = logging.getLogger(__name__)
 EVENT_SCAN_LIMIT = 300
+SLOW_DOWN_BELOW = 0.05  # of the hourly quota: from there on, calls are spread out until the reset
+MAX_PACE = 60.0
 RETRIES = 4          # 0.25 + 0.5 + 1 + 2 s; longer outages are the job-level retry's (queue.EVENT_RETRY)
 BACKOFF = 0.25
 MAX_RATE_LIMIT_WAIT = 900
@@ -36,14 +41,39 @@ class GitHubClient:
         self._github = Github(auth=auth, base_url=api_url, retry=retry, seconds_between_writes=write_interval,
                               seconds_between_requests=min(0.25, write_interval), timeout=TIMEOUT)
         self._api_url = api_url.rstrip("/")
+        self._etags: dict[tuple, tuple[str, list[dict]]] = {}
 
     def _repo(self, repo: RepoRef) -> Repository:
         """A lazy repository: no GET until an attribute is read (what get_issue() does for issues)."""
         return Repository(self._github.requester, url=f"{self._api_url}/repos/{repo.full_name}")
 
+    def _pace(self) -> None:
+        """Slow down before the limit: with little quota left, spread what remains until the reset."""
+        remaining, limit = self._github.requester.rate_limiting
+        if limit <= 0 or remaining > limit * SLOW_DOWN_BELOW:
+            return
+        wait = (self._github.requester.rate_limiting_resettime - time.time()) / max(remaining, 1)
+        if wait > 0:
+            log.info("GitHub quota low (%d of %d left); pausing %.1fs", remaining, limit, min(wait, MAX_PACE))
+            time.sleep(min(wait, MAX_PACE))
+
+    def _conditional_list(self, doing: str, path: str, params: dict) -> list[dict]:
+        """GET with If-None-Match: an unchanged answer (304) costs no quota, and the last one is reused."""
+        key = (path, tuple(sorted(params.items())))
+        etag, cached = self._etags.get(key, ("", None))
+        headers = {"If-None-Match": etag} if etag and cached is not None else {}
+        answer_headers, data = self._call(doing, self._github.requester.requestJsonAndCheck, "GET", path,
+                                          parameters=params, headers=headers)
+        if data is None and cached is not None:
+            return cached
+        self._etags[key] = (answer_headers.get("etag", ""), data or [])
+        return data or []
+
     def _call(self, doing: str, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            self._pace()
+            return result
         except GithubException as error:
             raise _error(error, doing) from None
         except requests.exceptions.RetryError as error:  # the retries ran out on 5xx answers
@@ -67,8 +97,13 @@ class GitHubClient:
         return self._call("get issue", lambda: self._issue(self._repo(issue.repo).get_issue(issue.number)))
 
     def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
-        issues = self._call("list issues", lambda: list(self._repo(repo).get_issues(state="open", labels=[label])))
-        return [self._issue(issue) for issue in issues]
+        """The poller's question, asked conditionally: an unchanged repository costs no quota."""
+        raw = self._conditional_list("list issues", f"/repos/{repo.full_name}/issues",
+                                     {"state": "open", "labels": label, "per_page": 100})
+        return [IssueInfo(number=i["number"], title=i["title"], body=i.get("body") or "",
+                          labels=tuple(lab["name"] for lab in i.get("labels", [])), state=i["state"],
+                          is_pull="pull_request" in i, author=(i.get("user") or {}).get("login", ""))
+                for i in raw]
 
     def ensure_label(self, repo: RepoRef, name: str, color: str) -> None:
         try:
@@ -152,13 +187,15 @@ class GitHubClient:
         return self._call("list issue events", scan)
 
     def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]:
-        comments = self._call("list repository comments", lambda: list(
-            self._repo(repo).get_issues_comments(sort="created", direction="asc", since=since)))
+        raw = self._conditional_list("list repository comments", f"/repos/{repo.full_name}/issues/comments", {
+            "since": since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "sort": "created",
+            "direction": "asc", "per_page": 100})
         out = []
-        for c in comments:
-            number, is_pull = number_from_url(c.html_url)
-            out.append(RepoComment(id=c.id, number=number, is_pull=is_pull, body=c.body or "",
-                                   author=c.user.login if c.user else "", created_at=c.created_at))
+        for c in raw:
+            number, is_pull = number_from_url(c["html_url"])
+            out.append(RepoComment(id=c["id"], number=number, is_pull=is_pull, body=c.get("body") or "",
+                                   author=(c.get("user") or {}).get("login", ""),
+                                   created_at=datetime.fromisoformat(c["created_at"].replace("Z", "+00:00"))))
         return out
 
     def delete_branch(self, repo: RepoRef, branch: str) -> None:

@@ -63,6 +63,7 @@ class FakeForge:
     exchanges: list[Exchange] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    rate_limit_headers: dict[str, str] = field(default_factory=dict)   # sent with every answer when set
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,7 @@ class FakeForge:
 
         @app.after_request
         def check_against_spec(response: Response) -> Response:
+            response = self._conditional(response)
             self._check(response)
             return response
 
@@ -119,6 +121,17 @@ class FakeForge:
 
         self.face.register(app, self)
         return app
+
+    def _conditional(self, response: Response) -> Response:
+        """GitHub's ETags: a GET whose answer has not changed since the client's copy is a bodiless 304."""
+        if self.kind != "github" or request.method != "GET" or response.status_code != 200 or not response.is_json:
+            return response
+        etag = '"' + hashlib.sha256(response.get_data()).hexdigest()[:32] + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return Response(status=304, headers={"ETag": etag, **self.rate_limit_headers})
+        response.headers["ETag"] = etag
+        response.headers.update(self.rate_limit_headers)
+        return response
 
     def _check(self, response: Response) -> None:
         path = request.path.removeprefix(self.face.PREFIX) if self.kind == "github" else request.path
