@@ -47,7 +47,6 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "worker")
     import jobs.tasks
-
     from forge_bridge.lifecycle import collect_garbage
     from forge_bridge.sessions import Store
 

@@ -13,8 +13,8 @@ from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.lifecycle import safe_destroy
-from forge_bridge.queue import Scheduler
 from forge_bridge.models import EventKind, ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
+from forge_bridge.queue import Scheduler
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store

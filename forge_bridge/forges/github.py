@@ -8,13 +8,19 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 import requests
-
 from github import Auth, Github, GithubException, GithubRetry
 from github.Repository import Repository
 
-from forge_bridge.forges.base import CommentInfo, ForgeError, IssueInfo, PullInfo, RepoComment, RepoInfo, number_from_url
+from forge_bridge.forges.base import (
+    CommentInfo,
+    ForgeError,
+    IssueInfo,
+    PullInfo,
+    RepoComment,
+    RepoInfo,
+    number_from_url,
+)
 from forge_bridge.models import IssueRef, RepoRef
-
 
 log = logging.getLogger(__name__)
 EVENT_SCAN_LIMIT = 300

@@ -9,7 +9,12 @@ from forge_bridge.config import Settings
 from forge_bridge.models import EventKind, ForgeEvent, ForgeKind
 from forge_bridge.triggers import Skip, decide, meaning_key
 from forge_bridge.webhooks import (
-    Ignored, Malformed, WebhookError, parse_delivery, read_headers, verify_signature,
+    Ignored,
+    Malformed,
+    WebhookError,
+    parse_delivery,
+    read_headers,
+    verify_signature,
 )
 
 bp = Blueprint("webhooks", __name__)

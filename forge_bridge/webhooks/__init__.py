@@ -1,6 +1,6 @@
-"""Sans-I/O webhook intake: read headers, verify the signature, parse a delivery into a ForgeEvent or a reason to ignore it."""
-from forge_bridge.webhooks.errors import BadSignature, Ignored, Malformed, WebhookError
+"""Sans-I/O webhook intake: read headers, check the signature, parse a delivery into a ForgeEvent or an Ignored."""
 from forge_bridge.webhooks.delivery import DeliveryHeaders, read_headers, verify_signature
+from forge_bridge.webhooks.errors import BadSignature, Ignored, Malformed, WebhookError
 from forge_bridge.webhooks.parse import parse_delivery
 
 __all__ = [
