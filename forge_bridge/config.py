@@ -105,6 +105,7 @@ class Settings:
     forges: tuple[ForgeConfig, ...] = ()
     repos: tuple[RepoConfig, ...] = ()
     source: str = "(defaults)"
+    ui_token: str = field(default="", repr=False, compare=False)   # read from $ui_token_env; never shown
 
     def label(self, state: str) -> str:
         return f"{self.label_prefix}:{state}"
@@ -131,7 +132,7 @@ class Settings:
         return [r for r in self.repos if r.poll and not r.excludes]
 
 
-_SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "forges", "repos", "source"}
+_SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "forges", "repos", "source", "ui_token"}
 _FORGE_KEYS = {f.name for f in fields(ForgeConfig)}
 _REPO_KEYS = {f.name for f in fields(RepoConfig)}
 _AGENT_KEYS = {f.name for f in fields(AgentConfig)}
@@ -258,7 +259,9 @@ def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: forges: two forges share a name")
     repos = tuple(_repo(t, i, set(names), source) for i, t in enumerate(raw.get("repos", [])))
-    return Settings(**values, agent=_agent(raw.get("agent", {}), source), forges=forges, repos=repos, source=source)
+    ui_token = environ.get(values.get("ui_token_env", Settings.ui_token_env), "")
+    return Settings(**values, agent=_agent(raw.get("agent", {}), source), forges=forges, repos=repos, source=source,
+                    ui_token=ui_token)
 
 
 def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Settings:

@@ -33,7 +33,7 @@ def require_webhook_secrets(settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from forge_bridge.web import health, webhooks
+    from forge_bridge.web import api, health, webhooks
 
     settings = settings or load_settings()
     if not settings.redis_url:
@@ -43,4 +43,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["forge_bridge"] = Bridge(settings=settings, conn=queue.connect(settings.redis_url, socket_timeout=3))
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
     return app

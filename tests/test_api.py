@@ -1,0 +1,82 @@
+"""The operator's JSON API on a real Redis: what it shows, its published OpenAPI document, and ui_token."""
+from __future__ import annotations
+
+import base64
+
+import jsonschema
+import pytest
+from helpers import SECRET
+
+from forge_bridge.config import settings_from_dict
+from forge_bridge.models import IssueRef, RepoRef, Session, TaskAction, TaskState
+from forge_bridge.sessions import Store
+from forge_bridge.web import create_app
+from forge_bridge.web.api import published_document
+
+TOKEN = "op3rator-t0ken"
+
+
+def _app(redis_url: str, token: str = ""):
+    environ = {"S": SECRET, **({"FORGE_BRIDGE_UI_TOKEN": token} if token else {})}
+    settings = settings_from_dict({"redis_url": redis_url, "forges": [
+        {"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "S"}]},
+        source="t", environ=environ)
+    return create_app(settings).test_client()
+
+
+def _valid(path: str, status: int, body) -> None:
+    doc = published_document()
+    response = doc["paths"][path]["get"]["responses"][str(status)]
+    schema = response["content"]["application/json"]["schema"] if "content" in response else \
+        doc["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]["content"]["application/json"]["schema"]
+    jsonschema.Draft4Validator({"components": doc["components"], "allOf": [schema]}).validate(body)
+
+
+@pytest.fixture
+def seeded(conn):
+    store = Store(conn)
+    ref = IssueRef(RepoRef("github.com", "alice", "widgets"), 3)
+    task = store.new_task(ref, forge="gh", action=TaskAction.START, message="do it", requested_by="alice")
+    task.state, task.started_at, task.finished_at = TaskState.SUCCEEDED, task.queued_at + 1, task.queued_at + 4
+    store.save_task(task)
+    store.save_session(Session(issue=str(ref), forge="gh", branch="kugetsu/3-x", task_ids=[task.id]))
+    return task
+
+
+def test_tasks_sessions_and_one_task_match_the_published_document(redis_url, seeded):
+    client = _app(redis_url)
+    tasks = client.get("/api/tasks")
+    assert tasks.status_code == 200 and [t["id"] for t in tasks.json["tasks"]] == [seeded.id]
+    assert tasks.json["tasks"][0]["duration"] == 3.0 and tasks.json["slots"] == {"in_use": 0, "limit": 3}
+    _valid("/api/tasks", 200, tasks.json)
+    one = client.get(f"/api/tasks/{seeded.id}")
+    assert one.json["state"] == "succeeded"
+    _valid("/api/tasks/{id}", 200, one.json)
+    sessions = client.get("/api/sessions")
+    assert sessions.json["sessions"][0]["branch"] == "kugetsu/3-x"
+    _valid("/api/sessions", 200, sessions.json)
+    missing = client.get("/api/tasks/nope")
+    assert missing.status_code == 404
+    _valid("/api/tasks/{id}", 404, missing.json)
+    assert client.get("/api/openapi.json").json["info"]["title"] == "forge-bridge operator API"
+
+
+@pytest.mark.parametrize(("header", "status"), [
+    (None, 401), ("Bearer wrong", 401), (f"Bearer {TOKEN}", 200),
+    ("Basic " + base64.b64encode(f"me:{TOKEN}".encode()).decode(), 200),
+    ("Basic " + base64.b64encode(b"me:nope").decode(), 401), ("Basic !!!", 401),
+])
+def test_ui_token_guards_the_api(redis_url, seeded, header, status):
+    client = _app(redis_url, TOKEN)
+    answer = client.get("/api/tasks", headers={"Authorization": header} if header else {})
+    assert answer.status_code == status
+    assert TOKEN not in answer.get_data(as_text=True)
+    if status == 401:
+        _valid("/api/tasks", 401, answer.json)
+
+
+def test_health_and_webhooks_never_need_the_ui_token(redis_url):
+    client = _app(redis_url, TOKEN)
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/webhooks/github", data=b"{}", headers={"X-GitHub-Event": "star",
+                                                                "X-GitHub-Delivery": "d"}).status_code == 200
