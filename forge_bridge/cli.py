@@ -17,6 +17,7 @@ from forge_bridge.forges import ForgeError, make_client
 
 log = logging.getLogger("forge_bridge")
 SHUTDOWN_GRACE = 25.0
+FOLLOW_INTERVAL = 0.5
 RESTART_DELAY = 1.0
 
 
@@ -73,7 +74,7 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator_intake(settings: Settings, ref_text: str):
+def _operator_intake(settings: Settings, ref_text: str, role: str):
     """Intake for a command given on this machine: the operator is trusted, the issue ref is checked."""
     import getpass
 
@@ -82,7 +83,7 @@ def _operator_intake(settings: Settings, ref_text: str):
     from forge_bridge.refs import find_issue_ref
     from forge_bridge.sessions import Store
 
-    _need_redis(settings, "enqueue")
+    _need_redis(settings, role)
     default = settings.default_forge
     try:
         ref = find_issue_ref(ref_text, default_host=default.host if default else None)
@@ -103,7 +104,7 @@ def _operator_intake(settings: Settings, ref_text: str):
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.commands import Command, Verb
 
-    intake, event, ref = _operator_intake(settings, args.issue_ref)
+    intake, event, ref = _operator_intake(settings, args.issue_ref, "enqueue")
     message = " ".join(args.message).strip()
     if not message:
         raise UsageError("enqueue needs a message: forge-bridge enqueue <issue-ref> <message>")
@@ -115,8 +116,102 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.commands import Command, Verb
 
-    intake, event, ref = _operator_intake(settings, args.issue_ref)
+    intake, event, ref = _operator_intake(settings, args.issue_ref, "stop")
     print(f"{ref}: {intake.act(Command(Verb.STOP), event, ref)}")
+    return 0
+
+
+def cmd_destroy(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge.commands import Command, Verb
+
+    intake, event, ref = _operator_intake(settings, args.issue_ref, "destroy")
+    with intake.store.issue_lock(ref):
+        message = intake.destroy(Command(Verb.DESTROY, force=args.force), event, ref)
+    print(f"{ref}: {message}")
+    return 0 if message.startswith("Destroyed") else 1
+
+
+def _status_view(settings: Settings) -> dict:
+    from dataclasses import asdict
+
+    from forge_bridge.sessions import Store
+    from forge_bridge.web.api import task_view
+
+    conn = queue.connect(settings.redis_url)
+    store = Store(conn)
+    tasks = store.tasks(store.recent_task_ids(100))
+    sessions = [store.session(issue) for issue in sorted(store.session_ids())]
+    return {"slots": {"in_use": queue.slots_in_use(conn), "limit": settings.max_concurrent_agents},
+            "queues": queue.queue_depths(conn),
+            "active": [task_view(t) for t in tasks if not t.state.finished],
+            "recent": [task_view(t) for t in tasks if t.state.finished][:20],
+            "sessions": [asdict(s) for s in sessions if s is not None]}
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    _need_redis(settings, "status")
+    view = _status_view(settings)
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    print(f"agent slots: {view['slots']['in_use']} of {view['slots']['limit']} in use; "
+          + ", ".join(f"{name}: {depth} waiting" for name, depth in view["queues"].items()))
+    for task in view["active"]:
+        print(f"  {task['state']:<9} {task['id']}  {task['issue']}  {task['action']} by @{task['requested_by']}")
+    for task in view["recent"]:
+        print(f"  {task['state']:<9} {task['id']}  {task['issue']}  {task['duration']:.0f}s  {task['outcome']}")
+    for session in view["sessions"]:
+        where = session["pull_request_url"] or session["branch"] or "(no branch yet)"
+        print(f"  session   {session['issue']}  {where}{'  [archived]' if session['archived'] else ''}")
+    return 0
+
+
+def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge import worktrees
+    from forge_bridge.sessions import Store
+
+    intake, _, ref = _operator_intake(settings, args.issue_ref, "logs")
+    store: Store = intake.store
+    task = store.latest_task(store.session(ref))
+    if task is None:
+        raise UsageError(f"{ref} has no task yet")
+    log_file, offset = worktrees.log_path(settings.data_dir, ref, task.id), 0
+    while True:
+        if log_file.exists():
+            with open(log_file, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        if not args.follow or store.task(task.id).state.finished:
+            return 0
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    import hashlib
+
+    from forge_bridge.admission import admit
+    from forge_bridge.sessions import Store
+    from forge_bridge.webhooks import DeliveryHeaders, Ignored, WebhookError, parse_delivery
+
+    _need_redis(settings, "replay")
+    forge = settings.forge(args.forge)
+    body = Path(args.payload).read_bytes()
+    delivery = f"replay-{hashlib.sha256(body).hexdigest()[:16]}"
+    headers = DeliveryHeaders(kind=forge.kind, event=args.event, event_type="", delivery=delivery, signature="")
+    try:
+        parsed = parse_delivery(headers, body, forge=forge.name, host=forge.host)
+    except WebhookError as error:
+        raise UsageError(f"{args.payload}: {error}") from None
+    if isinstance(parsed, Ignored):
+        print(f"ignored: {parsed.reason}")
+        return 0
+    admitted = admit(settings, Store(queue.connect(settings.redis_url)), parsed, endpoint=f"replay-{forge.name}")
+    print(f"{admitted.status}: {admitted.reason}")
     return 0
 
 
@@ -235,6 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("issue_ref", help="host/owner/repo#N, owner/repo#N, an issue URL, or a sentence with one")
     enqueue.add_argument("message", nargs="*")
     enqueue.set_defaults(run=cmd_enqueue)
+    status = sub.add_parser("status", help="agent slots, queue, running tasks, sessions")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=cmd_status)
+    logs = sub.add_parser("logs", help="the agent log of an issue's latest task")
+    logs.add_argument("issue_ref")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the task ends")
+    logs.set_defaults(run=cmd_logs)
+    destroy = sub.add_parser("destroy", help="safe destroy of an issue's worktree")
+    destroy.add_argument("issue_ref")
+    destroy.add_argument("--force", action="store_true", help="even with an open pull request or unpushed work")
+    destroy.set_defaults(run=cmd_destroy)
+    replay = sub.add_parser("replay", help="feed a saved delivery as if it arrived")
+    replay.add_argument("payload", help="the delivery's JSON body, as saved")
+    replay.add_argument("--forge", required=True, help="the configured forge's name")
+    replay.add_argument("--event", required=True, help="the event name (X-GitHub-Event / X-Gitea-Event)")
+    replay.set_defaults(run=cmd_replay)
     stop = sub.add_parser("stop", help="cancel an issue's queued tasks and stop its running agent")
     stop.add_argument("issue_ref")
     stop.set_defaults(run=cmd_stop)
@@ -247,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         _configure_logging(settings)
         return args.run(settings, args)
-    except (ConfigError, UsageError, ForgeError) as error:
+    except (ConfigError, UsageError, ForgeError, OSError) as error:
         print(f"forge-bridge: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -293,3 +293,34 @@ def test_the_command_line_enqueues_and_stops_from_any_process(hosts, conn):
     wait_for(lambda: Store(conn).task(task.id).state is TaskState.CANCELLED, timeout=15, what="the stop")
     bad = subprocess.run([*cli, "stop", "not a ref"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no issue ref" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_command_line_shows_status_and_logs_replays_and_destroys(hosts, conn, tmp_path):
+    host = hosts("host", [])
+    [ref] = make_issues(host.forge, 1)
+    repo = host.forge.state.repo("alice", "widgets")
+    env = {**os.environ, "T": host.forge.token}
+    cli = [sys.executable, "-m", "forge_bridge", "--config", str(host.config)]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    made = host.forge.state.add_comment(repo, 1, "/kugetsu start and be quick", "alice")
+    saved = tmp_path / "delivery.json"
+    saved.write_text(json.dumps(host.forge.face.comment_payload(host.forge, repo, repo.issues[1], made)[2]))
+    assert run("replay", str(saved), "--forge", "github", "--event", "issue_comment").stdout.startswith("queued")
+    assert run("replay", str(saved), "--forge", "github", "--event", "issue_comment").stdout.startswith("duplicate")
+    assert run("replay", str(tmp_path / "missing.json"), "--forge", "github", "--event", "x").returncode == 2
+
+    host.start_worker()
+    wait_for(lambda: repo.pulls, timeout=90, what="the replayed command's pull request")
+    wait_for(lambda: json.loads(run("status", "--json").stdout)["active"] == [], timeout=30, what="idle")
+    view = json.loads(run("status", "--json").stdout)
+    assert view["recent"][0]["state"] == "succeeded" and view["sessions"][0]["pull_request_url"]
+    assert "succeeded" in run("status").stdout
+    assert "working on: Issue 0" in run("logs", str(ref)).stdout
+
+    refused = run("destroy", str(ref))
+    assert refused.returncode == 1 and "still open" in refused.stdout
+    forced = run("destroy", str(ref), "--force")
+    assert forced.returncode == 0 and "Destroyed" in forced.stdout

@@ -4,10 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 
-from forge_bridge import queue
+from forge_bridge.admission import admit
 from forge_bridge.config import Settings
-from forge_bridge.models import EventKind, ForgeEvent, ForgeKind
-from forge_bridge.triggers import Skip, decide, meaning_key
+from forge_bridge.models import ForgeEvent, ForgeKind
 from forge_bridge.webhooks import (
     Ignored,
     Malformed,
@@ -81,26 +80,6 @@ def receive(name: str):
 
 
 def _decide_and_enqueue(bridge, event: ForgeEvent, endpoint: str):
-    """Exactly once: the delivery id (GitHub keeps it on redelivery) and the event's meaning (a Gitea replay
-    gets a new id; the poller has none) are both claimed atomically; only then is the event decided on, so a
-    replay is a duplicate even when the first delivery changed what the bridge knows."""
-    store, delivery = bridge.store, event.delivery
-    claims = [f"delivery:{endpoint}:{delivery}", f"event:{meaning_key(event)}"]
-    for taken, claim in enumerate(claims):
-        if not store.claim(claim):
-            for earlier in claims[:taken]:
-                store.release_quietly(earlier)
-            return answer("duplicate", 200, delivery=delivery, reason="this event was already received")
-    known = store.known_labels(event.issue) if event.kind is EventKind.LABELS_CHANGED else None
-    if event.kind is EventKind.LABELS_CHANGED:
-        store.remember_labels(event.issue, event.labels)
-    decision = decide(event, bridge.settings, known_labels=known)
-    if isinstance(decision, Skip):
-        return answer("ignored", 200, delivery=delivery, reason=decision.reason)
-    try:
-        queue.enqueue_event(bridge.conn, event.to_json())
-    except RedisError:
-        for claim in claims:  # so the forge's redelivery is not taken for a duplicate
-            store.release_quietly(claim)
-        raise
-    return answer("queued", 202, delivery=delivery, reason=type(decision).__name__)
+    admitted = admit(bridge.settings, bridge.store, event, endpoint=endpoint)
+    return answer(admitted.status, 202 if admitted.status == "queued" else 200, delivery=event.delivery,
+                  reason=admitted.reason)

@@ -1,0 +1,46 @@
+"""Admit a parsed event exactly once: claim its delivery id and its meaning, decide, queue it for intake.
+
+Shared by the webhook endpoint and `forge-bridge replay`, so a replayed delivery is judged exactly like one
+the forge sent."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from forge_bridge import queue
+from forge_bridge.config import Settings
+from forge_bridge.models import EventKind, ForgeEvent
+from forge_bridge.sessions import Store
+from forge_bridge.triggers import Skip, decide, meaning_key
+
+
+@dataclass(frozen=True)
+class Admission:
+    status: str          # queued | ignored | duplicate
+    reason: str
+
+
+def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str) -> Admission:
+    """Exactly once: the delivery id (GitHub keeps it on redelivery) and the event's meaning (a Gitea replay
+    gets a new id; the poller has none) are both claimed atomically; only then is the event decided on, so a
+    replay is a duplicate even when the first delivery changed what the bridge knows. RedisError propagates."""
+    claims = [f"delivery:{endpoint}:{event.delivery}", f"event:{meaning_key(event)}"]
+    for taken, claim in enumerate(claims):
+        if not store.claim(claim):
+            for earlier in claims[:taken]:
+                store.release_quietly(earlier)
+            return Admission("duplicate", "this event was already received")
+    known = store.known_labels(event.issue) if event.kind is EventKind.LABELS_CHANGED else None
+    if event.kind is EventKind.LABELS_CHANGED:
+        store.remember_labels(event.issue, event.labels)
+    decision = decide(event, settings, known_labels=known)
+    if isinstance(decision, Skip):
+        return Admission("ignored", decision.reason)
+    try:
+        queue.enqueue_event(store.conn, event.to_json())
+    except RedisError:
+        for claim in claims:  # so the forge's redelivery is not taken for a duplicate
+            store.release_quietly(claim)
+        raise
+    return Admission("queued", type(decision).__name__)
