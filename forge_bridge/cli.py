@@ -61,8 +61,9 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "poll")
     from forge_bridge.poller import Poller
 
-    client_for = cache(lambda name: make_client(settings.forge(name)))
-    poller = Poller(settings, queue.connect(settings.redis_url), client_for)
+    conn = queue.connect(settings.redis_url)
+    client_for = cache(lambda name: make_client(settings.forge(name), conn=conn))
+    poller = Poller(settings, conn, client_for)
     if args.once:
         print(f"handed {poller.poll_once()} event(s) to intake")
         return 0
@@ -95,7 +96,7 @@ def _operator_intake(settings: Settings, ref_text: str, role: str):
     if forge is None:
         raise UsageError(f"no configured forge serves {ref.repo.host}")
     conn = queue.connect(settings.redis_url)
-    intake = Intake(settings, Store(conn), make_client(forge), conn,
+    intake = Intake(settings, Store(conn), make_client(forge, conn=conn), conn,
                     queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
     event = ForgeEvent(forge=forge.name, kind=EventKind.COMMENT, issue=ref, sender=getpass.getuser(), source="cli")
     return intake, event, ref

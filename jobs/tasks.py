@@ -39,7 +39,7 @@ def handle_event(event_json: str) -> str:
     event = ForgeEvent.from_json(event_json)
     config = settings()
     conn = get_current_job().connection
-    client = make_client(config.forge(event.forge))
+    client = make_client(config.forge(event.forge), conn=conn)
     return Intake(config, Store(conn), client, conn, scheduler(conn)).handle(event)
 
 
@@ -68,7 +68,8 @@ def run_task(task_id: str) -> str:
     task = store.task(task_id)
     if task is None:
         return f"no task {task_id}"
-    runner = Runner(config, store, make_client(config.forge(task.forge)), scheduler(conn), _StopWatch())
+    client = make_client(config.forge(task.forge), conn=conn)
+    runner = Runner(config, store, client, scheduler(conn), _StopWatch())
     done = runner.run(task_id)
     return f"{done.state.value}: {done.outcome}" if done else f"no task {task_id}"
 
@@ -83,4 +84,5 @@ def agent_run_failed(job: Job, connection, exc_type=None, value=None, traceback=
     reason = "the worker running it died" if exc_type is None or exc_type.__name__ == "AbandonedJobError" \
         else f"the job failed: {exc_type.__name__}: {value}"
     config = settings()
-    fail_abandoned(config, store, make_client(config.forge(task.forge)), scheduler(connection), task_id, reason)
+    fail_abandoned(config, store, make_client(config.forge(task.forge), conn=connection), scheduler(connection),
+                   task_id, reason)

@@ -80,3 +80,21 @@ def test_health_and_webhooks_never_need_the_ui_token(redis_url):
     assert client.get("/healthz").status_code == 200
     assert client.post("/webhooks/github", data=b"{}", headers={"X-GitHub-Event": "star",
                                                                 "X-GitHub-Delivery": "d"}).status_code == 200
+
+
+def test_metrics_in_prometheus_format(redis_url, seeded, conn):
+    client = _app(redis_url)
+    client.post("/webhooks/github", data=b"{}", headers={"X-GitHub-Event": "star", "X-GitHub-Delivery": "d"})
+    client.post("/webhooks/github", data=b"{}", headers={"X-GitHub-Event": "issues", "X-GitHub-Delivery": "e"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'forge_bridge_deliveries_total{forge="github",outcome="ignored"} 1.0' in text
+    assert 'forge_bridge_deliveries_total{forge="github",outcome="unauthorized"} 1.0' in text
+    assert 'forge_bridge_tasks{state="succeeded"} 1.0' in text and 'forge_bridge_tasks{state="queued"} 0.0' in text
+    assert 'forge_bridge_agent_run_seconds_bucket{le="10.0"} 1.0' in text and "forge_bridge_agent_run_seconds_sum 3.0" in text
+    assert "forge_bridge_agent_slots_limit 3.0" in text and 'forge_bridge_queue_depth{queue="forge-bridge-events"}' in text
+
+
+def test_metrics_follow_the_ui_token(redis_url):
+    client = _app(redis_url, TOKEN)
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

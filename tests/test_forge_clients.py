@@ -91,3 +91,21 @@ def test_github_slows_down_before_the_rate_limit(github):
     started = time.monotonic()
     client.get_issue(IssueRef(RepoRef(github.host, "alice", "widgets"), 1))
     assert time.monotonic() - started >= 0.8   # about (reset - now) / remaining
+
+
+def test_forge_calls_and_quota_are_counted_for_metrics(github, conn):
+    from forge_bridge.metrics import render
+
+    repo = github.create_repo("alice", "widgets")
+    github.create_issue(repo, "T", "B")
+    github.rate_limit_headers = {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "4321",
+                                 "X-RateLimit-Reset": str(int(time.time()) + 3600)}
+    settings = settings_from_dict({"forges": [{"name": "f", "kind": "github", "url": github.url, "token_env": "T",
+                                               "write_interval": 0}]}, source="t", environ={"T": github.token})
+    client = make_client(settings.forge("f"), conn=conn)
+    client.get_issue(IssueRef(RepoRef(github.host, "alice", "widgets"), 1))
+    with pytest.raises(ForgeError):
+        client.get_issue(IssueRef(RepoRef(github.host, "alice", "widgets"), 99))
+    text = render(conn, settings).decode()
+    assert 'forge_bridge_forge_api_calls_total{forge="f",operation="get_issue"} 2.0' in text
+    assert 'forge_bridge_forge_quota{forge="f",kind="remaining"} 4321.0' in text

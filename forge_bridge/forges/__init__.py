@@ -1,4 +1,6 @@
 """Build the ForgeClient for a configured forge; the only place that picks an implementation."""
+from redis import Redis
+
 from forge_bridge.config import ForgeConfig
 from forge_bridge.forges.base import (
     WRITE_PERMISSIONS,
@@ -16,7 +18,17 @@ __all__ = ["WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "Iss
            "RepoInfo", "make_client"]
 
 
-def make_client(forge: ForgeConfig) -> ForgeClient:
+def make_client(forge: ForgeConfig, *, conn: Redis | None = None) -> ForgeClient:
+    """With `conn`, every operation is counted for /metrics."""
+    client = _client(forge)
+    if conn is None:
+        return client
+    from forge_bridge.metrics import CountingClient
+
+    return CountingClient(client, conn, forge.name)
+
+
+def _client(forge: ForgeConfig) -> ForgeClient:
     if forge.kind is ForgeKind.GITHUB:
         from forge_bridge.forges.github import GitHubClient
 

@@ -53,6 +53,11 @@ class GitHubClient:
         """A lazy repository: no GET until an attribute is read (what get_issue() does for issues)."""
         return Repository(self._github.requester, url=f"{self._api_url}/repos/{repo.full_name}")
 
+    def quota(self) -> tuple[int, int] | None:
+        """(remaining, limit) from the last answer's rate-limit headers, when GitHub sent them."""
+        remaining, limit = self._github.requester.rate_limiting
+        return (remaining, limit) if limit > 0 else None
+
     def _pace(self) -> None:
         """Slow down before the limit: with little quota left, spread what remains until the reset."""
         remaining, limit = self._github.requester.rate_limiting

@@ -33,7 +33,7 @@ def require_webhook_secrets(settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from forge_bridge.web import api, health, webhooks
+    from forge_bridge.web import api, health, metrics, webhooks
 
     settings = settings or load_settings()
     if not settings.redis_url:
@@ -44,4 +44,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
     return app

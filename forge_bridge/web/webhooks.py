@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 
+from forge_bridge import metrics
 from forge_bridge.admission import admit
 from forge_bridge.config import Settings
 from forge_bridge.models import ForgeEvent, ForgeKind
@@ -17,6 +18,15 @@ from forge_bridge.webhooks import (
 )
 
 bp = Blueprint("webhooks", __name__)
+
+
+@bp.after_request
+def count_delivery(response):
+    name = (request.view_args or {}).get("name", "")
+    if name in ENDPOINTS and response.is_json:
+        metrics.count(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name,
+                      (response.get_json(silent=True) or {}).get("status", "unknown"))
+    return response
 MAX_BODY = 25 * 1024 * 1024
 ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -1,0 +1,118 @@
+"""Prometheus metrics, kept in Redis and collected at scrape time, so every process (web, workers, poller, on
+every host) counts toward the same numbers."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis import Redis
+from redis.exceptions import RedisError
+
+from forge_bridge import queue
+from forge_bridge.config import Settings
+from forge_bridge.models import TaskState
+from forge_bridge.sessions import PREFIX, Store
+
+DELIVERIES = f"{PREFIX}:metrics:deliveries"
+FORGE_CALLS = f"{PREFIX}:metrics:forge_calls"
+QUOTA = f"{PREFIX}:metrics:quota"
+RUN_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+TASK_WINDOW = 1000   # tasks by state and run times are over the most recent ones
+
+
+def count(conn: Redis, key: str, *labels: str) -> None:
+    """Best effort: a metric must never fail the work it measures."""
+    try:
+        conn.hincrby(key, "|".join(labels), 1)
+    except RedisError:
+        pass
+
+
+def record_quota(conn: Redis, forge: str, remaining: int, limit: int) -> None:
+    try:
+        conn.hset(QUOTA, mapping={f"{forge}|remaining": remaining, f"{forge}|limit": limit})
+    except RedisError:
+        pass
+
+
+class CountingClient:
+    """A ForgeClient that counts each operation (and records GitHub's remaining quota) for /metrics."""
+
+    def __init__(self, client: Any, conn: Redis, forge: str) -> None:
+        self._client, self._conn, self._forge = client, conn, forge
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                count(self._conn, FORGE_CALLS, self._forge, name)
+                quota = getattr(self._client, "quota", lambda: None)()
+                if quota:
+                    record_quota(self._conn, self._forge, *quota)
+
+        return counted
+
+
+def _pairs(conn: Redis, key: str) -> Iterator[tuple[list[str], float]]:
+    for field, value in conn.hgetall(key).items():
+        yield field.decode().split("|"), float(value)
+
+
+class BridgeCollector:
+    def __init__(self, conn: Redis, settings: Settings) -> None:
+        self.conn, self.settings = conn, settings
+
+    def collect(self) -> Iterator[Any]:
+        deliveries = CounterMetricFamily("forge_bridge_deliveries", "Webhook deliveries by forge and outcome",
+                                         labels=["forge", "outcome"])
+        for (forge, outcome), value in _pairs(self.conn, DELIVERIES):
+            deliveries.add_metric([forge, outcome], value)
+        yield deliveries
+        yield from self._tasks()
+        depth = GaugeMetricFamily("forge_bridge_queue_depth", "Jobs waiting per queue", labels=["queue"])
+        for name, waiting in queue.queue_depths(self.conn).items():
+            depth.add_metric([name], waiting)
+        yield depth
+        yield GaugeMetricFamily("forge_bridge_agent_slots_in_use", "Agent slots in use",
+                                value=queue.slots_in_use(self.conn))
+        yield GaugeMetricFamily("forge_bridge_agent_slots_limit", "max_concurrent_agents",
+                                value=self.settings.max_concurrent_agents)
+        yield from self._forge_api()
+
+    def _tasks(self) -> Iterator[Any]:
+        store = Store(self.conn)
+        tasks = store.tasks(store.recent_task_ids(TASK_WINDOW))
+        states = Counter(task.state for task in tasks)
+        by_state = GaugeMetricFamily("forge_bridge_tasks", "Recent tasks by state", labels=["state"])
+        for state in TaskState:
+            by_state.add_metric([state.value], states.get(state, 0))
+        yield by_state
+        durations = [task.duration for task in tasks if task.state.finished and task.started_at]
+        buckets = [(str(edge), sum(1 for d in durations if d <= edge)) for edge in RUN_BUCKETS]
+        yield HistogramMetricFamily("forge_bridge_agent_run_seconds", "How long agent runs took",
+                                    buckets=[*buckets, ("+Inf", len(durations))], sum_value=sum(durations))
+
+    def _forge_api(self) -> Iterator[Any]:
+        calls = CounterMetricFamily("forge_bridge_forge_api_calls", "Forge API operations",
+                                    labels=["forge", "operation"])
+        for (forge, operation), value in _pairs(self.conn, FORGE_CALLS):
+            calls.add_metric([forge, operation], value)
+        yield calls
+        quota = GaugeMetricFamily("forge_bridge_forge_quota", "Forge API quota as last seen", labels=["forge", "kind"])
+        for (forge, kind), value in _pairs(self.conn, QUOTA):
+            quota.add_metric([forge, kind], value)
+        yield quota
+
+
+def render(conn: Redis, settings: Settings) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(BridgeCollector(conn, settings))
+    return generate_latest(registry)
