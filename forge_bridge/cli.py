@@ -26,7 +26,9 @@ class UsageError(Exception):
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from forge_bridge import logs
+
+    logs.configure(settings.log_format)
 
 
 def _need_redis(settings: Settings, role: str) -> None:
@@ -216,6 +218,49 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_forge(settings: Settings, forge) -> list[tuple[bool, str]]:
+    from forge_bridge.forges import WRITE_PERMISSIONS
+    from forge_bridge.models import RepoRef
+
+    secret_at = forge.webhook_secret_env or "webhook_secret_env"
+    secret = "present" if forge.webhook_secret() else f"missing (set ${secret_at})"
+    results = [(bool(forge.webhook_secret()) or settings.insecure_no_signature, f"{forge.name}: webhook secret {secret}")]
+    client = make_client(forge)
+    try:
+        login = client.whoami()
+    except ForgeError as error:
+        why = "token rejected" if error.status in (401, 403) else f"not reached ({error})"
+        return [*results, (False, f"{forge.name}: {forge.api_url}: {why}")]
+    results.append((True, f"{forge.name}: reached {forge.api_url}; token valid, acting as {login}"))
+    if forge.bot_login and login != forge.bot_login:
+        results.append((False, f"{forge.name}: the token acts as {login}, but bot_login is {forge.bot_login}"))
+    for repo in settings.repos:
+        if repo.forge != forge.name or repo.excludes:
+            continue
+        if any(ch in repo.name for ch in "*?["):
+            results.append((True, f"{forge.name}: {repo.name} is a pattern; its repositories are not checked"))
+            continue
+        owner, name = repo.name.split("/", 1)
+        permission = client.permission(RepoRef(forge.host, owner, name), login)
+        results.append((permission in WRITE_PERMISSIONS,
+                        f"{forge.name}: {repo.name}: {login} has {permission} permission (needs write)"))
+    return results
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    print(f"ok   configuration {settings.source} is valid", flush=True)
+    failures = 0
+    if not settings.forges:
+        print("FAIL no forge is configured")
+        failures += 1
+    for forge in settings.forges:
+        for ok, line in _check_forge(settings, forge):
+            print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
+            failures += not ok
+    print("all checks passed" if not failures else f"{failures} check(s) failed")
+    return 1 if failures else 0
+
+
 class Stopping(Exception):
     """SIGTERM or SIGINT arrived."""
 
@@ -331,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("issue_ref", help="host/owner/repo#N, owner/repo#N, an issue URL, or a sentence with one")
     enqueue.add_argument("message", nargs="*")
     enqueue.set_defaults(run=cmd_enqueue)
+    check = sub.add_parser("check", help="validate the configuration, reach each forge, check tokens and permissions")
+    check.set_defaults(run=cmd_check)
     status = sub.add_parser("status", help="agent slots, queue, running tasks, sessions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=cmd_status)

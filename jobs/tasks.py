@@ -11,6 +11,7 @@ from rq.job import Job
 from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
+from forge_bridge.logs import task_context
 from forge_bridge.models import ForgeEvent
 from forge_bridge.queue import Scheduler
 from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
@@ -40,7 +41,8 @@ def handle_event(event_json: str) -> str:
     config = settings()
     conn = get_current_job().connection
     client = make_client(config.forge(event.forge), conn=conn)
-    return Intake(config, Store(conn), client, conn, scheduler(conn)).handle(event)
+    with task_context(get_current_job().id, str(event.issue)):
+        return Intake(config, Store(conn), client, conn, scheduler(conn)).handle(event)
 
 
 class _StopWatch:
@@ -70,7 +72,8 @@ def run_task(task_id: str) -> str:
         return f"no task {task_id}"
     client = make_client(config.forge(task.forge), conn=conn)
     runner = Runner(config, store, client, scheduler(conn), _StopWatch())
-    done = runner.run(task_id)
+    with task_context(task_id, task.issue):
+        done = runner.run(task_id)
     return f"{done.state.value}: {done.outcome}" if done else f"no task {task_id}"
 
 

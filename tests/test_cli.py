@@ -52,3 +52,25 @@ def test_installed_wheel_ships_the_templates(tmp_path):
     [wheel] = tmp_path.glob("forge_bridge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "forge_bridge/templates/status_comment.md.j2" in names and "jobs/tasks.py" in names
+
+
+@pytest.mark.parametrize("kind", ["github", "gitea"])
+def test_check_reaches_each_forge_and_names_what_is_wrong(kind, request, tmp_path):
+    forge = request.getfixturevalue(kind)
+    repo = forge.create_repo("alice", "widgets")
+    forge.create_repo("alice", "locked")
+    repo.permissions[forge.bot_login] = "write"
+    config = tmp_path / "forge-bridge.toml"
+    config.write_text(
+        f'[[forges]]\nname = "f"\nkind = "{kind}"\nurl = "{forge.url}"\ntoken_env = "T"\nwebhook_secret_env = "S"\n'
+        f'bot_login = "{forge.bot_login}"\nwrite_interval = 0\n'
+        '[[repos]]\nforge = "f"\nname = "alice/widgets"\n[[repos]]\nforge = "f"\nname = "alice/locked"\n')
+    good = run_cli("check", cwd=tmp_path, env={"T": forge.token, "S": "s3cret"})
+    assert good.returncode == 1, good.stdout   # alice/locked does not let the bot write
+    assert f"ok   f: reached {forge.url}" in good.stdout and "acting as kugetsu-bot" in good.stdout
+    assert "ok   f: alice/widgets: kugetsu-bot has write permission" in good.stdout
+    assert "FAIL f: alice/locked: kugetsu-bot has none permission" in good.stdout
+    assert "s3cret" not in good.stdout + good.stderr and forge.token not in good.stdout + good.stderr
+    bad = run_cli("check", cwd=tmp_path, env={"T": "wrong"})
+    assert bad.returncode == 1 and "FAIL f: webhook secret missing (set $S)" in bad.stdout
+    assert "token rejected" in bad.stdout and "Traceback" not in bad.stderr

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
-from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi
+from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi, UserApi
 from gitea_api_client.exceptions import ApiException
 from gitea_api_client.models import (
     CreateIssueCommentOption,
@@ -86,6 +86,18 @@ class GiteaClient:
             if len(batch) < PAGE_SIZE:
                 return items
             page += 1
+
+    def whoami(self) -> str:
+        async def current() -> Any:
+            async with ApiClient(self._config) as api:
+                return await UserApi(api).user_get_current()
+
+        try:
+            return asyncio.run(current()).login
+        except ApiException as error:
+            raise ForgeError(f"Gitea: get the token's user failed with {error.status}", status=error.status) from None
+        except httpx.TransportError as error:
+            raise ForgeError(f"Gitea: get the token's user failed: {type(error).__name__}") from None
 
     def get_repo(self, repo: RepoRef) -> RepoInfo:
         info = self._run("get repository", lambda i, r: r.repo_get(repo.owner, repo.name))

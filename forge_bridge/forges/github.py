@@ -94,6 +94,10 @@ class GitHubClient:
         except requests.exceptions.RequestException as error:
             raise ForgeError(f"GitHub: {doing} failed: {type(error).__name__}") from None
 
+    def whoami(self) -> str:
+        _, data = self._call("get the token's user", self._github.requester.requestJsonAndCheck, "GET", "/user")
+        return data["login"]
+
     def get_repo(self, repo: RepoRef) -> RepoInfo:
         info = self._call("get repository", self._github.get_repo, repo.full_name)
         return RepoInfo(clone_url=info.clone_url, default_branch=info.default_branch)

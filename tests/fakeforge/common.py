@@ -31,6 +31,10 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
     """`number`, `pull_number`: the path parameters' names in the API description (issue_number or index)."""
     state = forge.state
 
+    @app.get(f"{prefix}/user")
+    def whoami():
+        return jsonify(shapes.me())
+
     @app.get(f"{prefix}/repos/<owner>/<name>")
     def get_repo(owner, name):
         return jsonify(shapes.repo(repo_or_404(state, owner, name)))

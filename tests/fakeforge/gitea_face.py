@@ -37,6 +37,9 @@ class GiteaShapes:
     def reaction(self, content: str) -> dict:
         return _from_schema("Reaction", {"content": content, "user": self.user(self.forge.bot_login)})
 
+    def me(self) -> dict:
+        return self.user(self.forge.bot_login)
+
     def user(self, login: str) -> dict:
         return _from_schema("User", {"id": abs(hash(login)) % 10**6, "login": login, "username": login,
                                      "html_url": f"{self.forge.url}/{login}"})

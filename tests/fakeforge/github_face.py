@@ -29,6 +29,9 @@ class GitHubShapes:
     def reaction(self, content: str) -> dict:
         return _from_schema("reaction", {"id": 1, "content": content, "user": self.user(self.forge.bot_login)})
 
+    def me(self) -> dict:
+        return _from_schema("private-user", {"login": self.forge.bot_login, "id": 7, "type": "User"})
+
     def user(self, login: str) -> dict:
         return _from_schema("simple-user", {"login": login, "id": abs(hash(login)) % 10**6,
                                             "type": "Bot" if login.endswith("[bot]") else "User",
