@@ -224,7 +224,8 @@ def _check_forge(settings: Settings, forge) -> list[tuple[bool, str]]:
 
     secret_at = forge.webhook_secret_env or "webhook_secret_env"
     secret = "present" if forge.webhook_secret() else f"missing (set ${secret_at})"
-    results = [(bool(forge.webhook_secret()) or settings.insecure_no_signature, f"{forge.name}: webhook secret {secret}")]
+    has_secret = bool(forge.webhook_secret()) or settings.insecure_no_signature
+    results = [(has_secret, f"{forge.name}: webhook secret {secret}")]
     client = make_client(forge)
     try:
         login = client.whoami()
