@@ -134,34 +134,19 @@ def cmd_destroy(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if message.startswith("Destroyed") else 1
 
 
-def _status_view(settings: Settings) -> dict:
-    from dataclasses import asdict
-
-    from forge_bridge.sessions import Store
-    from forge_bridge.web.api import task_view
-
-    conn = queue.connect(settings.redis_url)
-    store = Store(conn)
-    tasks = store.tasks(store.recent_task_ids(100))
-    sessions = [store.session(issue) for issue in sorted(store.session_ids())]
-    return {"slots": {"in_use": queue.slots_in_use(conn), "limit": settings.max_concurrent_agents},
-            "queues": queue.queue_depths(conn),
-            "active": [task_view(t) for t in tasks if not t.state.finished],
-            "recent": [task_view(t) for t in tasks if t.state.finished][:20],
-            "sessions": [asdict(s) for s in sessions if s is not None]}
-
-
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
+    from forge_bridge.overview import overview
+
     _need_redis(settings, "status")
-    view = _status_view(settings)
+    view = overview(queue.connect(settings.redis_url), settings)
     if args.json:
         print(json.dumps(view, indent=2))
         return 0
     print(f"agent slots: {view['slots']['in_use']} of {view['slots']['limit']} in use; "
           + ", ".join(f"{name}: {depth} waiting" for name, depth in view["queues"].items()))
-    for task in view["active"]:
+    for task in [*view["running"], *view["queued"]]:
         print(f"  {task['state']:<9} {task['id']}  {task['issue']}  {task['action']} by @{task['requested_by']}")
     for task in view["recent"]:
         print(f"  {task['state']:<9} {task['id']}  {task['issue']}  {task['duration']:.0f}s  {task['outcome']}")

@@ -314,7 +314,7 @@ def test_the_command_line_shows_status_and_logs_replays_and_destroys(hosts, conn
 
     host.start_worker()
     wait_for(lambda: repo.pulls, timeout=90, what="the replayed command's pull request")
-    wait_for(lambda: json.loads(run("status", "--json").stdout)["active"] == [], timeout=30, what="idle")
+    wait_for(lambda: not json.loads(run("status", "--json").stdout)["running"], timeout=30, what="idle")
     view = json.loads(run("status", "--json").stdout)
     assert view["recent"][0]["state"] == "succeeded" and view["sessions"][0]["pull_request_url"]
     assert "succeeded" in run("status").stdout

@@ -33,7 +33,7 @@ def require_webhook_secrets(settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from forge_bridge.web import api, health, metrics, webhooks
+    from forge_bridge.web import api, health, metrics, page, webhooks
 
     settings = settings or load_settings()
     if not settings.redis_url:
@@ -45,4 +45,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(page.bp)
     return app

@@ -10,7 +10,7 @@ from importlib.resources import files
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from forge_bridge import queue
-from forge_bridge.models import Task
+from forge_bridge.overview import task_view
 
 bp = Blueprint("api", __name__)
 RECENT = 100
@@ -41,12 +41,6 @@ def require_ui_token() -> Response | None:
 
 
 bp.before_request(require_ui_token)
-
-
-def task_view(task: Task) -> dict:
-    view = asdict(task)
-    view["duration"] = round(task.duration, 3)
-    return view
 
 
 @bp.get("/api/tasks")

@@ -34,6 +34,7 @@ def main():
     parser.add_argument("--mode", default="commit", choices=["commit", "fail", "nocommit", "hang", "spawn"])
     parser.add_argument("--record", default="")
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--ticks", type=int, default=0, help="print a numbered line every 0.3 s this many times")
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
     prompt = sys.stdin.read()   # blocks until the bridge closes stdin
@@ -43,6 +44,9 @@ def main():
     print(f"working on: {prompt.splitlines()[0] if prompt else '(no prompt)'}", flush=True)
     if args.sleep:
         time.sleep(args.sleep)
+    for tick in range(args.ticks):
+        print(f"tick {tick}", flush=True)
+        time.sleep(0.3)
     if args.mode == "spawn":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         print(json.dumps({"child_pid": child.pid}), flush=True)
