@@ -94,7 +94,8 @@ def test_metrics_in_prometheus_format(redis_url, seeded, conn):
     assert "forge_bridge_agent_slots_limit 3.0" in text and 'forge_bridge_queue_depth{queue="forge-bridge-events"}' in text
 
 
-def test_metrics_follow_the_ui_token(redis_url):
+def test_metrics_and_the_page_follow_the_ui_token(redis_url):
     client = _app(redis_url, TOKEN)
-    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics").status_code == 401 and client.get("/").status_code == 401
+    assert client.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

@@ -74,3 +74,27 @@ def test_check_reaches_each_forge_and_names_what_is_wrong(kind, request, tmp_pat
     bad = run_cli("check", cwd=tmp_path, env={"T": "wrong"})
     assert bad.returncode == 1 and "FAIL f: webhook secret missing (set $S)" in bad.stdout
     assert "token rejected" in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_web_listens_on_port_when_set(tmp_path, redis_url):
+    import requests
+    from conftest import free_port
+    from helpers import wait_for
+
+    (tmp_path / "forge-bridge.toml").write_text("insecure_no_signature = true\n")
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_BRIDGE_")}
+    web = subprocess.Popen([sys.executable, "-m", "forge_bridge", "web"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**environ, "PORT": str(port),
+                                                           "FORGE_BRIDGE_REDIS_URL": redis_url})
+    try:
+        def healthy() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(healthy, timeout=30, what="web on $PORT")
+    finally:
+        web.terminate()
+        web.wait(timeout=30)

@@ -2,14 +2,19 @@
 shows the running task, and its log tail updates without a reload; a screenshot is kept as a test artifact."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import requests
-from helpers import wait_for
+from helpers import SECRET, wait_for
 from playwright.sync_api import sync_playwright
 from test_end_to_end import BODY, TITLE
+
+from forge_bridge import embedded
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -48,3 +53,14 @@ def test_the_page_shows_a_running_task_and_its_live_log(github, start_bridge, tm
         page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "status-page.png").stat().st_size > 1000
+    assert github.token not in html and SECRET not in html
+
+    # `logs --follow` streams the same log until the task ends (here: stopped from another process).
+    env = {**os.environ, "FORGE_BRIDGE_REDIS_URL": embedded.url_for(bridge.data_dir), "FAKE_FORGE_TOKEN": github.token}
+    cli = [sys.executable, "-m", "forge_bridge", "--config", str(bridge.config)]
+    follow = subprocess.Popen([*cli, "logs", f"{github.host}/alice/widgets#1", "--follow"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    subprocess.run([*cli, "stop", f"{github.host}/alice/widgets#1"], env=env, check=True, capture_output=True)
+    out, _ = follow.communicate(timeout=30)
+    assert follow.returncode == 0 and "tick 1" in out and "agent stopped (cancelled)" in out
+    assert github.token not in bridge.log.read_text() and SECRET not in bridge.log.read_text()
