@@ -127,6 +127,7 @@ class BridgeWorker(Worker):
     puts in a process group of its own: the runner there stops the agent and puts the task back in line."""
 
     housekeeping: Callable[[], None] | None = None   # the bridge's own periodic work on this host
+    asked_to_stop = False
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
@@ -137,6 +138,7 @@ class BridgeWorker(Worker):
                 log.exception("worker housekeeping failed")
 
     def request_stop(self, signum, frame):
+        self.asked_to_stop = True
         if self.horse_pid:
             try:
                 os.kill(self.horse_pid, signal.SIGTERM)
@@ -156,7 +158,8 @@ def queue_depths(conn: Redis) -> dict[str, int]:
 def work(conn: Redis, *, name: str | None = None, burst: bool = False,
          housekeeping: Callable[[], None] | None = None) -> None:
     """One worker on both queues, intake first so acknowledgements never wait behind agents. When Redis is
-    unreachable (at start or later), wait with backoff and carry on by itself when it returns."""
+    unreachable (at start or later), wait with backoff and carry on by itself when it returns: RQ's worker
+    retries its dequeues, but quits on a Redis error elsewhere, so a new one is started unless asked to stop."""
     queues = [Queue(EVENTS_QUEUE, connection=conn), Queue(AGENTS_QUEUE, connection=conn)]
     wait = 1.0
     while True:
@@ -167,8 +170,10 @@ def work(conn: Redis, *, name: str | None = None, burst: bool = False,
             if housekeeping is not None:
                 housekeeping()  # a worker that starts first cleans up what a dead one left
             worker.work(burst=burst, with_scheduler=True)
-            return
+            if burst or worker.asked_to_stop:
+                return
+            log.warning("worker: RQ's worker quit (Redis?); starting a new one in %.0fs", wait)
         except RedisError as error:
             log.warning("worker: Redis unreachable (%s); retrying in %.0fs", error, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, MAX_RECONNECT_WAIT)
+        time.sleep(wait)
+        wait = min(wait * 2, MAX_RECONNECT_WAIT)
