@@ -48,8 +48,8 @@ def test_merge_deletes_the_branch_when_configured(github, start_bridge):
 def test_closed_unmerged_with_everything_pushed_is_destroyed(gitea, start_bridge):
     repo, issue, bridge, pull, worktree = _reviewed(gitea, start_bridge)
     gitea.close_pull(repo, pull)
-    wait_for(lambda: not worktree.exists(), timeout=60, what="the worktree to go")
-    assert _session(bridge, gitea).archived
+    wait_for(lambda: not worktree.exists() and _session(bridge, gitea).archived, timeout=60,
+             what="the worktree to go and the session to be archived")
 
 
 def test_closed_unmerged_with_unpushed_work_is_kept_and_explained(github, start_bridge):
