@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
+from forge_bridge.streams import judge
 
 PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title)\}")
 BASE_ENV = ("PATH", "HOME", "LANG")
@@ -29,7 +29,20 @@ PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
         TaskAction.START: ("kugetsu", "start", "{issue_ref}", "{prompt}"),
         TaskAction.CONTINUE: ("kugetsu", "continue", "{issue_ref}", "{prompt}"),
     },
+    # Claude Code: the bridge picks the session id for the first run, and resumes it after.
+    "claude": {
+        TaskAction.START: ("claude", "-p", "--output-format", "stream-json", "--verbose", "--session-id",
+                           "{session_id}"),
+        TaskAction.CONTINUE: ("claude", "-p", "--output-format", "stream-json", "--verbose", "--resume",
+                              "{session_id}"),
+    },
+    # Codex: the prompt on stdin; the thread id comes from `thread.started`.
+    "codex": {
+        TaskAction.START: ("codex", "exec", "--json"),
+        TaskAction.CONTINUE: ("codex", "exec", "--json", "resume", "{session_id}"),
+    },
 }
+PREASSIGNED_SESSION = {"claude"}   # presets whose session id the bridge chooses
 
 
 class AgentConfigError(ValueError):
@@ -43,10 +56,11 @@ class AgentResult:
     session_id: str
     summary: str
     stopped: str = ""              # why the bridge stopped it: cancelled | shutdown | worker gone
+    failure: str = ""              # the agent's own output says it failed, whatever its exit code
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and not self.stopped and self.exit_code == 0
+        return not self.timed_out and not self.stopped and self.exit_code == 0 and not self.failure
 
 
 def substitute(template: str, values: Mapping[str, str]) -> str:
@@ -119,24 +133,6 @@ def _kill_group(process: subprocess.Popen) -> None:
                 return
 
 
-def _json_value(lines: list[str], spec: str) -> str:
-    """`json:<key>`: the last value of that key among the JSON lines the agent printed."""
-    if not spec.startswith("json:"):
-        return ""
-    key, found = spec.removeprefix("json:"), ""
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get(key), (str, int)):
-            found = str(data[key])
-    return found
-
-
 def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], str]) -> str:
     """"exited", "timeout" or why it must stop: wait in short steps so a stop is seen within a second."""
     deadline = time.monotonic() + timeout
@@ -172,10 +168,10 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
         process.wait()
         if ended != "exited":
             out.write(f"\nforge-bridge: agent stopped ({ended})\n".encode())
-    lines = read_new_lines(log, offset)
+    verdict = judge(agent, read_new_lines(log, offset))
     return AgentResult(exit_code=process.returncode if ended == "exited" else None, timed_out=ended == "timeout",
-                       stopped=ended if ended not in ("exited", "timeout") else "",
-                       session_id=_json_value(lines, agent.session_id), summary=_json_value(lines, agent.summary))
+                       stopped=ended if ended not in ("exited", "timeout") else "", session_id=verdict.session_id,
+                       summary=verdict.summary, failure=verdict.failure)
 
 
 def read_new_lines(log: Path, offset: int) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +100,10 @@ class Runner:
         elif result.timed_out:
             task.state = TaskState.TIMED_OUT
             task.outcome = f"the agent ran past task_timeout ({int(self.settings.task_timeout)}s) and was stopped"
-        elif not result.ok:
+        elif result.exit_code != 0:
             task.state, task.outcome = TaskState.FAILED, f"the agent exited with code {result.exit_code}"
+        elif result.failure:
+            task.state, task.outcome = TaskState.FAILED, result.failure
         elif task.commits == 0:
             task.state, task.outcome = TaskState.FAILED, "the agent left no new commits"
         else:
@@ -117,6 +120,9 @@ class Runner:
 
     def run_agent(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
                   log_file: Path) -> agents.AgentResult:
+        if not session.agent_session_id and self.settings.agent.preset in agents.PREASSIGNED_SESSION:
+            session.agent_session_id = str(uuid.uuid4())   # stored now: a continue resumes it even after a failure
+            self.store.save_session(session)
         values = {"prompt": task.message, "session_id": session.agent_session_id, "issue_ref": str(ref),
                   "worktree": str(worktree), "branch": session.branch, "title": issue.title}
         argv = agents.build_argv(self.settings.agent, task.action, values)

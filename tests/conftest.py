@@ -81,13 +81,16 @@ def _toml_list(items: list[str]) -> str:
 
 
 def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_args: list[str], poll: bool,
-                  settings: dict[str, str]) -> str:
+                  settings: dict[str, str], preset: str = "command") -> str:
     top = {"data_dir": f'"{data_dir}"', "bind": f'"127.0.0.1:{port}"', "workers": "1",
            "poll_interval": '"1s"', "task_timeout": '"60s"', **settings}
     lines = [f"{key} = {value}" for key, value in top.items()]
-    lines += ["", "[agent]", 'preset = "command"',
-              f"argv = {_toml_list([sys.executable, str(FAKE_AGENT), *agent_args])}",
-              'session_id = "json:session_id"', 'summary = "json:summary"']
+    if preset == "command":
+        lines += ["", "[agent]", 'preset = "command"',
+                  f"argv = {_toml_list([sys.executable, str(FAKE_AGENT), *agent_args])}",
+                  'session_id = "json:session_id"', 'summary = "json:summary"']
+    else:  # a real preset, found on PATH (tests/agents/bin holds fakes of the CLIs)
+        lines += ["", "[agent]", f'preset = "{preset}"']
     for forge in forges:
         lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
                   f'token_env = "{TOKEN_ENV}"', f'webhook_secret_env = "{SECRET_ENV}"',
@@ -107,6 +110,7 @@ class Bridge:
     poll: bool = False
     settings: dict[str, str] = field(default_factory=dict)
     hooks: bool = True
+    preset: str = "command"
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,7 @@ class Bridge:
         self.port = free_port()
         self.config = self.root / "forge-bridge.toml"
         self.config.write_text(bridge_config(self.data_dir, self.port, self.forges, agent_args=self.agent_args,
-                                             poll=self.poll, settings=self.settings))
+                                             poll=self.poll, settings=self.settings, preset=self.preset))
         self.log = self.root / "serve.log"
         self.process: subprocess.Popen | None = None
 
@@ -123,7 +127,8 @@ class Bridge:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Bridge:
-        env = {**os.environ, TOKEN_ENV: "fake-forge-token", SECRET_ENV: SECRET}
+        env = {**os.environ, TOKEN_ENV: "fake-forge-token", SECRET_ENV: SECRET,
+               "PATH": f"{FAKE_AGENT.parent / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("FORGE_BRIDGE_REDIS_URL", None)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

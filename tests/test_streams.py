@@ -1,0 +1,49 @@
+"""Reading what each CLI prints: session ids, summaries, and failure from the final event whatever the exit code."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forge_bridge.config import AgentConfig
+from forge_bridge.streams import judge
+
+CLAUDE, CODEX = AgentConfig(preset="claude"), AgentConfig(preset="codex")
+
+
+def lines(*events) -> list[str]:
+    return [e if isinstance(e, str) else json.dumps(e) for e in events]
+
+
+def test_claude_success_reads_the_result_event():
+    verdict = judge(CLAUDE, lines({"type": "system", "subtype": "init", "session_id": "s-1"}, "garbage {",
+                                  {"type": "result", "subtype": "success", "is_error": False, "result": "did it",
+                                   "session_id": "s-1"}))
+    assert (verdict.session_id, verdict.summary, verdict.failure) == ("s-1", "did it", "")
+
+
+@pytest.mark.parametrize(("final", "why"), [
+    ({"type": "result", "subtype": "error_max_turns", "is_error": True, "session_id": "s"}, "error_max_turns"),
+    ({"type": "result", "subtype": "error_during_execution", "is_error": False, "session_id": "s"}, "error"),
+    ({"type": "assistant", "session_id": "s"}, "without its final result event"),
+])
+def test_claude_failures_are_failures_even_on_exit_zero(final, why):
+    verdict = judge(CLAUDE, lines({"type": "system", "session_id": "s"}, final))
+    assert why in verdict.failure and verdict.session_id == "s"
+
+
+def test_codex_thread_summary_and_failures():
+    started = {"type": "thread.started", "thread_id": "t-9"}
+    message = {"type": "item.completed", "item": {"type": "agent_message", "text": "changed two files"}}
+    ok = judge(CODEX, lines(started, {"type": "turn.started"}, message, {"type": "turn.completed", "usage": {}}))
+    assert (ok.session_id, ok.summary, ok.failure) == ("t-9", "changed two files", "")
+    failed = judge(CODEX, lines(started, {"type": "turn.failed", "error": {"message": "model refused"}}))
+    assert failed.failure == "the agent reported: model refused"
+    assert "without finishing" in judge(CODEX, lines(started, message)).failure
+    assert judge(CODEX, lines("no json at all")).session_id == ""
+
+
+def test_command_preset_reads_configured_keys():
+    agent = AgentConfig(preset="command", argv=("x",), session_id="json:sid", summary="json:sum")
+    verdict = judge(agent, lines({"sid": 1}, "noise", {"sid": "two", "sum": "done"}))
+    assert (verdict.session_id, verdict.summary, verdict.failure) == ("two", "done", "")
