@@ -98,7 +98,7 @@ def _operator_intake(settings: Settings, ref_text: str, role: str):
     if forge is None:
         raise UsageError(f"no configured forge serves {ref.repo.host}")
     conn = queue.connect(settings.redis_url)
-    intake = Intake(settings, Store(conn), make_client(forge, conn=conn), conn,
+    intake = Intake(settings, Store(conn), make_client(forge, conn=conn),
                     queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
     event = ForgeEvent(forge=forge.name, kind=EventKind.COMMENT, issue=ref, sender=getpass.getuser(), source="cli")
     return intake, event, ref

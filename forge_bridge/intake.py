@@ -6,8 +6,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from redis import Redis
-
 from forge_bridge import agents, worktrees
 from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
@@ -30,7 +28,6 @@ class Intake:
     settings: Settings
     store: Store
     client: ForgeClient
-    conn: Redis
     scheduler: Scheduler
 
     def handle(self, event: ForgeEvent) -> str:

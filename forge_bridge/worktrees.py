@@ -141,11 +141,6 @@ def count_commits(worktree: Path, old: str, new: str) -> int:
     return int(git("rev-list", "--count", f"{old}..{new}", cwd=worktree))
 
 
-def commit_subjects(worktree: Path, old: str, new: str) -> list[str]:
-    out = git("log", "--format=%h %s", f"{old}..{new}", cwd=worktree)
-    return out.splitlines() if out else []
-
-
 def push(worktree: Path, branch: str, env: dict[str, str]) -> None:
     git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=worktree, env=env)
 

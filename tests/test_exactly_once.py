@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 from conftest import free_port
-from helpers import FIXTURES, SECRET, wait_for
+from helpers import FIXTURES, SECRET, healthy, wait_for
 from rq import Queue
 
 from forge_bridge import queue
@@ -47,14 +47,7 @@ def web(tmp_path, redis_url):
     process = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(config), "web", "--bind",
                                 f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(up, timeout=30, what="forge-bridge web")
+    wait_for(lambda: healthy(url), timeout=30, what="forge-bridge web")
     yield url
     process.terminate()
     process.wait(timeout=30)

@@ -30,7 +30,7 @@ def make_intake(forge: FakeForge, redis_url: str, data_dir, **top) -> Intake:
            "repos": [{"forge": forge.kind, "name": "alice/*"}]}
     settings = settings_from_dict(raw, source="test.toml", environ={"T": forge.token})
     conn = queue.connect(redis_url)
-    return Intake(settings, Store(conn), make_client(settings.forge(forge.kind)), conn,
+    return Intake(settings, Store(conn), make_client(settings.forge(forge.kind)),
                   queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
 
 
@@ -67,7 +67,7 @@ def bot_comments(world) -> list[str]:
 
 
 def agent_jobs(intake: Intake) -> int:
-    return Queue(queue.AGENTS_QUEUE, connection=intake.conn).count
+    return Queue(queue.AGENTS_QUEUE, connection=intake.scheduler.conn).count
 
 
 def test_start_command_queues_a_task_with_the_issue_and_the_message(world):

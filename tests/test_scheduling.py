@@ -86,7 +86,7 @@ def hosts(github, redis_url, tmp_path):
 def submit(host: Host, ref: IssueRef, message: str, action: TaskAction = TaskAction.START) -> str:
     settings = host.settings
     conn = queue.connect(host.redis_url)
-    intake = Intake(settings, Store(conn), make_client(settings.forge(host.forge.kind)), conn,
+    intake = Intake(settings, Store(conn), make_client(settings.forge(host.forge.kind)),
                     queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
     event = ForgeEvent(forge=host.forge.kind, kind=EventKind.COMMENT, issue=ref, sender="alice")
     return intake.enqueue_task(ref, event, action, message, labels=()).id
