@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import signal
@@ -14,16 +15,20 @@ from pathlib import Path
 
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
-from forge_bridge.streams import judge
+from forge_bridge.streams import Verdict, judge, session_named
 
-PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title)\}")
+PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title|message_file|history_file)\}")
 BASE_ENV = ("PATH", "HOME", "LANG")
 KILL_GRACE = 5.0
 CANCEL_POLL = 0.5
 PR_SET_PDEATHSIG = 1
 TAIL_LINES = 20
 
-# argv templates per preset and action; the prompt also always goes to stdin.
+# argv templates per preset and action, pinned to the CLI versions named in the README; the prompt always goes to
+# stdin too (aider reads it from a file the bridge writes, since it takes no prompt on stdin).
+_CLAUDE = ("claude", "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits")
+_AIDER = ("aider", "--yes-always", "--no-pretty", "--no-stream", "--no-check-update", "--no-gitignore",
+          "--message-file", "{message_file}", "--chat-history-file", "{history_file}", "--restore-chat-history")
 PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
     "kugetsu": {
         TaskAction.START: ("kugetsu", "start", "{issue_ref}", "{prompt}"),
@@ -31,32 +36,49 @@ PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
     },
     # Claude Code: the bridge picks the session id for the first run, and resumes it after.
     "claude": {
-        TaskAction.START: ("claude", "-p", "--output-format", "stream-json", "--verbose", "--session-id",
-                           "{session_id}"),
-        TaskAction.CONTINUE: ("claude", "-p", "--output-format", "stream-json", "--verbose", "--resume",
-                              "{session_id}"),
+        TaskAction.START: (*_CLAUDE, "--session-id", "{session_id}"),
+        TaskAction.CONTINUE: (*_CLAUDE, "--resume", "{session_id}"),
     },
-    # Codex: the prompt on stdin; the thread id comes from `thread.started`.
+    # Codex: the prompt on stdin ("-"); the thread id comes from `thread.started`.
     "codex": {
-        TaskAction.START: ("codex", "exec", "--json"),
-        TaskAction.CONTINUE: ("codex", "exec", "--json", "resume", "{session_id}"),
+        TaskAction.START: ("codex", "exec", "--json", "--full-auto", "-"),
+        TaskAction.CONTINUE: ("codex", "exec", "--json", "--full-auto", "resume", "{session_id}", "-"),
     },
+    # opencode: the prompt on stdin; the session id is the `sessionID` of its JSON lines.
+    "opencode": {
+        TaskAction.START: ("opencode", "run", "--format", "json"),
+        TaskAction.CONTINUE: ("opencode", "run", "--format", "json", "--session", "{session_id}"),
+    },
+    # aider: its "session" is a chat history file per issue, restored on every run.
+    "aider": {TaskAction.START: _AIDER, TaskAction.CONTINUE: _AIDER},
 }
-PREASSIGNED_SESSION = {"claude"}   # presets whose session id the bridge chooses
+# Extra environment a preset needs to run unattended: opencode reads its permission config from this variable.
+PRESET_ENV = {"opencode": {"OPENCODE_PERMISSION": json.dumps({"edit": "allow", "bash": "allow", "webfetch": "allow",
+                                                               "external_directory": "allow"})}}
 
 
 class AgentConfigError(ValueError):
-    """The configured preset cannot be run yet."""
+    """The configured preset cannot be run."""
 
 
 @dataclass(frozen=True)
 class AgentResult:
     exit_code: int | None
     timed_out: bool
-    session_id: str
-    summary: str
+    verdict: Verdict = Verdict()
     stopped: str = ""              # why the bridge stopped it: cancelled | shutdown | worker gone
-    failure: str = ""              # the agent's own output says it failed, whatever its exit code
+
+    @property
+    def session_id(self) -> str:
+        return self.verdict.session_id
+
+    @property
+    def summary(self) -> str:
+        return self.verdict.summary
+
+    @property
+    def failure(self) -> str:      # the agent's own output says it failed, whatever its exit code
+        return self.verdict.failure
 
     @property
     def ok(self) -> bool:
@@ -72,16 +94,26 @@ def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]
     if agent.preset == "command":
         template = agent.argv
     elif agent.preset in PRESETS:
-        template = PRESETS[agent.preset][action]
+        template = PRESETS[agent.preset][action] + _limits(agent)
     else:
-        raise AgentConfigError(f"agent preset {agent.preset!r} is not available in this version; use \"command\"")
+        raise AgentConfigError(f"agent preset {agent.preset!r} is not available; use \"command\"")
     return [substitute(part, values) for part in template]
+
+
+def _limits(agent: AgentConfig) -> tuple[str, ...]:
+    """Claude Code's own limits on a run, from the configuration."""
+    if agent.preset != "claude":
+        return ()
+    turns = ("--max-turns", str(agent.max_turns)) if agent.max_turns else ()
+    budget = ("--max-budget-usd", f"{agent.max_budget_usd:g}") if agent.max_budget_usd else ()
+    return turns + budget
 
 
 def agent_env(agent: AgentConfig, variables: Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> dict:
     """Only what the agent needs: never the bridge's secrets or other forges' tokens."""
     environ = os.environ if environ is None else environ
     env = {k: environ[k] for k in (*BASE_ENV, *agent.pass_env) if k in environ}
+    env.update(PRESET_ENV.get(agent.preset, {}))
     env.update(variables)
     return env
 
@@ -151,7 +183,10 @@ def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], s
 
 def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], timeout: float,
               log: Path, agent: AgentConfig, should_stop: Callable[[], str] = lambda: "",
-              on_start: Callable[[int], None] = lambda pid: None) -> AgentResult:
+              on_start: Callable[[int], None] = lambda pid: None,
+              on_session: Callable[[str], None] | None = None) -> AgentResult:
+    """Run one agent to its end. `on_session` hears the session id the moment the output names it, so it is
+    stored even if the worker dies before the agent ends."""
     offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         try:
@@ -160,18 +195,40 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
                                        preexec_fn=_die_with_parent)
         except OSError as error:
             out.write(f"forge-bridge: cannot start agent {argv[0]!r}: {error}\n".encode())
-            return AgentResult(exit_code=None, timed_out=False, session_id="", summary="")
+            return AgentResult(exit_code=None, timed_out=False)
         on_start(process.pid)
         threading.Thread(target=_feed_stdin, args=(process, prompt), daemon=True).start()
-        ended = _wait(process, timeout, should_stop)
+        watch = _SessionWatch(agent, log, offset, on_session)
+        ended = _wait(process, timeout, lambda: watch.poll() or should_stop())
         _kill_group(process)  # after a timeout or cancel, and after a normal exit too: no leftovers
         process.wait()
         if ended != "exited":
             out.write(f"\nforge-bridge: agent stopped ({ended})\n".encode())
     verdict = judge(agent, read_new_lines(log, offset))
+    watch.found(verdict.session_id)
     return AgentResult(exit_code=process.returncode if ended == "exited" else None, timed_out=ended == "timeout",
-                       stopped=ended if ended not in ("exited", "timeout") else "", session_id=verdict.session_id,
-                       summary=verdict.summary, failure=verdict.failure)
+                       stopped=ended if ended not in ("exited", "timeout") else "", verdict=verdict)
+
+
+@dataclass
+class _SessionWatch:
+    """Reads the agent's output while it runs, until it names its session."""
+
+    agent: AgentConfig
+    log: Path
+    offset: int
+    on_session: Callable[[str], None] | None
+    done: bool = False
+
+    def poll(self) -> str:
+        if self.on_session is not None and not self.done:
+            self.found(session_named(self.agent, read_new_lines(self.log, self.offset)))
+        return ""
+
+    def found(self, session_id: str) -> None:
+        if session_id and not self.done and self.on_session is not None:
+            self.done = True
+            self.on_session(session_id)
 
 
 def read_new_lines(log: Path, offset: int) -> list[str]:

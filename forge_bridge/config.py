@@ -82,6 +82,13 @@ class AgentConfig:
     session_id: str = "none"
     summary: str = "none"
     pass_env: tuple[str, ...] = ()
+    max_turns: int = 0             # claude: --max-turns (0: the CLI's own default)
+    max_budget_usd: float = 0.0    # claude: --max-budget-usd (0: no limit)
+
+    @property
+    def preassigned_session(self) -> bool:
+        """Whether the bridge picks the session id (a uuid) before the first run."""
+        return self.preset == "claude" or (self.preset == "command" and self.session_id == "uuid")
 
 
 @dataclass(frozen=True)
@@ -241,10 +248,33 @@ def _agent(table: dict, source: str) -> AgentConfig:
         raise ConfigError(f"{source}: agent.argv must be a list of strings (an argv, never a shell string)")
     if preset == "command" and not argv:
         raise ConfigError(f"{source}: agent.argv is required with preset \"command\"")
+    session_id = _spec(table, "session_id", ("uuid", "none"), source)
+    summary = _spec(table, "summary", ("none",), source)
+    pass_env = table.get("pass_env", [])
+    if not isinstance(pass_env, list) or not all(isinstance(name, str) for name in pass_env):
+        raise ConfigError(f"{source}: agent.pass_env must be a list of variable names")
     return AgentConfig(
-        preset=preset, argv=tuple(argv), session_id=table.get("session_id", "none"),
-        summary=table.get("summary", "none"), pass_env=tuple(table.get("pass_env", [])),
+        preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, pass_env=tuple(pass_env),
+        max_turns=_non_negative(table, "max_turns", int, source),
+        max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )
+
+
+def _spec(table: dict, key: str, words: tuple[str, ...], source: str) -> str:
+    """Where the agent's output is read: `json:<key>` or one of the fixed words."""
+    value = table.get(key, "none")
+    if not isinstance(value, str) or not (value in words or (value.startswith("json:") and len(value) > 5)):
+        choices = " | ".join(("json:<key>", *words))
+        raise ConfigError(f"{source}: agent.{key} must be {choices}, got {value!r}")
+    return value
+
+
+def _non_negative(table: dict, key: str, kind: type, source: str) -> Any:
+    value = table.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or kind(value) != value:
+        raise ConfigError(f"{source}: agent.{key} must be a non-negative {'whole ' if kind is int else ''}number, "
+                          f"got {value!r}")
+    return kind(value)
 
 
 def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None = None) -> Settings:

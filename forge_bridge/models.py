@@ -154,6 +154,10 @@ class Task:
     summary: str = ""
     host: str = ""                 # where the agent runs, and its process group, to reap what a dead worker left
     agent_pid: int = 0
+    cost_usd: float = 0.0          # what the agent says the run cost, when it says
+    tokens: int = 0
+    turns: int = 0
+    session_note: str = ""         # why the run began a new agent session instead of resuming ("" when it did not)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -181,6 +185,8 @@ class Session:
     worktree: str = ""
     branch: str = ""
     agent_session_id: str = ""
+    agent: str = ""                # the preset that made agent_session_id, and the host it lives on: a session
+    agent_host: str = ""           # is resumed only by the same agent on the same host
     pull_request_url: str = ""
     pull_request_number: int = 0
     status_comment_id: int = 0

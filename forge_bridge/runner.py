@@ -11,13 +11,15 @@ from pathlib import Path
 
 from forge_bridge import agents, worktrees
 from forge_bridge.agents import AgentConfigError
-from forge_bridge.config import Settings
+from forge_bridge.config import AgentConfig, Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
-from forge_bridge.models import IssueRef, Session, Task, TaskState
+from forge_bridge.history import history_prompt, resume_obstacle
+from forge_bridge.models import IssueRef, Session, Task, TaskAction, TaskState
 from forge_bridge.queue import Scheduler
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import Store
+from forge_bridge.streams import reports_sessions
 from forge_bridge.worktrees import GitError
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,22 @@ EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError)
 SHUTDOWN = "shutdown"       # the worker is stopping: the task goes back to the head of its line
 CANCELLED = "cancelled"
 WORKER_GONE = "worker gone"
+
+
+AIDER_HISTORY = "aider.chat.history.md"
+
+
+@dataclass(frozen=True)
+class Turn:
+    action: TaskAction        # how the agent is called: start a new session, or continue (resume) one
+    prompt: str
+    resumes: bool = False
+
+
+def resumable(agent: AgentConfig) -> bool:
+    """Whether the bridge resumes the agent's sessions (kugetsu keeps its own; a command may keep none)."""
+    return agent.preset in ("claude", "codex", "opencode", "aider") or (
+        agent.preset == "command" and agent.session_id != "none")
 
 
 @dataclass
@@ -85,12 +103,20 @@ class Runner:
             worktrees.ensure_worktree(mirror, worktree, branch=session.branch, base=repo.default_branch)
             worktrees.catch_up(mirror, worktree, session.branch)
         before = worktrees.head(worktree)
-        result = self.run_agent(task, session, issue, ref, worktree, log_file)
-        if result.session_id:
-            session.agent_session_id = result.session_id
-            self.store.save_session(session)  # kept even when the run failed, so a continue can resume
+        result = self.run_turn(task, session, issue, ref, worktree, log_file, before)
         task.summary = result.summary
+        if result.ok:
+            worktrees.commit_leftovers(worktree, f"{issue.title} (#{ref.number})\n\n{result.summary}".strip(),
+                                       author=forge.bot_login or "forge-bridge")
         task.commits = worktrees.count_commits(worktree, before, worktrees.head(worktree))
+        self.judge(task, result)
+        if task.state is TaskState.SUCCEEDED:
+            with worktrees.mirror_lock(mirror):
+                worktrees.push(worktree, session.branch, env)
+            self.open_pull_request(task, session, issue, ref, repo.default_branch)
+
+    def judge(self, task: Task, result: agents.AgentResult) -> None:
+        """The task's end, from how the agent ended, what it said and the commits it left."""
         if result.stopped == SHUTDOWN:
             task.state, task.outcome = TaskState.QUEUED, "interrupted by a shutdown; it will run again"
         elif result.stopped == CANCELLED:
@@ -107,9 +133,6 @@ class Runner:
         elif task.commits == 0:
             task.state, task.outcome = TaskState.FAILED, "the agent left no new commits"
         else:
-            with worktrees.mirror_lock(mirror):
-                worktrees.push(worktree, session.branch, env)
-            self.open_pull_request(task, session, issue, ref, repo.default_branch)
             task.state, task.outcome = TaskState.SUCCEEDED, f"{task.commits} new commit(s) pushed"
 
     def stop_reason(self, task: Task) -> str:
@@ -118,14 +141,52 @@ class Runner:
             return reason
         return CANCELLED if self.store.cancel_requested(task.id) else ""
 
-    def run_agent(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
-                  log_file: Path) -> agents.AgentResult:
-        if not session.agent_session_id and self.settings.agent.preset in agents.PREASSIGNED_SESSION:
-            session.agent_session_id = str(uuid.uuid4())   # stored now: a continue resumes it even after a failure
-            self.store.save_session(session)
-        values = {"prompt": task.message, "session_id": session.agent_session_id, "issue_ref": str(ref),
-                  "worktree": str(worktree), "branch": session.branch, "title": issue.title}
-        argv = agents.build_argv(self.settings.agent, task.action, values)
+    # one turn of the agent: resume its session, or begin a new one carrying the issue's history
+    def run_turn(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
+                 log_file: Path, before: str) -> agents.AgentResult:
+        turn = self.plan(task, session, issue, ref)
+        result = self.launch(task, session, issue, ref, worktree, log_file, turn)
+        if turn.resumes and self.resume_failed(result) and worktrees.head(worktree) == before:
+            turn = self.fresh_turn(task, session, issue, ref, f"resuming session {session.agent_session_id} failed")
+            result = self.launch(task, session, issue, ref, worktree, log_file, turn)
+        return result
+
+    def plan(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef) -> Turn:
+        agent = self.settings.agent
+        if task.action is TaskAction.START or not resumable(agent):
+            return Turn(task.action, task.message)
+        obstacle = resume_obstacle(session, preset=agent.preset, host=socket.gethostname(),
+                                   history_file_exists=agent.preset != "aider" or Path(session.agent_session_id).exists())
+        if obstacle:
+            return self.fresh_turn(task, session, issue, ref, obstacle)
+        return Turn(TaskAction.CONTINUE, task.message, resumes=True)
+
+    def fresh_turn(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, why: str) -> Turn:
+        earlier = [t for t in self.store.tasks(session.task_ids) if t.id != task.id and t.state.finished]
+        task.session_note = f"new session: {why}"
+        prompt = history_prompt(issue=str(ref), title=issue.title, session=session, earlier=earlier,
+                                message=task.message, why=why)
+        return Turn(TaskAction.START, prompt)
+
+    def resume_failed(self, result: agents.AgentResult) -> bool:
+        """A resume that failed before the agent named any session: the session is unknown where it ran."""
+        return (not result.ok and not result.stopped and not result.timed_out and not result.session_id
+                and reports_sessions(self.settings.agent))
+
+    def launch(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
+               log_file: Path, turn: Turn) -> agents.AgentResult:
+        if turn.action is TaskAction.START:
+            self.new_session(session, ref)
+        if task.session_note and turn.action is TaskAction.START:
+            with open(log_file, "a") as out:
+                out.write(f"forge-bridge: starting a {task.session_note}\n")
+        files = worktrees.session_dir(self.settings.data_dir, ref)
+        message_file = files / f"prompt-{task.id}.md"
+        message_file.write_text(turn.prompt)   # aider reads its prompt from a file
+        values = {"prompt": turn.prompt, "session_id": session.agent_session_id, "issue_ref": str(ref),
+                  "worktree": str(worktree), "branch": session.branch, "title": issue.title,
+                  "message_file": str(message_file), "history_file": str(files / AIDER_HISTORY)}
+        argv = agents.build_argv(self.settings.agent, turn.action, values)
         env = agents.agent_env(self.settings.agent, {
             "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
             "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
@@ -135,9 +196,35 @@ class Runner:
             task.host, task.agent_pid = socket.gethostname(), pid
             self.store.save_task(task)
 
-        return agents.run_agent(argv, prompt=task.message, cwd=worktree, env=env,
-                                timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
-                                should_stop=lambda: self.stop_reason(task), on_start=started)
+        result = agents.run_agent(argv, prompt=turn.prompt, cwd=worktree, env=env,
+                                  timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
+                                  should_stop=lambda: self.stop_reason(task), on_start=started,
+                                  on_session=lambda found: self.remember_session(session, found))
+        task.cost_usd += result.verdict.cost_usd
+        task.tokens += result.verdict.tokens
+        task.turns += result.verdict.turns
+        return result
+
+    def new_session(self, session: Session, ref: IssueRef) -> None:
+        """A start begins a new agent session: the bridge picks its id when the agent takes one (Claude Code,
+        a `uuid` command); aider's chat history is set aside; the others name theirs as they run."""
+        agent = self.settings.agent
+        if agent.preassigned_session:
+            session_id = str(uuid.uuid4())
+        elif agent.preset == "aider":
+            history = worktrees.session_dir(self.settings.data_dir, ref) / AIDER_HISTORY
+            if history.exists():
+                history.rename(history.with_name(f"{history.stem}.{int(time.time())}.md"))
+            session_id = str(history)
+        else:
+            session_id = ""
+        self.remember_session(session, session_id)
+
+    def remember_session(self, session: Session, session_id: str) -> None:
+        """Stored the moment it is known, even if the run then fails, so a continue can resume it."""
+        session.agent_session_id, session.agent, session.agent_host = \
+            session_id, self.settings.agent.preset, socket.gethostname()
+        self.store.save_session(session)
 
     def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
         if session.pull_request_url:

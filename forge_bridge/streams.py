@@ -1,24 +1,33 @@
-"""Read what an agent printed — its session id, its summary, and whether it says it failed — per CLI. Pure.
+"""Read what an agent printed — its session id, summary, usage, and whether it says it failed — per CLI. Pure.
 
 Success is decided from the final event, the exit code and the timeout together: an agent whose stream ends
-without its final event has failed, whatever its exit code. Flags and events follow the CLIs' documentation:
-Claude Code's `-p --output-format stream-json` (a final `result` event) and Codex's `exec --json`
-(`thread.started`, then `turn.completed` or `turn.failed`)."""
+without its final event has failed, whatever its exit code. The events follow each CLI's documentation, for the
+versions named in the README: Claude Code's `-p --output-format stream-json` (a final `result` event), Codex's
+`exec --json` (`thread.started`, then `turn.completed` or `turn.failed`), opencode's `run --format json`
+(`sessionID` on every line, `step_finish` with tokens and cost, `error`), aider's plain output (`Cost:` lines)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from forge_bridge.config import AgentConfig
 
+# aider: "Tokens: 2.1k sent, 150 received. Cost: $0.0012 message, $0.0034 session."
+_AIDER_COST = re.compile(r"Cost: \$([0-9]+(?:\.[0-9]+)?) message")
+_AIDER_TOKENS = re.compile(r"Tokens: ([0-9.]+)(k?) sent, ([0-9.]+)(k?) received")
+
 
 @dataclass(frozen=True)
 class Verdict:
-    session_id: str = ""
+    session_id: str = ""    # the session the stream names ("" when it names none)
     summary: str = ""
     failure: str = ""       # why the agent's own output says it failed ("" when it does not)
+    cost_usd: float = 0.0
+    tokens: int = 0
+    turns: int = 0
 
 
 def json_events(lines: list[str]) -> Iterator[dict[str, Any]]:
@@ -35,28 +44,37 @@ def json_events(lines: list[str]) -> Iterator[dict[str, Any]]:
             yield event
 
 
-def _last_value(lines: list[str], spec: str) -> str:
-    """`json:<key>`: the last value of that key among the JSON lines."""
-    if not spec.startswith("json:"):
-        return ""
-    key, found = spec.removeprefix("json:"), ""
-    for event in json_events(lines):
-        if isinstance(event.get(key), (str, int)):
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _last_value(events: list[dict[str, Any]], key: str) -> str:
+    found = ""
+    for event in events:
+        if isinstance(event.get(key), (str, int)) and not isinstance(event.get(key), bool) and event[key] != "":
             found = str(event[key])
     return found
 
 
+def _spec_value(lines: list[str], spec: str) -> str:
+    """`json:<key>`: the last value of that key among the JSON lines; any other spec reads nothing."""
+    return _last_value(list(json_events(lines)), spec.removeprefix("json:")) if spec.startswith("json:") else ""
+
+
 def _claude(lines: list[str]) -> Verdict:
     events = list(json_events(lines))
-    session = next((str(e["session_id"]) for e in reversed(events) if e.get("session_id")), "")
+    session = _last_value(events, "session_id")
     results = [e for e in events if e.get("type") == "result"]
     if not results:
         return Verdict(session, "", "the agent ended without its final result event")
     final = results[-1]
-    summary = str(final.get("result") or "")
+    usage = final.get("usage") if isinstance(final.get("usage"), dict) else {}
+    verdict = Verdict(session, str(final.get("result") or ""), "", _number(final.get("total_cost_usd")),
+                      int(_number(usage.get("input_tokens")) + _number(usage.get("output_tokens"))),
+                      int(_number(final.get("num_turns"))))
     if final.get("is_error") or final.get("subtype") != "success":
-        return Verdict(session, summary, f"the agent reported an error ({final.get('subtype', 'error')})")
-    return Verdict(session, summary)
+        return _failed(verdict, f"the agent reported an error ({final.get('subtype', 'error')})")
+    return verdict
 
 
 def _codex(lines: list[str]) -> Verdict:
@@ -65,20 +83,78 @@ def _codex(lines: list[str]) -> Verdict:
                   "")
     messages = [str((e.get("item") or {}).get("text") or "") for e in events
                 if e.get("type") == "item.completed" and (e.get("item") or {}).get("type") == "agent_message"]
-    summary = messages[-1] if messages else ""
+    turns = [e for e in events if e.get("type") == "turn.completed"]
+    tokens = sum(int(_number((e.get("usage") or {}).get(k))) for e in turns for k in ("input_tokens", "output_tokens"))
+    verdict = Verdict(thread, messages[-1] if messages else "", "", 0.0, tokens, len(turns))
     ends = [e for e in events if e.get("type") in ("turn.completed", "turn.failed", "error")]
     if not ends:
-        return Verdict(thread, summary, "the agent ended without finishing its turn")
+        return _failed(verdict, "the agent ended without finishing its turn")
     if ends[-1]["type"] != "turn.completed":
         message = (ends[-1].get("error") or {}).get("message") or ends[-1].get("message") or "failed"
-        return Verdict(thread, summary, f"the agent reported: {message}")
-    return Verdict(thread, summary)
+        return _failed(verdict, f"the agent reported: {message}")
+    return verdict
 
 
-JUDGES = {"claude": _claude, "codex": _codex}
+def _opencode(lines: list[str]) -> Verdict:
+    events = list(json_events(lines))
+    session = _last_value(events, "sessionID")
+    steps = [e.get("part") or {} for e in events if e.get("type") == "step_finish"]
+    tokens = sum(int(_number((p.get("tokens") or {}).get(k))) for p in steps for k in ("input", "output", "reasoning"))
+    texts, summary = [], ""
+    for event in events:   # the answer is the text of the last step
+        if event.get("type") == "step_start":
+            texts = []
+        elif event.get("type") == "text":
+            texts.append(str((event.get("part") or {}).get("text") or ""))
+        elif event.get("type") == "step_finish":
+            summary = "".join(texts).strip() or summary
+    verdict = Verdict(session, summary, "", sum(_number(p.get("cost")) for p in steps), tokens, len(steps))
+    errors = [e for e in events if e.get("type") == "error"]
+    if errors:   # an error event is a failure whatever the exit code
+        error = errors[-1].get("error") or {}
+        message = (error.get("data") or {}).get("message") or error.get("name") or "error"
+        return _failed(verdict, f"the agent reported: {message}")
+    if not steps or (steps[-1].get("reason") == "tool-calls"):
+        return _failed(verdict, "the agent ended without finishing its step")
+    return verdict
+
+
+def _aider(lines: list[str]) -> Verdict:
+    """aider prints no events: success is judged by the commits it leaves; cost and tokens from its report lines."""
+    cost, tokens = 0.0, 0
+    for line in lines:
+        if match := _AIDER_COST.search(line):
+            cost += float(match[1])
+        if match := _AIDER_TOKENS.search(line):
+            tokens += _kilo(match[1], match[2]) + _kilo(match[3], match[4])
+    return Verdict(cost_usd=cost, tokens=tokens)
+
+
+def _kilo(number: str, suffix: str) -> int:
+    return int(float(number) * (1000 if suffix else 1))
+
+
+def _failed(verdict: Verdict, why: str) -> Verdict:
+    return Verdict(verdict.session_id, verdict.summary, why, verdict.cost_usd, verdict.tokens, verdict.turns)
+
+
+JUDGES = {"claude": _claude, "codex": _codex, "opencode": _opencode, "aider": _aider}
+# presets whose stream names the session it runs in: a resume that fails before naming one did not resume
+NAMES_SESSIONS = {"claude", "codex", "opencode"}
 
 
 def judge(agent: AgentConfig, lines: list[str]) -> Verdict:
     if agent.preset in JUDGES:
         return JUDGES[agent.preset](lines)
-    return Verdict(_last_value(lines, agent.session_id), _last_value(lines, agent.summary))
+    return Verdict(_spec_value(lines, agent.session_id), _spec_value(lines, agent.summary))
+
+
+def session_named(agent: AgentConfig, lines: list[str]) -> str:
+    """The session id as soon as the output names one, so it can be stored while the agent still runs."""
+    if agent.preset in NAMES_SESSIONS:
+        return judge(agent, lines).session_id
+    return _spec_value(lines, agent.session_id) if agent.preset == "command" else ""
+
+
+def reports_sessions(agent: AgentConfig) -> bool:
+    return agent.preset in NAMES_SESSIONS or (agent.preset == "command" and agent.session_id.startswith("json:"))

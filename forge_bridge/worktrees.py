@@ -74,6 +74,13 @@ def log_path(data_dir: Path, issue: IssueRef, task_id: str) -> Path:
     return folder / f"{task_id}.log"
 
 
+def session_dir(data_dir: Path, issue: IssueRef) -> Path:
+    """Files the bridge keeps for an issue's agent outside its worktree (aider's chat history, prompt files)."""
+    folder = _inside(data_dir, data_dir / "sessions" / issue.dir_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
 def mirror_lock(mirror: Path) -> Iterator[None]:
     """Agents of one repository share its mirror: fetches, worktree changes and pushes take turns (per host;
@@ -139,6 +146,23 @@ def head(worktree: Path) -> str:
 
 def count_commits(worktree: Path, old: str, new: str) -> int:
     return int(git("rev-list", "--count", f"{old}..{new}", cwd=worktree))
+
+
+def commit_subjects(worktree: Path, old: str, new: str) -> list[str]:
+    """The subjects of the commits between two heads, oldest first."""
+    out = git("log", "--reverse", "--format=%h %s", f"{old}..{new}", cwd=worktree)
+    return out.splitlines() if out else []
+
+
+def commit_leftovers(worktree: Path, message: str, *, author: str) -> bool:
+    """Commit what an agent changed but did not commit (Codex and opencode leave their edits uncommitted);
+    ignored files stay out. True when a commit was made."""
+    if not git("status", "--porcelain", cwd=worktree):
+        return False
+    git("add", "--all", cwd=worktree)
+    git("-c", f"user.name={author}", "-c", f"user.email={author}@users.noreply.invalid", "commit", "--quiet",
+        "--no-verify", "-m", message, cwd=worktree)
+    return True
 
 
 def push(worktree: Path, branch: str, env: dict[str, str]) -> None:

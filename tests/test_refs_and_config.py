@@ -88,6 +88,11 @@ def test_allowlist_patterns_and_exclusions():
     ({"task_timeout": "soon"}, "task_timeout: expected a duration"),
     ({"agent": {"preset": "command"}}, "agent.argv is required"),
     ({"agent": {"preset": "command", "argv": "my-agent --go"}}, "never a shell string"),
+    ({"agent": {"preset": "command", "argv": ["a"], "session_id": "stdout"}}, "session_id must be json:<key> | uuid"),
+    ({"agent": {"summary": "json:"}}, "summary must be json:<key> | none"),
+    ({"agent": {"preset": "claude", "max_turns": 2.5}}, "max_turns must be a non-negative whole number"),
+    ({"agent": {"preset": "claude", "max_budget_usd": -1}}, "max_budget_usd must be a non-negative number"),
+    ({"agent": {"pass_env": "ANTHROPIC_API_KEY"}}, "pass_env must be a list"),
     ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea or forgejo"),
     ({"repos": [{"forge": "nope", "name": "a/b"}]}, "names no configured forge"),
 ])
