@@ -90,6 +90,7 @@ def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_a
                   'session_id = "json:session_id"', 'summary = "json:summary"']
     else:  # a real preset, found on PATH (tests/agents/bin holds fakes of the CLIs)
         lines += ["", "[agent]", f'preset = "{preset}"']
+    lines.append('pass_env = ["FAKE_AGENT_STATE"]')   # where the fake CLIs keep their sessions
     for forge in forges:
         lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
                   f'token_env = "{TOKEN_ENV}"', f'webhook_secret_env = "{SECRET_ENV}"',
@@ -119,6 +120,7 @@ class Bridge:
         self.config.write_text(bridge_config(self.data_dir, self.port, self.forges, agent_args=self.agent_args,
                                              poll=self.poll, settings=self.settings, preset=self.preset))
         self.log = self.root / "serve.log"
+        self.agent_state = self.root / "agent-state"   # the fake CLIs' session stores, as on this host
         self.process: subprocess.Popen | None = None
 
     @property
@@ -127,6 +129,7 @@ class Bridge:
 
     def start(self) -> Bridge:
         env = {**os.environ, TOKEN_ENV: "fake-forge-token", SECRET_ENV: SECRET,
+               "FAKE_AGENT_STATE": str(self.agent_state),
                "PATH": f"{FAKE_AGENT.parent / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("FORGE_BRIDGE_REDIS_URL", None)
         with open(self.log, "ab") as log:

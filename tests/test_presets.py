@@ -1,43 +1,122 @@
-"""Agent presets end to end on the fake forge, with fakes of the CLIs (tests/agents/bin) printing their documented
-event streams: start, continue with the same session, and failure decided by the final event."""
+"""Every agent preset end to end on the fake forge, with fakes of the CLIs (tests/agents/bin) printing their
+documented event streams: start, continue in the same session, and — when the session is lost (as on another
+host) — a new session whose prompt carries the issue's history."""
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
+import pytest
 from helpers import wait_for
 from test_end_to_end import _settled, _status_comments
 
 from forge_bridge.sessions import Store
 
 
-def _claude_lines(repo, branch: str) -> list[str]:
-    done = subprocess.run(["git", "show", f"{branch}:CLAUDE_WORK.md"], cwd=repo.bare, capture_output=True, text=True)
-    return [line for line in done.stdout.splitlines() if ": " in line]
+def _work_lines(repo, branch: str, preset: str) -> list[str]:
+    done = subprocess.run(["git", "show", f"{branch}:{preset.upper()}_WORK.md"], cwd=repo.bare, capture_output=True,
+                          text=True)
+    return done.stdout.splitlines()
 
 
-def test_claude_starts_a_session_the_bridge_chose_and_resumes_it(gitea, start_bridge):
-    repo = gitea.create_repo("alice", "widgets")
-    issue = gitea.create_issue(repo, "Sort the list", "alphabetically")
-    bridge = start_bridge([gitea], preset="claude")
-    gitea.add_label(repo, issue, "kugetsu:todo")
-    wait_for(lambda: _settled(gitea, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
+def _prompts(bridge, preset: str) -> list[str]:
+    """Every prompt the fake CLI was given, across its sessions, in the order they were asked."""
+    records = []
+    for path in (bridge.agent_state / preset).glob("*.jsonl"):
+        records += [json.loads(line) for line in path.read_text().splitlines()]
+    return [record["prompt"] for record in records]
+
+
+def _session(bridge, forge) -> str:
+    return Store(bridge.redis).session(f"{forge.host}/alice/widgets#1").agent_session_id
+
+
+def _lose_the_session(bridge, preset: str, session_id: str) -> None:
+    """What moving to another host does to an agent's session: the CLI no longer has it."""
+    if preset == "aider":
+        Path(session_id).unlink()
+    else:
+        shutil.rmtree(bridge.agent_state / preset)
+
+
+@pytest.mark.parametrize(("preset", "forge_kind"), [
+    ("claude", "gitea"), ("codex", "github"), ("opencode", "gitea"), ("aider", "github")])
+def test_preset_starts_continues_and_falls_back_with_history(preset, forge_kind, request, start_bridge):
+    forge = request.getfixturevalue(forge_kind)
+    repo = forge.create_repo("alice", "widgets")
+    issue = forge.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([forge], preset=preset)
+    forge.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(forge, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
     [pull] = repo.pulls.values()
-    session = Store(bridge.redis).session(f"{gitea.host}/alice/widgets#1").agent_session_id
-    assert uuid.UUID(session) and pull.body.startswith("Closes #1\n\nsummary of sort")
+    first = _session(bridge, forge)
+    assert first and pull.body.startswith("Closes #1")
 
-    gitea.comment(repo, repo.issues[pull.number], "@kugetsu-bot descending please")
+    forge.comment(repo, issue, "@kugetsu-bot descending please")
+    wait_for(lambda: len(_work_lines(repo, pull.head, preset)) == 2, timeout=90, what="the resumed run")
+    assert _session(bridge, forge) == first
+    one, two = _work_lines(repo, pull.head, preset)
+    if preset == "aider":   # its session is the chat history file, restored on the second run
+        assert (one, two) == ("new: alphabetically", "restored: descending please")
+    else:
+        assert one == f"{first}: alphabetically" and two == f"{first}: descending please"
 
-    wait_for(lambda: len(_claude_lines(repo, pull.head)) == 2, timeout=90, what="the resumed run's commit")
-    first, second = _claude_lines(repo, pull.head)
-    assert first.startswith(f"{session}: Sort the list") and second == f"{session}: descending please"
+    _lose_the_session(bridge, preset, first)
+    forge.comment(repo, issue, "@kugetsu-bot then drop duplicates")
+    wait_for(lambda: len(_work_lines(repo, pull.head, preset)) == 3, timeout=90, what="the run in a new session")
+    third = _work_lines(repo, pull.head, preset)[2]
+    assert third.endswith(": then drop duplicates") and not third.startswith(first)
+    history = _prompts(bridge, preset)[-1]   # the new session was told what came before
+    for earlier in ("## Earlier tasks", "Sort the list", "descending please", pull.head):
+        assert earlier in history
+    wait_for(lambda: _settled(forge, repo, issue, "kugetsu:review"), timeout=60, what="the third run to settle")
+    assert "new session" in _status_comments(forge, repo, issue)[0]
+    if preset != "aider":
+        assert _session(bridge, forge) not in ("", first)
+
+
+def test_kugetsu_preset_starts_and_continues_its_own_session(github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    start_bridge([github], preset="kugetsu")
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
+    [pull] = repo.pulls.values()
+    github.comment(repo, issue, "@kugetsu-bot descending please")
+    wait_for(lambda: len(_work_lines(repo, pull.head, "kugetsu")) == 2, timeout=90, what="the continue")
+    assert _work_lines(repo, pull.head, "kugetsu")[1].endswith(": descending please")
 
 
 def test_claude_error_result_fails_the_task_despite_exit_zero(github, start_bridge):
     repo = github.create_repo("alice", "widgets")
-    issue = github.create_issue(repo, "error on purpose", "")
-    start_bridge([github], preset="claude")
+    issue = github.create_issue(repo, "mode:error on purpose", "")
+    bridge = start_bridge([github], preset="claude")
     github.add_label(repo, issue, "kugetsu:todo")
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed label")
     assert repo.pulls == {}
     assert "the agent reported an error (error_during_execution)" in _status_comments(github, repo, issue)[0]
+    assert uuid.UUID(_session(bridge, github))   # stored even though the run failed
+
+
+def test_a_session_recorded_on_another_host_is_not_resumed_but_retold(github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([github], preset="codex")
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
+    [pull] = repo.pulls.values()
+    store = Store(bridge.redis)
+    session = store.session(f"{github.host}/alice/widgets#1")
+    session.agent_host = "another-host"
+    store.save_session(session)
+
+    github.comment(repo, issue, "@kugetsu-bot descending please")
+
+    wait_for(lambda: len(_work_lines(repo, pull.head, "codex")) == 2, timeout=90, what="the second run")
+    records = [json.loads(line) for path in (bridge.agent_state / "codex").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(records) == 2 and not any("resume" in record["argv"] for record in records)  # never tried
+    assert "it lives on host another-host" in records[-1]["prompt"] and "alphabetically" in records[-1]["prompt"]
