@@ -118,8 +118,26 @@ class Intake:
         session = self.store.session(ref)
         if session is None or not session.task_ids:
             return self.start(command, event, ref)
+        line = self.store.tasks(self.scheduler.waiting(str(ref)))
+        running = any(task.state is TaskState.RUNNING for task in line)
+        waiting = line[-1] if len(line) > 1 else None   # behind another task: not started, and cannot yet
+        if waiting and waiting.state is TaskState.QUEUED and waiting.action is TaskAction.CONTINUE \
+                and self.store.append_message(waiting.id, command.message, requested_by=event.sender):
+            self.acknowledge_next_turn(ref, event, running=running, merged=True)
+            self.report(ref, session, self.client.get_issue(ref).labels)
+            return f"merged into task {waiting.id}"
         labels = self.client.get_issue(ref).labels
-        return f"queued task {self.enqueue_task(ref, event, TaskAction.CONTINUE, command.message, labels=labels).id}"
+        task = self.enqueue_task(ref, event, TaskAction.CONTINUE, command.message, labels=labels)
+        if line:
+            self.acknowledge_next_turn(ref, event, running=running, merged=False)
+        return f"queued task {task.id}"
+
+    def acknowledge_next_turn(self, ref: IssueRef, event: ForgeEvent, *, running: bool, merged: bool) -> None:
+        """A message that cannot run yet is told so: it becomes the issue's next `continue`."""
+        why = "the agent is still working on this issue" if running else "another task for this issue is ahead of it"
+        joined = ", together with the messages already waiting" if merged else ""
+        self.client.create_comment(ref, f"@{event.sender} queued for the next turn: {why}, so your message becomes "
+                                        f"its next `continue`{joined}.")
 
     def retry(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
         latest = self.store.latest_task(self.store.session(ref))

@@ -36,10 +36,27 @@ def _took(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def usage(task: Task) -> str:
+    """What the agent said the run cost: dollars, tokens and turns, each when known."""
+    parts = []
+    if task.cost_usd:
+        parts.append(f"${task.cost_usd:.4f}".rstrip("0").rstrip(".") if task.cost_usd >= 0.0001 else "<$0.0001")
+    if task.tokens:
+        parts.append(f"{task.tokens / 1000:.1f}k tokens" if task.tokens >= 1000 else f"{task.tokens} tokens")
+    if task.turns:
+        parts.append(f"{task.turns} turn{'s' if task.turns != 1 else ''}")
+    return " · ".join(parts) or "—"
+
+
+def quote(text: str) -> str:
+    """An agent's text as a Markdown block quote, so its formatting stays inside the quote."""
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in text.strip().splitlines())
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(files("forge_bridge.templates"))),
                              autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(oneline=_oneline, when=_when, took=_took,
+    env.filters.update(oneline=_oneline, when=_when, took=_took, usage=usage, quote=quote,
                        fence_safe=lambda text: text.replace("```", "ˋˋˋ"))
     return env
 
@@ -67,6 +84,16 @@ def render_status(session: Session, tasks: list[Task], *, state: str, log_tail: 
     return _ENV.get_template("status_comment.md.j2").render(
         marker=STATUS_MARKER, session=session, tasks=tasks, state=state,
         emoji=STATE_EMOJI.get(state, ""), log_tail=log_tail.strip())
+
+
+def render_pull_comment(task: Task, *, number: int, subjects: list[str], status_url: str) -> str:
+    return _ENV.get_template("pull_comment.md.j2").render(task=task, number=number, subjects=subjects,
+                                                          status_url=status_url)
+
+
+def status_url(forge_url: str, issue: IssueRef, comment_id: int) -> str:
+    """The status comment's address on the forge (GitHub and Gitea both anchor comments this way)."""
+    return f"{forge_url}/{issue.repo.full_name}/issues/{issue.number}#issuecomment-{comment_id}" if comment_id else ""
 
 
 @dataclass

@@ -6,7 +6,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from forge_bridge import agents, worktrees
@@ -17,7 +17,7 @@ from forge_bridge.history import history_prompt, resume_obstacle
 from forge_bridge.models import IssueRef, Session, Task, TaskAction, TaskState
 from forge_bridge.queue import Scheduler
 from forge_bridge.refs import parse_issue_ref
-from forge_bridge.report import Reporter
+from forge_bridge.report import Reporter, render_pull_comment, status_url
 from forge_bridge.sessions import Store
 from forge_bridge.streams import reports_sessions
 from forge_bridge.worktrees import GitError
@@ -52,6 +52,7 @@ class Runner:
     client: ForgeClient
     scheduler: Scheduler
     shutting_down: Callable[[], str] = lambda: ""   # the worker's own stop reason ("" while it runs on)
+    subjects: list[str] = field(default_factory=list)   # the commits of the run in hand, for the pull request
 
     def run(self, task_id: str) -> Task | None:
         task = self.store.begin_task(task_id)
@@ -60,6 +61,7 @@ class Runner:
         ref = parse_issue_ref(task.issue)
         session = self.store.session(ref) or Session(issue=task.issue, forge=task.forge)
         log_file = worktrees.log_path(self.settings.data_dir, ref, task.id)
+        had_pull = bool(session.pull_request_number)   # the run that opens it says its piece in the body
         try:
             issue = self.client.get_issue(ref)
             try:
@@ -75,6 +77,8 @@ class Runner:
             log.exception("task %s for %s crashed", task.id, ref)
         finally:
             self.conclude(task, session, ref, log_file)
+            if had_pull and task.state.finished:
+                self.comment_on_pull(task, session, ref)
         return task
 
     def conclude(self, task: Task, session: Session, ref: IssueRef, log_file: Path) -> None:
@@ -108,7 +112,8 @@ class Runner:
         if result.ok:
             worktrees.commit_leftovers(worktree, f"{issue.title} (#{ref.number})\n\n{result.summary}".strip(),
                                        author=forge.bot_login or "forge-bridge")
-        task.commits = worktrees.count_commits(worktree, before, worktrees.head(worktree))
+        self.subjects = worktrees.commit_subjects(worktree, before, worktrees.head(worktree))
+        task.commits = len(self.subjects)
         self.judge(task, result)
         if task.state is TaskState.SUCCEEDED:
             with worktrees.mirror_lock(mirror):
@@ -246,6 +251,21 @@ class Runner:
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
         Reporter(self.client, self.settings, self.store).report(ref, session, self.store.tasks(session.task_ids),
                                                                 labels=labels, log_tail=agents.tail(log_file))
+
+    def comment_on_pull(self, task: Task, session: Session, ref: IssueRef) -> None:
+        """After each task on an issue with a pull request: what that run did, on the pull request itself."""
+        if not session.pull_request_number or session.merged:
+            return
+        tasks = self.store.tasks(session.task_ids)
+        number = next((i for i, t in enumerate(tasks, start=1) if t.id == task.id), len(tasks))
+        body = render_pull_comment(task, number=number, subjects=self.subjects,
+                                   status_url=status_url(self.settings.forge(task.forge).url, ref,
+                                                         session.status_comment_id))
+        pull = IssueRef(ref.repo, session.pull_request_number)
+        try:
+            self.client.create_comment(pull, body)
+        except ForgeError as error:
+            log.error("could not comment on the pull request %s: %s", pull, error)
 
     def final_report(self, ref: IssueRef, session: Session, log_file: Path) -> None:
         try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
-from forge_bridge.models import IssueRef, RepoRef, Session, Task, TaskAction
+from forge_bridge.models import IssueRef, RepoRef, Session, Task, TaskAction, TaskState
 
 PREFIX = "fb"
 RECENT_KEY = f"{PREFIX}:tasks:recent"
@@ -64,6 +64,36 @@ class Store:
             return None
         return self.task(task_id)
 
+    def append_message(self, task_id: str, message: str, *, requested_by: str) -> bool:
+        """Merge a message into a task still waiting to start; False once it started (WATCH sees the start)."""
+        def merge(raw: bytes | None) -> str | None:
+            task = Task.from_json(raw) if raw else None
+            if task is None or task.state is not TaskState.QUEUED:
+                return None
+            task.message = f"{task.message}\n\n{message}"
+            if requested_by not in task.requested_by.split(", @"):   # shown as "alice, @bob"
+                task.requested_by = f"{task.requested_by}, @{requested_by}"
+            return task.to_json()
+
+        return self._update(f"{PREFIX}:task:{task_id}", merge)
+
+    def _update(self, key: str, change: Callable[[bytes | None], str | None]) -> bool:
+        """Read, change and write one record atomically (optimistic: retried when someone wrote in between);
+        `change` answers None to leave it alone."""
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    new = change(pipe.get(key))
+                    if new is None:
+                        return False
+                    pipe.multi()
+                    pipe.set(key, new)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
     def task(self, task_id: str) -> Task | None:
         raw = self.conn.get(f"{PREFIX}:task:{task_id}")
         return Task.from_json(raw) if raw else None
@@ -89,7 +119,14 @@ class Store:
         return Session.from_json(raw) if raw else None
 
     def save_session(self, session: Session) -> None:
-        self.conn.set(f"{PREFIX}:session:{session.issue}", session.to_json())
+        """Tasks are only ever added to a session, by intake while a runner holds its own copy: the ids already
+        stored are kept, so a runner saving its copy never drops a task queued since."""
+        def keep_task_ids(raw: bytes | None) -> str:
+            stored = Session.from_json(raw).task_ids if raw else []
+            session.task_ids = stored + [i for i in session.task_ids if i not in set(stored)]
+            return session.to_json()
+
+        self._update(f"{PREFIX}:session:{session.issue}", keep_task_ids)
 
     def session_ids(self) -> Iterator[str]:
         for key in self.conn.scan_iter(match=f"{PREFIX}:session:*", count=500):

@@ -144,10 +144,6 @@ def head(worktree: Path) -> str:
     return git("rev-parse", "HEAD", cwd=worktree)
 
 
-def count_commits(worktree: Path, old: str, new: str) -> int:
-    return int(git("rev-list", "--count", f"{old}..{new}", cwd=worktree))
-
-
 def commit_subjects(worktree: Path, old: str, new: str) -> list[str]:
     """The subjects of the commits between two heads, oldest first."""
     out = git("log", "--reverse", "--format=%h %s", f"{old}..{new}", cwd=worktree)

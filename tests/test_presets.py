@@ -42,6 +42,26 @@ def _lose_the_session(bridge, preset: str, session_id: str) -> None:
         shutil.rmtree(bridge.agent_state / preset)
 
 
+USAGE = {"claude": "$0.0125 · 1.5k tokens · 2 turns", "codex": "2.4k tokens · 1 turn",
+         "opencode": "$0.02 · 1.8k tokens · 1 turn", "aider": "$0.0042 · 1.7k tokens"}
+
+
+def _assert_the_run_is_told_on_the_pull_request(forge, repo, pull, issue, preset: str) -> None:
+    """After a task on an issue with a pull request, a comment there says what that run did; the status comment
+    holds the same run's summary and usage."""
+    def told():
+        return [b for b in forge.comments_of(repo, repo.issues[pull.number]) if b.startswith("**forge-bridge**")]
+
+    [note] = wait_for(told, timeout=30, what="the comment on the pull request")
+    assert "task 2 (continue, asked by @alice): **succeeded** — 1 new commit(s) pushed" in note
+    assert USAGE[preset] in note and "Commits in this run:\n- " in note
+    assert f"/alice/widgets/issues/{issue.number}#issuecomment-" in note
+    [status] = _status_comments(forge, repo, issue)
+    assert f"| {USAGE[preset]} | succeeded" in status
+    if preset != "aider":   # aider prints no summary; the others' is quoted on both
+        assert "> summary of ok" in note and "what the agent says it did</summary>\n\n> summary of ok" in status
+
+
 @pytest.mark.parametrize(("preset", "forge_kind"), [
     ("claude", "gitea"), ("codex", "github"), ("opencode", "gitea"), ("aider", "github")])
 def test_preset_starts_continues_and_falls_back_with_history(preset, forge_kind, request, start_bridge):
@@ -63,6 +83,8 @@ def test_preset_starts_continues_and_falls_back_with_history(preset, forge_kind,
         assert (one, two) == ("new: alphabetically", "restored: descending please")
     else:
         assert one == f"{first}: alphabetically" and two == f"{first}: descending please"
+
+    _assert_the_run_is_told_on_the_pull_request(forge, repo, pull, issue, preset)
 
     _lose_the_session(bridge, preset, first)
     forge.comment(repo, issue, "@kugetsu-bot then drop duplicates")

