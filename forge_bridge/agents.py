@@ -194,8 +194,9 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        preexec_fn=_die_with_parent)
         except OSError as error:
-            out.write(f"forge-bridge: cannot start agent {argv[0]!r}: {error}\n".encode())
-            return AgentResult(exit_code=None, timed_out=False)
+            why = f"cannot start agent {argv[0]!r}: {error}"
+            out.write(f"forge-bridge: {why}\n".encode())
+            return AgentResult(exit_code=None, timed_out=False, verdict=Verdict(failure=why))
         on_start(process.pid)
         threading.Thread(target=_feed_stdin, args=(process, prompt), daemon=True).start()
         watch = _SessionWatch(agent, log, offset, on_session)

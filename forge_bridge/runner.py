@@ -40,9 +40,8 @@ class Turn:
 
 
 def resumable(agent: AgentConfig) -> bool:
-    """Whether the bridge resumes the agent's sessions (kugetsu keeps its own; a command may keep none)."""
-    return agent.preset in ("claude", "codex", "opencode", "aider") or (
-        agent.preset == "command" and agent.session_id != "none")
+    """Whether the agent has sessions to resume (a command may keep none)."""
+    return agent.preset != "command" or agent.session_id != "none"
 
 
 @dataclass
@@ -131,6 +130,8 @@ class Runner:
         elif result.timed_out:
             task.state = TaskState.TIMED_OUT
             task.outcome = f"the agent ran past task_timeout ({int(self.settings.task_timeout)}s) and was stopped"
+        elif result.exit_code is None:
+            task.state, task.outcome = TaskState.FAILED, result.failure or "the agent could not be started"
         elif result.exit_code != 0:
             task.state, task.outcome = TaskState.FAILED, f"the agent exited with code {result.exit_code}"
         elif result.failure:
@@ -212,7 +213,8 @@ class Runner:
 
     def new_session(self, session: Session, ref: IssueRef) -> None:
         """A start begins a new agent session: the bridge picks its id when the agent takes one (Claude Code,
-        a `uuid` command); aider's chat history is set aside; the others name theirs as they run."""
+        a `uuid` command); aider's chat history is set aside; kugetsu keys its own by the issue ref; the others
+        name theirs as they run."""
         agent = self.settings.agent
         if agent.preassigned_session:
             session_id = str(uuid.uuid4())
@@ -221,6 +223,8 @@ class Runner:
             if history.exists():
                 history.rename(history.with_name(f"{history.stem}.{int(time.time())}.md"))
             session_id = str(history)
+        elif agent.preset == "kugetsu":
+            session_id = str(ref)
         else:
             session_id = ""
         self.remember_session(session, session_id)

@@ -80,17 +80,17 @@ def _toml_list(items: list[str]) -> str:
 
 
 def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_args: list[str], poll: bool,
-                  settings: dict[str, str], preset: str = "command") -> str:
+                  settings: dict[str, str], preset: str = "command", agent: dict[str, str] | None = None) -> str:
     top = {"data_dir": f'"{data_dir}"', "bind": f'"127.0.0.1:{port}"', "workers": "1",
            "poll_interval": '"1s"', "task_timeout": '"60s"', **settings}
     lines = [f"{key} = {value}" for key, value in top.items()]
+    agent_keys = {"preset": f'"{preset}"', "pass_env": '["FAKE_AGENT_STATE"]'}   # where the fake CLIs keep sessions
     if preset == "command":
-        lines += ["", "[agent]", 'preset = "command"',
-                  f"argv = {_toml_list([sys.executable, str(FAKE_AGENT), *agent_args])}",
-                  'session_id = "json:session_id"', 'summary = "json:summary"']
-    else:  # a real preset, found on PATH (tests/agents/bin holds fakes of the CLIs)
-        lines += ["", "[agent]", f'preset = "{preset}"']
-    lines.append('pass_env = ["FAKE_AGENT_STATE"]')   # where the fake CLIs keep their sessions
+        agent_keys.update(argv=_toml_list([sys.executable, str(FAKE_AGENT), *agent_args]),
+                          session_id='"json:session_id"', summary='"json:summary"')
+    # otherwise a real preset, found on PATH (tests/agents/bin holds fakes of the CLIs)
+    agent_keys.update(agent or {})
+    lines += ["", "[agent]", *(f"{key} = {value}" for key, value in agent_keys.items())]
     for forge in forges:
         lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
                   f'token_env = "{TOKEN_ENV}"', f'webhook_secret_env = "{SECRET_ENV}"',
@@ -111,6 +111,7 @@ class Bridge:
     settings: dict[str, str] = field(default_factory=dict)
     hooks: bool = True
     preset: str = "command"
+    agent: dict[str, str] = field(default_factory=dict)   # more [agent] keys, as TOML values
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,8 @@ class Bridge:
         self.port = free_port()
         self.config = self.root / "forge-bridge.toml"
         self.config.write_text(bridge_config(self.data_dir, self.port, self.forges, agent_args=self.agent_args,
-                                             poll=self.poll, settings=self.settings, preset=self.preset))
+                                             poll=self.poll, settings=self.settings, preset=self.preset,
+                                             agent=self.agent))
         self.log = self.root / "serve.log"
         self.agent_state = self.root / "agent-state"   # the fake CLIs' session stores, as on this host
         self.process: subprocess.Popen | None = None

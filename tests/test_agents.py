@@ -75,4 +75,4 @@ def test_a_missing_agent_is_a_failure_written_to_the_log(tmp_path):
     config = AgentConfig(preset="command", argv=("no-such-agent-here",))
     log = tmp_path / "a.log"
     result = run_agent(["no-such-agent-here"], prompt="", cwd=tmp_path, env={}, timeout=5, log=log, agent=config)
-    assert not result.ok and "cannot start agent" in tail(log)
+    assert not result.ok and "cannot start agent" in tail(log) and "cannot start agent" in result.failure

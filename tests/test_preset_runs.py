@@ -122,7 +122,18 @@ def test_kugetsu_keeps_its_own_sessions(workdir):
     assert run(workdir, "kugetsu", "more", action=TaskAction.CONTINUE, issue_ref="h/o/r#2")[0].ok
 
 
-def test_every_fake_waits_for_the_end_of_its_input(workdir):
-    """The fakes read stdin to its end, as the real CLIs do: the run ends only because the bridge closes it."""
-    result, _ = run(workdir, "codex", "x" * 300_000)
+@pytest.mark.parametrize("preset", ["claude", "codex", "opencode", "kugetsu"])
+def test_every_fake_waits_for_the_end_of_its_input(workdir, preset):
+    """These CLIs read stdin to its end: a run ends only because the bridge writes the whole prompt and closes it
+    (a prompt larger than a pipe's buffer, so writing it must not block the wait)."""
+    prompt = "x" * 100_000 + "\nthe end"
+    result, _ = run(workdir, preset, prompt, session_id=CLAUDE_ID)
     assert result.ok
+    assert (workdir / f"{preset.upper()}_WORK.md").read_text().endswith(": the end\n")
+
+
+def test_a_prompt_too_long_for_an_argv_is_a_clear_failure(workdir):
+    """kugetsu takes the prompt as an argument too, and Linux caps one argument at 128 KiB."""
+    result, log = run(workdir, "kugetsu", "x" * 200_000)
+    assert result.exit_code is None and not result.ok
+    assert result.failure.startswith("cannot start agent 'kugetsu'") and "Argument list too long" in log

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_for
-from test_end_to_end import _settled, _status_comments
+from test_end_to_end import _branch_file, _settled, _status_comments
 
 from forge_bridge.sessions import Store
 
@@ -24,10 +24,7 @@ def _work_lines(repo, branch: str, preset: str) -> list[str]:
 
 def _prompts(bridge, preset: str) -> list[str]:
     """Every prompt the fake CLI was given, across its sessions, in the order they were asked."""
-    records = []
-    for path in (bridge.agent_state / preset).glob("*.jsonl"):
-        records += [json.loads(line) for line in path.read_text().splitlines()]
-    return [record["prompt"] for record in records]
+    return [record["prompt"] for record in _records(bridge, preset)]
 
 
 def _session(bridge, forge) -> str:
@@ -100,16 +97,41 @@ def test_preset_starts_continues_and_falls_back_with_history(preset, forge_kind,
         assert _session(bridge, forge) not in ("", first)
 
 
-def test_kugetsu_preset_starts_and_continues_its_own_session(github, start_bridge):
+def test_kugetsu_preset_starts_continues_and_retells_history_on_another_host(github, start_bridge):
     repo = github.create_repo("alice", "widgets")
     issue = github.create_issue(repo, "Sort the list", "alphabetically")
-    start_bridge([github], preset="kugetsu")
+    bridge = start_bridge([github], preset="kugetsu")
     github.add_label(repo, issue, "kugetsu:todo")
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
     [pull] = repo.pulls.values()
     github.comment(repo, issue, "@kugetsu-bot descending please")
     wait_for(lambda: len(_work_lines(repo, pull.head, "kugetsu")) == 2, timeout=90, what="the continue")
-    assert _work_lines(repo, pull.head, "kugetsu")[1].endswith(": descending please")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=60, what="the continue to settle")
+    _move_the_session(bridge, github)
+
+    github.comment(repo, issue, "@kugetsu-bot then drop duplicates")
+
+    wait_for(lambda: len(_work_lines(repo, pull.head, "kugetsu")) == 3, timeout=90, what="the third run")
+    records = _records(bridge, "kugetsu")
+    assert [r["argv"][0] for r in records] == ["start", "continue", "start"]
+    assert records[1]["prompt"] == "descending please"
+    assert "it lives on host another-host" in records[2]["prompt"] and "descending please" in records[2]["prompt"]
+
+
+def test_a_command_agent_can_take_a_session_id_the_bridge_picks(github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([github], agent={"session_id": '"uuid"'})
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
+    [pull] = repo.pulls.values()
+    chosen = _session(bridge, github)
+    github.comment(repo, issue, "@kugetsu-bot descending please")
+    wait_for(lambda: "descending" in _branch_file(repo, pull.head, "AGENT_WORK.md"), timeout=90, what="continue")
+    assert uuid.UUID(chosen) and _session(bridge, github) == chosen
+    # the fake agent prints the FORGE_BRIDGE_SESSION_ID it was given: the same both times
+    logs = sorted((bridge.data_dir / "logs").rglob("*.log"))
+    assert len(logs) == 2 and all(f'"session_id": "{chosen}"' in log.read_text() for log in logs)
 
 
 def test_claude_error_result_fails_the_task_despite_exit_zero(github, start_bridge):
@@ -130,15 +152,26 @@ def test_a_session_recorded_on_another_host_is_not_resumed_but_retold(github, st
     github.add_label(repo, issue, "kugetsu:todo")
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
     [pull] = repo.pulls.values()
-    store = Store(bridge.redis)
-    session = store.session(f"{github.host}/alice/widgets#1")
-    session.agent_host = "another-host"
-    store.save_session(session)
+    _move_the_session(bridge, github)
 
     github.comment(repo, issue, "@kugetsu-bot descending please")
 
     wait_for(lambda: len(_work_lines(repo, pull.head, "codex")) == 2, timeout=90, what="the second run")
-    records = [json.loads(line) for path in (bridge.agent_state / "codex").glob("*.jsonl")
-               for line in path.read_text().splitlines()]
+    records = _records(bridge, "codex")
     assert len(records) == 2 and not any("resume" in record["argv"] for record in records)  # never tried
     assert "it lives on host another-host" in records[-1]["prompt"] and "alphabetically" in records[-1]["prompt"]
+
+
+def _move_the_session(bridge, forge) -> None:
+    """Make the issue's agent session look as if another host ran it."""
+    store = Store(bridge.redis)
+    session = store.session(f"{forge.host}/alice/widgets#1")
+    session.agent_host = "another-host"
+    store.save_session(session)
+
+
+def _records(bridge, preset: str) -> list[dict]:
+    """What the fake CLI was asked, oldest first."""
+    found = [json.loads(line) for path in (bridge.agent_state / preset).glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    return sorted(found, key=lambda record: record["at"])

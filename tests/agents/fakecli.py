@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Sessions:
 
     def record(self, session: str, prompt: str, **extra) -> None:
         with open(self.path(session), "a") as out:
-            out.write(json.dumps({"prompt": prompt, "argv": sys.argv[1:], **extra}) + "\n")
+            out.write(json.dumps({"prompt": prompt, "argv": sys.argv[1:], "at": time.time(), **extra}) + "\n")
 
 
 def new_id(prefix: str = "") -> str:
