@@ -109,6 +109,11 @@ def _limits(agent: AgentConfig) -> tuple[str, ...]:
     return turns + budget
 
 
+def executable(agent: AgentConfig) -> str:
+    """The program the configured agent runs (for `forge-bridge check`)."""
+    return agent.argv[0] if agent.preset == "command" else PRESETS[agent.preset][TaskAction.START][0]
+
+
 def agent_env(agent: AgentConfig, variables: Mapping[str, str], *, environ: Mapping[str, str] | None = None) -> dict:
     """Only what the agent needs: never the bridge's secrets or other forges' tokens."""
     environ = os.environ if environ is None else environ

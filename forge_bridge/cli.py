@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 from functools import cache
 from pathlib import Path
 
-from forge_bridge import embedded, queue
+from forge_bridge import agents, embedded, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from forge_bridge.forges import ForgeError, make_client
 
@@ -239,6 +240,11 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.forges:
         print("FAIL no forge is configured")
         failures += 1
+    program = agents.executable(settings.agent)
+    found = shutil.which(program)
+    print(f"ok   agent {settings.agent.preset}: {program} is {found}" if found else
+          f"FAIL agent {settings.agent.preset}: {program} is not on PATH", flush=True)
+    failures += not found
     for forge in settings.forges:
         for ok, line in _check_forge(settings, forge):
             print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)

@@ -65,14 +65,18 @@ def test_check_reaches_each_forge_and_names_what_is_wrong(kind, request, tmp_pat
         f'[[forges]]\nname = "f"\nkind = "{kind}"\nurl = "{forge.url}"\ntoken_env = "T"\nwebhook_secret_env = "S"\n'
         f'bot_login = "{forge.bot_login}"\nwrite_interval = 0\n'
         '[[repos]]\nforge = "f"\nname = "alice/widgets"\n[[repos]]\nforge = "f"\nname = "alice/locked"\n')
-    good = run_cli("check", cwd=tmp_path, env={"T": forge.token, "S": "s3cret"})
+    bin_dir = Path(__file__).resolve().parent / "agents" / "bin"   # a (fake) kugetsu, the default preset
+    good = run_cli("check", cwd=tmp_path, env={"T": forge.token, "S": "s3cret",
+                                               "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert good.returncode == 1, good.stdout   # alice/locked does not let the bot write
     assert f"ok   f: reached {forge.url}" in good.stdout and "acting as kugetsu-bot" in good.stdout
     assert "ok   f: alice/widgets: kugetsu-bot has write permission" in good.stdout
+    assert f"ok   agent kugetsu: kugetsu is {bin_dir / 'kugetsu'}" in good.stdout
     assert "FAIL f: alice/locked: kugetsu-bot has none permission" in good.stdout
     assert "s3cret" not in good.stdout + good.stderr and forge.token not in good.stdout + good.stderr
     bad = run_cli("check", cwd=tmp_path, env={"T": "wrong"})
     assert bad.returncode == 1 and "FAIL f: webhook secret missing (set $S)" in bad.stdout
+    assert "FAIL agent kugetsu: kugetsu is not on PATH" in bad.stdout
     assert "token rejected" in bad.stdout and "Traceback" not in bad.stderr
 
 
