@@ -27,6 +27,17 @@ def _prompts(bridge, preset: str) -> list[str]:
     return [record["prompt"] for record in _records(bridge, preset)]
 
 
+def _first_run(forge, start_bridge, **bridge_options):
+    """A labelled issue's first run, through to its pull request."""
+    repo = forge.create_repo("alice", "widgets")
+    issue = forge.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([forge], **bridge_options)
+    forge.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(forge, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
+    [pull] = repo.pulls.values()
+    return repo, issue, pull, bridge
+
+
 def _session(bridge, forge) -> str:
     return Store(bridge.redis).session(f"{forge.host}/alice/widgets#1").agent_session_id
 
@@ -63,12 +74,7 @@ def _assert_the_run_is_told_on_the_pull_request(forge, repo, pull, issue, preset
     ("claude", "gitea"), ("codex", "github"), ("opencode", "gitea"), ("aider", "github")])
 def test_preset_starts_continues_and_falls_back_with_history(preset, forge_kind, request, start_bridge):
     forge = request.getfixturevalue(forge_kind)
-    repo = forge.create_repo("alice", "widgets")
-    issue = forge.create_issue(repo, "Sort the list", "alphabetically")
-    bridge = start_bridge([forge], preset=preset)
-    forge.add_label(repo, issue, "kugetsu:todo")
-    wait_for(lambda: _settled(forge, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
-    [pull] = repo.pulls.values()
+    repo, issue, pull, bridge = _first_run(forge, start_bridge, preset=preset)
     first = _session(bridge, forge)
     assert first and pull.body.startswith("Closes #1")
 
@@ -98,12 +104,7 @@ def test_preset_starts_continues_and_falls_back_with_history(preset, forge_kind,
 
 
 def test_kugetsu_preset_starts_continues_and_retells_history_on_another_host(github, start_bridge):
-    repo = github.create_repo("alice", "widgets")
-    issue = github.create_issue(repo, "Sort the list", "alphabetically")
-    bridge = start_bridge([github], preset="kugetsu")
-    github.add_label(repo, issue, "kugetsu:todo")
-    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
-    [pull] = repo.pulls.values()
+    repo, issue, pull, bridge = _first_run(github, start_bridge, preset="kugetsu")
     github.comment(repo, issue, "@kugetsu-bot descending please")
     wait_for(lambda: len(_work_lines(repo, pull.head, "kugetsu")) == 2, timeout=90, what="the continue")
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=60, what="the continue to settle")
@@ -119,12 +120,7 @@ def test_kugetsu_preset_starts_continues_and_retells_history_on_another_host(git
 
 
 def test_a_command_agent_can_take_a_session_id_the_bridge_picks(github, start_bridge):
-    repo = github.create_repo("alice", "widgets")
-    issue = github.create_issue(repo, "Sort the list", "alphabetically")
-    bridge = start_bridge([github], agent={"session_id": '"uuid"'})
-    github.add_label(repo, issue, "kugetsu:todo")
-    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
-    [pull] = repo.pulls.values()
+    repo, issue, pull, bridge = _first_run(github, start_bridge, agent={"session_id": '"uuid"'})
     chosen = _session(bridge, github)
     github.comment(repo, issue, "@kugetsu-bot descending please")
     wait_for(lambda: "descending" in _branch_file(repo, pull.head, "AGENT_WORK.md"), timeout=90, what="continue")
@@ -146,12 +142,7 @@ def test_claude_error_result_fails_the_task_despite_exit_zero(github, start_brid
 
 
 def test_a_session_recorded_on_another_host_is_not_resumed_but_retold(github, start_bridge):
-    repo = github.create_repo("alice", "widgets")
-    issue = github.create_issue(repo, "Sort the list", "alphabetically")
-    bridge = start_bridge([github], preset="codex")
-    github.add_label(repo, issue, "kugetsu:todo")
-    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the first run")
-    [pull] = repo.pulls.values()
+    repo, issue, pull, bridge = _first_run(github, start_bridge, preset="codex")
     _move_the_session(bridge, github)
 
     github.comment(repo, issue, "@kugetsu-bot descending please")

@@ -256,29 +256,10 @@ def test_workers_ride_out_redis_going_away_and_coming_back(github, tmp_path):
             server.stop()
 
 
-def test_a_continue_while_the_agent_runs_is_acknowledged_and_waits_its_turn(hosts, conn):
+def test_comments_while_the_agent_runs_are_acknowledged_and_merged_into_one_next_turn(hosts, conn):
+    """They wait their turn in the issue's line (holding no agent slot), shown queued in the status comment."""
     from forge_bridge.report import STATUS_MARKER
 
-    host = hosts("host", ["--mode", "hang"])
-    [ref] = make_issues(host.forge, 1)
-    first = submit(host, ref, "first")
-    host.start_worker()
-    wait_for(lambda: _agent_pids(host.record, first), timeout=60, what="the first agent")
-
-    second = submit(host, ref, "and then this", TaskAction.CONTINUE)
-
-    repo = host.forge.state.repo("alice", "widgets")
-    [status] = [b for b in host.forge.comments_of(repo, repo.issues[1]) if STATUS_MARKER in b]
-    assert "continue: and then this" in status and "| queued |" in status
-    assert host.forge.labels_of(repo, repo.issues[1]) == ["kugetsu:running"]
-    assert not conn.exists(f"fb:job:{second}")           # not handed to RQ: it holds no slot while it waits
-    Store(conn).request_cancel(first)
-    wait_for(lambda: _agent_pids(host.record, second), timeout=30, what="the second task to start after the first")
-    Store(conn).request_cancel(second)
-    wait_for(lambda: _all_finished(conn, [first, second]), timeout=30, what="both to end")
-
-
-def test_comments_while_the_agent_runs_are_acknowledged_and_merged_into_one_next_turn(hosts, conn):
     host = hosts("host", ["--mode", "hang"])
     [ref] = make_issues(host.forge, 1)
     first = submit(host, ref, "first")
@@ -291,10 +272,14 @@ def test_comments_while_the_agent_runs_are_acknowledged_and_merged_into_one_next
 
     second = answers[0].removeprefix("queued task ")
     assert answers[1:] == [f"merged into task {second}"] * 2
+    repo = host.forge.state.repo("alice", "widgets")
+    [status] = [b for b in host.forge.comments_of(repo, repo.issues[1]) if STATUS_MARKER in b]
+    assert "continue: one two three" in status and "| queued |" in status and "@alice, @bob" in status
+    assert host.forge.labels_of(repo, repo.issues[1]) == ["kugetsu:running"]
+    assert not conn.exists(f"fb:job:{second}")           # not handed to RQ: it holds no slot while it waits
     assert store.session(ref).task_ids == [first, second]
     merged = store.task(second)
     assert (merged.message, merged.requested_by) == ("one\n\ntwo\n\nthree", "alice, @bob")
-    repo = host.forge.state.repo("alice", "widgets")
     acks = [b for b in host.forge.comments_of(repo, repo.issues[1]) if "queued for the next turn" in b]
     assert len(acks) == 3 and acks[0].startswith("@alice") and acks[1].startswith("@bob")
     assert "the agent is still working on this issue" in acks[0] and "together with" in acks[1]
