@@ -133,11 +133,11 @@ class Intake:
         return f"queued task {task.id}"
 
     def acknowledge_next_turn(self, ref: IssueRef, event: ForgeEvent, *, running: bool, merged: bool) -> None:
-        """A message that cannot run yet is told so: it becomes the issue's next `continue`."""
+        """A message that cannot run yet is told so, where it was written (the issue or its pull request)."""
         why = "the agent is still working on this issue" if running else "another task for this issue is ahead of it"
         joined = ", together with the messages already waiting" if merged else ""
-        self.client.create_comment(ref, f"@{event.sender} queued for the next turn: {why}, so your message becomes "
-                                        f"its next `continue`{joined}.")
+        self.client.create_comment(event.issue, f"@{event.sender} queued for the next turn: {why}, so your message "
+                                                f"becomes its next `continue`{joined}.")
 
     def retry(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
         latest = self.store.latest_task(self.store.session(ref))

@@ -294,6 +294,7 @@ def fail_abandoned(settings: Settings, store: Store, client: ForgeClient, schedu
     scheduler.finish(task.id, task.issue)
     ref = parse_issue_ref(task.issue)
     session = store.session(ref) or Session(issue=task.issue, forge=task.forge)
-    Runner(settings, store, client, scheduler).final_report(
-        ref, session, worktrees.log_path(settings.data_dir, ref, task.id))
+    runner = Runner(settings, store, client, scheduler)
+    runner.final_report(ref, session, worktrees.log_path(settings.data_dir, ref, task.id))
+    runner.comment_on_pull(task, session, ref)
     return task
