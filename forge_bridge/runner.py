@@ -81,6 +81,7 @@ class Runner:
         return task
 
     def conclude(self, task: Task, session: Session, ref: IssueRef, log_file: Path) -> None:
+        self.store.save_session(session)   # first: whoever sees the task end finds its session current
         if task.state is TaskState.QUEUED:   # interrupted by a shutdown: it runs again, first in its line
             task.started_at, task.agent_pid = 0.0, 0
             self.store.save_task(task)
@@ -89,7 +90,6 @@ class Runner:
             task.finished_at = time.time()
             self.store.save_task(task)
             self.scheduler.finish(task.id, task.issue)
-        self.store.save_session(session)
         self.final_report(ref, session, log_file)
 
     def execute(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, log_file: Path) -> None:
@@ -250,6 +250,7 @@ class Runner:
                 if pull is None:
                     raise
         session.pull_request_url, session.pull_request_number = pull.url, pull.number
+        self.store.save_session(session)
         self.store.link_pull(ref.repo, pull.number, ref)
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
