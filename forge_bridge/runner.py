@@ -4,22 +4,20 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forge_bridge import agents, worktrees
 from forge_bridge.agents import AgentConfigError
-from forge_bridge.config import AgentConfig, Settings
+from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
-from forge_bridge.history import history_prompt, resume_obstacle
-from forge_bridge.models import IssueRef, Session, Task, TaskAction, TaskState
+from forge_bridge.models import IssueRef, Session, Task, TaskState
 from forge_bridge.queue import Scheduler
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter, render_pull_comment, status_url
 from forge_bridge.sessions import Store
-from forge_bridge.streams import reports_sessions
+from forge_bridge.turns import Turns
 from forge_bridge.worktrees import GitError
 
 log = logging.getLogger(__name__)
@@ -27,21 +25,6 @@ EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError)
 SHUTDOWN = "shutdown"       # the worker is stopping: the task goes back to the head of its line
 CANCELLED = "cancelled"
 WORKER_GONE = "worker gone"
-
-
-AIDER_HISTORY = "aider.chat.history.md"
-
-
-@dataclass(frozen=True)
-class Turn:
-    action: TaskAction        # how the agent is called: start a new session, or continue (resume) one
-    prompt: str
-    resumes: bool = False
-
-
-def resumable(agent: AgentConfig) -> bool:
-    """Whether the agent has sessions to resume (a command may keep none)."""
-    return agent.preset != "command" or agent.session_id != "none"
 
 
 @dataclass
@@ -147,93 +130,10 @@ class Runner:
             return reason
         return CANCELLED if self.store.cancel_requested(task.id) else ""
 
-    # one turn of the agent: resume its session, or begin a new one carrying the issue's history
     def run_turn(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
                  log_file: Path, before: str) -> agents.AgentResult:
-        turn = self.plan(task, session, issue, ref)
-        result = self.launch(task, session, issue, ref, worktree, log_file, turn)
-        if turn.resumes and self.resume_failed(result) and worktrees.head(worktree) == before:
-            turn = self.fresh_turn(task, session, issue, ref, f"resuming session {session.agent_session_id} failed")
-            result = self.launch(task, session, issue, ref, worktree, log_file, turn)
-        return result
-
-    def plan(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef) -> Turn:
-        agent = self.settings.agent
-        if task.action is TaskAction.START or not resumable(agent):
-            return Turn(task.action, task.message)
-        obstacle = resume_obstacle(session, preset=agent.preset, host=socket.gethostname(),
-                                   history_file_exists=agent.preset != "aider" or Path(session.agent_session_id).exists())
-        if obstacle:
-            return self.fresh_turn(task, session, issue, ref, obstacle)
-        return Turn(TaskAction.CONTINUE, task.message, resumes=True)
-
-    def fresh_turn(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, why: str) -> Turn:
-        earlier = [t for t in self.store.tasks(session.task_ids) if t.id != task.id and t.state.finished]
-        task.session_note = f"new session: {why}"
-        prompt = history_prompt(issue=str(ref), title=issue.title, session=session, earlier=earlier,
-                                message=task.message, why=why)
-        return Turn(TaskAction.START, prompt)
-
-    def resume_failed(self, result: agents.AgentResult) -> bool:
-        """A resume that failed before the agent named any session: the session is unknown where it ran."""
-        return (not result.ok and not result.stopped and not result.timed_out and not result.session_id
-                and reports_sessions(self.settings.agent))
-
-    def launch(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
-               log_file: Path, turn: Turn) -> agents.AgentResult:
-        if turn.action is TaskAction.START:
-            self.new_session(session, ref)
-        if task.session_note and turn.action is TaskAction.START:
-            with open(log_file, "a") as out:
-                out.write(f"forge-bridge: starting a {task.session_note}\n")
-        files = worktrees.session_dir(self.settings.data_dir, ref)
-        message_file = files / f"prompt-{task.id}.md"
-        message_file.write_text(turn.prompt)   # aider reads its prompt from a file
-        values = {"prompt": turn.prompt, "session_id": session.agent_session_id, "issue_ref": str(ref),
-                  "worktree": str(worktree), "branch": session.branch, "title": issue.title,
-                  "message_file": str(message_file), "history_file": str(files / AIDER_HISTORY)}
-        argv = agents.build_argv(self.settings.agent, turn.action, values)
-        env = agents.agent_env(self.settings.agent, {
-            "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
-            "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
-            "FORGE_BRIDGE_TASK_ID": task.id})
-
-        def started(pid: int) -> None:
-            task.host, task.agent_pid = socket.gethostname(), pid
-            self.store.save_task(task)
-
-        result = agents.run_agent(argv, prompt=turn.prompt, cwd=worktree, env=env,
-                                  timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
-                                  should_stop=lambda: self.stop_reason(task), on_start=started,
-                                  on_session=lambda found: self.remember_session(session, found))
-        task.cost_usd += result.verdict.cost_usd
-        task.tokens += result.verdict.tokens
-        task.turns += result.verdict.turns
-        return result
-
-    def new_session(self, session: Session, ref: IssueRef) -> None:
-        """A start begins a new agent session: the bridge picks its id when the agent takes one (Claude Code,
-        a `uuid` command); aider's chat history is set aside; kugetsu keys its own by the issue ref; the others
-        name theirs as they run."""
-        agent = self.settings.agent
-        if agent.preassigned_session:
-            session_id = str(uuid.uuid4())
-        elif agent.preset == "aider":
-            history = worktrees.session_dir(self.settings.data_dir, ref) / AIDER_HISTORY
-            if history.exists():
-                history.rename(history.with_name(f"{history.stem}.{int(time.time())}.md"))
-            session_id = str(history)
-        elif agent.preset == "kugetsu":
-            session_id = str(ref)
-        else:
-            session_id = ""
-        self.remember_session(session, session_id)
-
-    def remember_session(self, session: Session, session_id: str) -> None:
-        """Stored the moment it is known, even if the run then fails, so a continue can resume it."""
-        session.agent_session_id, session.agent, session.agent_host = \
-            session_id, self.settings.agent.preset, socket.gethostname()
-        self.store.save_session(session)
+        turns = Turns(self.settings, self.store, stop_reason=lambda: self.stop_reason(task))
+        return turns.run(task, session, issue, ref, worktree, log_file, before)
 
     def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
         if session.pull_request_url:

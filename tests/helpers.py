@@ -21,7 +21,8 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 60.0, interval: flo
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {(what() if callable(what) else what) or condition}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said or condition}")
         time.sleep(interval)
 
 

@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
 
-from fakeforge.openapi import SPECS, overlay
 from fakeforge.common import issue_or_404, register_shared, repo_or_404
+from fakeforge.openapi import SPECS, overlay
 from fakeforge.state import Comment, Issue, Label, Pull, Repo
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 LABEL_COLOR = "ededed"
