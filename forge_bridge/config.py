@@ -81,6 +81,7 @@ class AgentConfig:
     argv: tuple[str, ...] = ()
     session_id: str = "none"
     summary: str = "none"
+    success: str = "exit"          # command: "exit" (exit code and commits) or "json:<key>" of its final JSON line
     pass_env: tuple[str, ...] = ()
     max_turns: int = 0             # claude: --max-turns (0: the CLI's own default)
     max_budget_usd: float = 0.0    # claude: --max-budget-usd (0: no limit)
@@ -250,19 +251,21 @@ def _agent(table: dict, source: str) -> AgentConfig:
         raise ConfigError(f"{source}: agent.argv is required with preset \"command\"")
     session_id = _spec(table, "session_id", ("uuid", "none"), source)
     summary = _spec(table, "summary", ("none",), source)
+    success = _spec(table, "success", ("exit",), source, default="exit")
     pass_env = table.get("pass_env", [])
     if not isinstance(pass_env, list) or not all(isinstance(name, str) for name in pass_env):
         raise ConfigError(f"{source}: agent.pass_env must be a list of variable names")
     return AgentConfig(
-        preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, pass_env=tuple(pass_env),
+        preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success,
+        pass_env=tuple(pass_env),
         max_turns=_non_negative(table, "max_turns", int, source),
         max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )
 
 
-def _spec(table: dict, key: str, words: tuple[str, ...], source: str) -> str:
+def _spec(table: dict, key: str, words: tuple[str, ...], source: str, *, default: str = "none") -> str:
     """Where the agent's output is read: `json:<key>` or one of the fixed words."""
-    value = table.get(key, "none")
+    value = table.get(key, default)
     if not isinstance(value, str) or not (value in words or (value.startswith("json:") and len(value) > 5)):
         choices = " | ".join(("json:<key>", *words))
         raise ConfigError(f"{source}: agent.{key} must be {choices}, got {value!r}")

@@ -143,10 +143,28 @@ JUDGES = {"claude": _claude, "codex": _codex, "opencode": _opencode, "aider": _a
 NAMES_SESSIONS = {"claude", "codex", "opencode"}
 
 
+SUCCESS_WORDS = {"true", "ok", "success", "succeeded", "done"}
+
+
+def _command(agent: AgentConfig, lines: list[str]) -> Verdict:
+    """A command agent: what its configuration says to read, and — with `success = "json:<key>"` — its final JSON
+    line carrying that key decides, so a missing final line is a failure too."""
+    verdict = Verdict(_spec_value(lines, agent.session_id), _spec_value(lines, agent.summary))
+    if not agent.success.startswith("json:"):
+        return verdict
+    key = agent.success.removeprefix("json:")
+    finals = [event[key] for event in json_events(lines) if key in event]
+    if not finals:
+        return _failed(verdict, f"the agent ended without its final event (a JSON line with {key!r})")
+    if finals[-1] is not True and str(finals[-1]).lower() not in SUCCESS_WORDS:
+        return _failed(verdict, f"the agent reported failure ({key}: {finals[-1]!r})")
+    return verdict
+
+
 def judge(agent: AgentConfig, lines: list[str]) -> Verdict:
     if agent.preset in JUDGES:
         return JUDGES[agent.preset](lines)
-    return Verdict(_spec_value(lines, agent.session_id), _spec_value(lines, agent.summary))
+    return _command(agent, lines)
 
 
 def session_named(agent: AgentConfig, lines: list[str]) -> str:

@@ -130,6 +130,23 @@ def test_a_command_agent_can_take_a_session_id_the_bridge_picks(github, start_br
     assert len(logs) == 2 and all(f'"session_id": "{chosen}"' in log.read_text() for log in logs)
 
 
+def test_a_command_agent_resumes_its_session_and_falls_back_with_history(github, tmp_path, start_bridge):
+    sessions = tmp_path / "command-sessions"
+    repo, issue, pull, bridge = _first_run(github, start_bridge, agent_args=["--sessions", str(sessions)])
+    first = _session(bridge, github)
+    github.comment(repo, issue, "@kugetsu-bot descending please")
+    wait_for(lambda: "descending" in _branch_file(repo, pull.head, "AGENT_WORK.md"), timeout=90, what="continue")
+    assert _session(bridge, github) == first and len((sessions / first).read_text().splitlines()) == 2
+    shutil.rmtree(sessions)
+
+    github.comment(repo, issue, "@kugetsu-bot then drop duplicates")
+
+    wait_for(lambda: "drop duplicates" in _branch_file(repo, pull.head, "AGENT_WORK.md"), timeout=90, what="third")
+    [new] = [path for path in sessions.iterdir()]
+    told = json.loads(new.read_text())["prompt"]
+    assert new.name != first and f"resuming session {first} failed" in told and "descending please" in told
+
+
 def test_claude_error_result_fails_the_task_despite_exit_zero(github, start_bridge):
     repo = github.create_repo("alice", "widgets")
     issue = github.create_issue(repo, "mode:error on purpose", "")

@@ -90,6 +90,7 @@ def test_allowlist_patterns_and_exclusions():
     ({"agent": {"preset": "command", "argv": "my-agent --go"}}, "never a shell string"),
     ({"agent": {"preset": "command", "argv": ["a"], "session_id": "stdout"}}, "session_id must be json:<key> | uuid"),
     ({"agent": {"summary": "json:"}}, "summary must be json:<key> | none"),
+    ({"agent": {"preset": "command", "argv": ["a"], "success": "zero"}}, "success must be json:<key> | exit"),
     ({"agent": {"preset": "claude", "max_turns": 2.5}}, "max_turns must be a non-negative whole number"),
     ({"agent": {"preset": "claude", "max_budget_usd": -1}}, "max_budget_usd must be a non-negative number"),
     ({"agent": {"pass_env": "ANTHROPIC_API_KEY"}}, "pass_env must be a list"),

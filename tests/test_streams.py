@@ -47,3 +47,19 @@ def test_command_preset_reads_configured_keys():
     agent = AgentConfig(preset="command", argv=("x",), session_id="json:sid", summary="json:sum")
     verdict = judge(agent, lines({"sid": 1}, "noise", {"sid": "two", "sum": "done"}))
     assert (verdict.session_id, verdict.summary, verdict.failure) == ("two", "done", "")
+
+
+@pytest.mark.parametrize(("key", "events", "failure"), [
+    ("done", [{"done": True}], ""),
+    ("status", [{"status": "x"}, {"status": "success"}], ""),
+    ("status", [{"status": "success"}, {"status": "error"}], "the agent reported failure (status: 'error')"),
+    ("status", [{"status": False}], "the agent reported failure (status: False)"),
+    ("status", ["plain text only"], "the agent ended without its final event (a JSON line with 'status')"),
+])
+def test_command_success_can_be_read_from_its_final_json_line(key, events, failure):
+    agent = AgentConfig(preset="command", argv=("x",), success=f"json:{key}")
+    assert judge(agent, lines(*events)).failure == failure
+
+
+def test_command_success_defaults_to_the_exit_code():
+    assert judge(AgentConfig(preset="command", argv=("x",)), lines("no events")).failure == ""

@@ -2,7 +2,8 @@
 """A fake coding agent: reads its prompt from stdin, commits a file, prints a JSON line with its session id.
 
 Modes: commit (default), fail (exit 3 after printing), nocommit, hang (never ends), spawn (starts a child that
-would outlive it, then hangs). `--record FILE` appends a JSON line at start and end, for concurrency checks.
+would outlive it, then hangs). `--record FILE` appends a JSON line at start and end, for concurrency checks. `--sessions DIR` keeps its sessions
+there, as a real agent keeps them on its host: resuming one that is not there fails before naming any session.
 """
 import argparse
 import json
@@ -35,11 +36,20 @@ def main():
     parser.add_argument("--record", default="")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--ticks", type=int, default=0, help="print a numbered line every 0.3 s this many times")
+    parser.add_argument("--sessions", default="", help="keep sessions in this folder; resuming an unknown one fails")
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
     prompt = sys.stdin.read()   # blocks until the bridge closes stdin
     record(args.record, "start")
     session = os.environ.get("FORGE_BRIDGE_SESSION_ID") or "fake-" + uuid.uuid4().hex[:12]
+    if args.sessions:
+        known = os.path.join(args.sessions, session)
+        if os.environ.get("FORGE_BRIDGE_SESSION_ID") and not os.path.exists(known):
+            print(f"fake agent: no session {session} here", file=sys.stderr, flush=True)
+            return 1
+        os.makedirs(args.sessions, exist_ok=True)
+        with open(known, "a") as out:
+            out.write(json.dumps({"prompt": prompt}) + "\n")
     print(json.dumps({"type": "start", "session_id": session}), flush=True)
     print(f"working on: {prompt.splitlines()[0] if prompt else '(no prompt)'}", flush=True)
     if args.sleep:
