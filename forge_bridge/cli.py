@@ -14,7 +14,7 @@ from pathlib import Path
 
 from forge_bridge import agents, embedded, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, load_settings
-from forge_bridge.forges import ForgeError, make_client
+from forge_bridge.forges import ForgeError, make_client, preload
 
 log = logging.getLogger("forge_bridge")
 SHUTDOWN_GRACE = 25.0
@@ -55,6 +55,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.sessions import Store
 
     jobs.tasks.configure(settings)  # every forked job inherits these
+    preload(settings.forges)
     conn = queue.connect(settings.redis_url)
     queue.work(conn, burst=args.burst, housekeeping=lambda: collect_garbage(settings, Store(conn)))
     return 0

@@ -15,7 +15,17 @@ from forge_bridge.forges.base import (
 from forge_bridge.models import ForgeKind
 
 __all__ = ["WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "IssueInfo", "PullInfo", "RepoComment",
-           "RepoInfo", "make_client"]
+           "RepoInfo", "make_client", "preload"]
+
+
+def preload(forges: tuple[ForgeConfig, ...]) -> None:
+    """Import the clients these forges need now, in a worker before it forks a work horse per job: otherwise
+    every job would pay the import again (gitea-api-client takes seconds)."""
+    for kind in {forge.kind for forge in forges}:
+        if kind is ForgeKind.GITHUB:
+            import forge_bridge.forges.github  # noqa: F401
+        else:
+            import forge_bridge.forges.gitea  # noqa: F401
 
 
 def make_client(forge: ForgeConfig, *, conn: Redis | None = None) -> ForgeClient:
