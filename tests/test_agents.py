@@ -76,3 +76,22 @@ def test_a_missing_agent_is_a_failure_written_to_the_log(tmp_path):
     log = tmp_path / "a.log"
     result = run_agent(["no-such-agent-here"], prompt="", cwd=tmp_path, env={}, timeout=5, log=log, agent=config)
     assert not result.ok and "cannot start agent" in tail(log) and "cannot start agent" in result.failure
+
+
+def test_the_session_id_is_heard_while_the_agent_still_runs(tmp_path):
+    """This agent names its session, then ends only once the bridge has heard it (the callback releases it): a
+    session id read only after the end would leave it waiting until the timeout."""
+    release = tmp_path / "release"
+    script = ("import json, os, sys, time; print(json.dumps({'sid': 'early-1'}), flush=True)\n"
+              f"deadline = time.time() + 20\nwhile not os.path.exists({str(release)!r}) and time.time() < deadline:\n"
+              "    time.sleep(0.05)\nsys.exit(0 if os.path.exists(" + repr(str(release)) + ") else 9)")
+    heard = []
+
+    def on_session(session_id: str) -> None:
+        heard.append(session_id)
+        release.touch()
+
+    config = AgentConfig(preset="command", argv=(PY, "-c", script), session_id="json:sid")
+    result = run_agent([PY, "-c", script], prompt="", cwd=tmp_path, env=dict(os.environ), timeout=15,
+                       log=tmp_path / "a.log", agent=config, on_session=on_session)
+    assert result.ok and heard == ["early-1"] and result.session_id == "early-1"
