@@ -28,7 +28,8 @@ TAIL_LINES = 20
 # stdin too (aider reads it from a file the bridge writes, since it takes no prompt on stdin).
 _CLAUDE = ("claude", "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits")
 _AIDER = ("aider", "--yes-always", "--no-pretty", "--no-stream", "--no-check-update", "--no-gitignore",
-          "--message-file", "{message_file}", "--chat-history-file", "{history_file}", "--restore-chat-history")
+          "--message-file", "{message_file}", "--chat-history-file", "{history_file}", "--restore-chat-history",
+          "--input-history-file", "{history_file}.input")
 PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
     "kugetsu": {
         TaskAction.START: ("kugetsu", "start", "{issue_ref}", "{prompt}"),
@@ -52,6 +53,8 @@ PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
     # aider: its "session" is a chat history file per issue, restored on every run.
     "aider": {TaskAction.START: _AIDER, TaskAction.CONTINUE: _AIDER},
 }
+# How many leading words name the program and its subcommand (`codex exec`, `opencode run`, `kugetsu start`).
+COMMAND_WORDS = {"kugetsu": 2, "claude": 1, "codex": 2, "opencode": 2, "aider": 1}
 # Extra environment a preset needs to run unattended: opencode reads its permission config from this variable.
 PRESET_ENV = {"opencode": {"OPENCODE_PERMISSION": json.dumps({"edit": "allow", "bash": "allow", "webfetch": "allow",
                                                                "external_directory": "allow"})}}
@@ -94,7 +97,9 @@ def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]
     if agent.preset == "command":
         template = agent.argv
     elif agent.preset in PRESETS:
-        template = PRESETS[agent.preset][action] + _limits(agent)
+        template = PRESETS[agent.preset][action]
+        head = COMMAND_WORDS[agent.preset]   # extra arguments go right after the program and its subcommand
+        template = template[:head] + agent.extra_args + template[head:] + _limits(agent)
     else:
         raise AgentConfigError(f"agent preset {agent.preset!r} is not available; use \"command\"")
     return [substitute(part, values) for part in template]

@@ -83,6 +83,7 @@ class AgentConfig:
     summary: str = "none"
     success: str = "exit"          # command: "exit" (exit code and commits) or "json:<key>" of its final JSON line
     pass_env: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()   # appended to a preset's argv (a model, a permission mode…)
     max_turns: int = 0             # claude: --max-turns (0: the CLI's own default)
     max_budget_usd: float = 0.0    # claude: --max-budget-usd (0: no limit)
 
@@ -252,12 +253,14 @@ def _agent(table: dict, source: str) -> AgentConfig:
     session_id = _spec(table, "session_id", ("uuid", "none"), source)
     summary = _spec(table, "summary", ("none",), source)
     success = _spec(table, "success", ("exit",), source, default="exit")
-    pass_env = table.get("pass_env", [])
+    pass_env, extra_args = table.get("pass_env", []), table.get("extra_args", [])
     if not isinstance(pass_env, list) or not all(isinstance(name, str) for name in pass_env):
         raise ConfigError(f"{source}: agent.pass_env must be a list of variable names")
+    if not isinstance(extra_args, list) or not all(isinstance(arg, str) for arg in extra_args):
+        raise ConfigError(f"{source}: agent.extra_args must be a list of strings (an argv, never a shell string)")
     return AgentConfig(
         preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success,
-        pass_env=tuple(pass_env),
+        pass_env=tuple(pass_env), extra_args=tuple(extra_args),
         max_turns=_non_negative(table, "max_turns", int, source),
         max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )

@@ -110,8 +110,24 @@ def _has_ref(mirror: Path, ref: str) -> bool:
     return done.returncode == 0
 
 
+# What agents leave in a worktree that is theirs, not the project's (aider's caches and histories): excluded in
+# the mirror, which every worktree of the repository shares, so it is never committed and the project's own
+# .gitignore is never touched.
+AGENT_FILES = (".aider*",)
+
+
+def exclude_agent_files(mirror: Path) -> None:
+    exclude = mirror / "info" / "exclude"
+    present = exclude.read_text().splitlines() if exclude.exists() else []
+    missing = [pattern for pattern in AGENT_FILES if pattern not in present]
+    if missing:
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text("\n".join([*present, *missing]) + "\n")
+
+
 def ensure_worktree(mirror: Path, worktree: Path, *, branch: str, base: str) -> None:
     """The issue's worktree on its branch: reused when present, else from the branch or from the base."""
+    exclude_agent_files(mirror)
     if (worktree / ".git").exists():
         return
     git("worktree", "prune", cwd=mirror)

@@ -52,6 +52,15 @@ def test_claude_reads_the_result_event_and_its_usage(workdir):
     assert (verdict.cost_usd, verdict.tokens, verdict.turns) == (0.0125, 1500, 2)
 
 
+@pytest.mark.parametrize(("preset", "head"), [
+    ("claude", ["claude", "--model", "m"]), ("codex", ["codex", "exec", "--model", "m"]),
+    ("opencode", ["opencode", "run", "--model", "m"]), ("aider", ["aider", "--model", "m"])])
+def test_extra_arguments_follow_the_program_and_its_subcommand(preset, head):
+    argv = build_argv(AgentConfig(preset=preset, extra_args=("--model", "m")), TaskAction.CONTINUE,
+                      {"session_id": "s"})
+    assert argv[:len(head)] == head and argv.count("--model") == 1
+
+
 def test_claude_limits_come_from_configuration():
     argv = build_argv(AgentConfig(preset="claude", max_turns=12, max_budget_usd=2.5), TaskAction.CONTINUE,
                       {"session_id": "s"})

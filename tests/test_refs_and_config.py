@@ -94,6 +94,7 @@ def test_allowlist_patterns_and_exclusions():
     ({"agent": {"preset": "claude", "max_turns": 2.5}}, "max_turns must be a non-negative whole number"),
     ({"agent": {"preset": "claude", "max_budget_usd": -1}}, "max_budget_usd must be a non-negative number"),
     ({"agent": {"pass_env": "ANTHROPIC_API_KEY"}}, "pass_env must be a list"),
+    ({"agent": {"extra_args": "--model opus"}}, "extra_args must be a list of strings"),
     ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea or forgejo"),
     ({"repos": [{"forge": "nope", "name": "a/b"}]}, "names no configured forge"),
 ])

@@ -39,6 +39,8 @@ def test_worktree_branch_commit_and_push(tmp_path):
     (tree / "left").write_text("uncommitted")
     (tree / ".gitignore").write_text("ignored\n")
     (tree / "ignored").write_text("never committed")
+    (tree / ".aider.tags.cache.v4").mkdir()
+    (tree / ".aider.tags.cache.v4" / "cache.db").write_text("aider's, not the project's")
     assert worktrees.commit_leftovers(tree, "leftovers", author="bot")
     assert not worktrees.commit_leftovers(tree, "nothing", author="bot")
     assert len(worktrees.commit_subjects(tree, before, worktrees.head(tree))) == 2
