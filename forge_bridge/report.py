@@ -37,14 +37,18 @@ def _took(seconds: float) -> str:
 
 
 def usage(task: Task) -> str:
-    """What the agent said the run cost: dollars, tokens and turns, each when known."""
+    return usage_text(task.cost_usd, task.tokens, task.turns)
+
+
+def usage_text(cost_usd: float, tokens: int, turns: int) -> str:
+    """What the agent said a run cost: dollars, tokens and turns, each when known."""
     parts = []
-    if task.cost_usd:
-        parts.append(f"${task.cost_usd:.4f}".rstrip("0").rstrip(".") if task.cost_usd >= 0.0001 else "<$0.0001")
-    if task.tokens:
-        parts.append(f"{task.tokens / 1000:.1f}k tokens" if task.tokens >= 1000 else f"{task.tokens} tokens")
-    if task.turns:
-        parts.append(f"{task.turns} turn{'s' if task.turns != 1 else ''}")
+    if cost_usd:
+        parts.append(f"${cost_usd:.4f}".rstrip("0").rstrip(".") if cost_usd >= 0.0001 else "<$0.0001")
+    if tokens:
+        parts.append(f"{tokens / 1000:.1f}k tokens" if tokens >= 1000 else f"{tokens} tokens")
+    if turns:
+        parts.append(f"{turns} turn{'s' if turns != 1 else ''}")
     return " · ".join(parts) or "—"
 
 

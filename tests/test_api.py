@@ -38,6 +38,7 @@ def seeded(conn):
     ref = IssueRef(RepoRef("github.com", "alice", "widgets"), 3)
     task = store.new_task(ref, forge="gh", action=TaskAction.START, message="do it", requested_by="alice")
     task.state, task.started_at, task.finished_at = TaskState.SUCCEEDED, task.queued_at + 1, task.queued_at + 4
+    task.cost_usd, task.tokens, task.turns = 0.125, 2500, 3
     store.save_task(task)
     store.save_session(Session(issue=str(ref), forge="gh", branch="kugetsu/3-x", task_ids=[task.id]))
     return task
@@ -48,6 +49,7 @@ def test_tasks_sessions_and_one_task_match_the_published_document(redis_url, see
     tasks = client.get("/api/tasks")
     assert tasks.status_code == 200 and [t["id"] for t in tasks.json["tasks"]] == [seeded.id]
     assert tasks.json["tasks"][0]["duration"] == 3.0 and tasks.json["slots"] == {"in_use": 0, "limit": 3}
+    assert (tasks.json["tasks"][0]["cost_usd"], tasks.json["tasks"][0]["tokens"]) == (0.125, 2500)
     _valid("/api/tasks", 200, tasks.json)
     one = client.get(f"/api/tasks/{seeded.id}")
     assert one.json["state"] == "succeeded"
@@ -99,3 +101,8 @@ def test_metrics_and_the_page_follow_the_ui_token(redis_url):
     assert client.get("/metrics").status_code == 401 and client.get("/").status_code == 401
     assert client.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_the_page_shows_what_each_recent_run_cost(redis_url, seeded):
+    html = _app(redis_url).get("/").get_data(as_text=True)
+    assert "<td>$0.125 · 2.5k tokens · 3 turns</td>" in html

@@ -8,12 +8,14 @@ import jinja2
 from flask import Blueprint, current_app, jsonify
 
 from forge_bridge.overview import log_tail, overview
+from forge_bridge.report import usage_text
 from forge_bridge.web.api import require_ui_token
 
 bp = Blueprint("page", __name__)
 bp.before_request(require_ui_token)
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(files("forge_bridge.templates"))), autoescape=True)
 _ENV.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t))) if t else "—"
+_ENV.filters["usage"] = lambda t: usage_text(t["cost_usd"], t["tokens"], t["turns"])
 
 
 @bp.get("/")
