@@ -15,7 +15,7 @@ from pathlib import Path
 
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
-from forge_bridge.streams import Verdict, judge, session_named
+from forge_bridge.streams import Verdict, judge, reports_sessions, session_named
 
 PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title|message_file|history_file)\}")
 BASE_ENV = ("PATH", "HOME", "LANG")
@@ -223,18 +223,30 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
 
 @dataclass
 class _SessionWatch:
-    """Reads the agent's output while it runs, until it names its session."""
+    """Reads the agent's output while it runs, only what is new each time, until it names its session."""
 
     agent: AgentConfig
     log: Path
     offset: int
     on_session: Callable[[str], None] | None
     done: bool = False
+    partial: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.done = self.on_session is None or not reports_sessions(self.agent)
 
     def poll(self) -> str:
-        if self.on_session is not None and not self.done:
-            self.found(session_named(self.agent, read_new_lines(self.log, self.offset)))
+        if not self.done:
+            self.found(session_named(self.agent, self._new_lines()))
         return ""
+
+    def _new_lines(self) -> list[str]:
+        with open(self.log, "rb") as handle:
+            handle.seek(self.offset)
+            chunk = self.partial + handle.read()
+        self.offset += len(chunk) - len(self.partial)
+        *complete, self.partial = chunk.split(b"\n")   # a line still being written waits for its end
+        return [line.decode(errors="replace") for line in complete]
 
     def found(self, session_id: str) -> None:
         if session_id and not self.done and self.on_session is not None:
