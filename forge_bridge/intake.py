@@ -123,16 +123,16 @@ class Intake:
         waiting = line[-1] if len(line) > 1 else None   # behind another task: not started, and cannot yet
         if waiting and waiting.state is TaskState.QUEUED and waiting.action is TaskAction.CONTINUE \
                 and self.store.append_message(waiting.id, command.message, requested_by=event.sender):
-            self.acknowledge_next_turn(ref, event, running=running, merged=True)
+            self.acknowledge_next_turn(event, running=running, merged=True)
             self.report(ref, session, self.client.get_issue(ref).labels)
             return f"merged into task {waiting.id}"
         labels = self.client.get_issue(ref).labels
         task = self.enqueue_task(ref, event, TaskAction.CONTINUE, command.message, labels=labels)
         if line:
-            self.acknowledge_next_turn(ref, event, running=running, merged=False)
+            self.acknowledge_next_turn(event, running=running, merged=False)
         return f"queued task {task.id}"
 
-    def acknowledge_next_turn(self, ref: IssueRef, event: ForgeEvent, *, running: bool, merged: bool) -> None:
+    def acknowledge_next_turn(self, event: ForgeEvent, *, running: bool, merged: bool) -> None:
         """A message that cannot run yet is told so, where it was written (the issue or its pull request)."""
         why = "the agent is still working on this issue" if running else "another task for this issue is ahead of it"
         joined = ", together with the messages already waiting" if merged else ""

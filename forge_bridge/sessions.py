@@ -123,7 +123,8 @@ class Store:
         stored are kept, so a runner saving its copy never drops a task queued since."""
         def keep_task_ids(raw: bytes | None) -> str:
             stored = Session.from_json(raw).task_ids if raw else []
-            session.task_ids = stored + [i for i in session.task_ids if i not in set(stored)]
+            known = set(stored)
+            session.task_ids = stored + [i for i in session.task_ids if i not in known]
             return session.to_json()
 
         self._update(f"{PREFIX}:session:{session.issue}", keep_task_ids)
