@@ -119,15 +119,17 @@ class Store:
         return Session.from_json(raw) if raw else None
 
     def save_session(self, session: Session) -> None:
-        """Tasks are only ever added to a session, by intake while a runner holds its own copy: the ids already
-        stored are kept, so a runner saving its copy never drops a task queued since."""
-        def keep_task_ids(raw: bytes | None) -> str:
-            stored = Session.from_json(raw).task_ids if raw else []
-            known = set(stored)
-            session.task_ids = stored + [i for i in session.task_ids if i not in known]
+        """Intake changes a session while a runner holds its own copy: tasks are only ever added and a merge is
+        never undone, so the ids and the merge already stored are kept — a runner saving its copy never drops a
+        task queued since, nor a merge seen while it ran."""
+        def keep_what_only_grows(raw: bytes | None) -> str:
+            stored = Session.from_json(raw) if raw else Session(issue=session.issue, forge=session.forge)
+            known = set(stored.task_ids)
+            session.task_ids = stored.task_ids + [i for i in session.task_ids if i not in known]
+            session.merged = session.merged or stored.merged
             return session.to_json()
 
-        self._update(f"{PREFIX}:session:{session.issue}", keep_task_ids)
+        self._update(f"{PREFIX}:session:{session.issue}", keep_what_only_grows)
 
     def session_ids(self) -> Iterator[str]:
         for key in self.conn.scan_iter(match=f"{PREFIX}:session:*", count=500):

@@ -8,17 +8,18 @@ from forge_bridge.sessions import Store
 REF = parse_issue_ref("h.example/o/r#1")
 
 
-def test_a_stale_copy_of_a_session_never_drops_a_task_queued_since(conn):
+def test_a_stale_copy_of_a_session_never_drops_a_task_queued_since_nor_a_merge(conn):
     store = Store(conn)
     store.save_session(Session(issue=str(REF), forge="g", task_ids=["a"]))
     runners_copy = store.session(REF)
     newer = store.session(REF)
     newer.task_ids.append("b")
-    store.save_session(newer)                       # intake queues a task while the runner works
+    newer.merged = True
+    store.save_session(newer)                       # intake queues a task, and sees the merge, while the runner works
     runners_copy.pull_request_url = "https://f/o/r/pull/2"
     store.save_session(runners_copy)                # the runner saves what it knew
     saved = store.session(REF)
-    assert saved.task_ids == ["a", "b"] and saved.pull_request_url == "https://f/o/r/pull/2"
+    assert saved.task_ids == ["a", "b"] and saved.pull_request_url == "https://f/o/r/pull/2" and saved.merged
 
 
 def test_a_message_merges_only_into_a_task_that_has_not_started(conn):
