@@ -17,6 +17,8 @@ STATUS_MARKER = "<!-- forge-bridge:status -->"
 STATES = ("todo", "queued", "running", "review", "failed", "done")
 STATE_COLORS = {"todo": "c5def5", "queued": "fbca04", "running": "1d76db", "review": "0e8a16",
                 "failed": "b60205", "done": "5319e7"}
+SUMMARY_LIMIT = 3000     # characters of an agent's summary shown in a comment
+SUMMARIES_SHOWN = 5      # the status comment shows the latest tasks' summaries
 STATE_EMOJI = {"queued": "⏳", "running": "🏃", "review": "👀", "failed": "❌", "done": "✅"}
 
 
@@ -52,9 +54,13 @@ def usage_text(cost_usd: float, tokens: int, turns: int) -> str:
     return " · ".join(parts) or "—"
 
 
-def quote(text: str) -> str:
-    """An agent's text as a Markdown block quote, so its formatting stays inside the quote."""
-    return "\n".join(f"> {line}" if line.strip() else ">" for line in text.strip().splitlines())
+def quote(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    """An agent's text as a Markdown block quote, so its formatting stays inside the quote; clipped, since a
+    forge comment holds at most 65,536 characters."""
+    text = text.strip()
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " […]"
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in text.splitlines())
 
 
 def _environment() -> jinja2.Environment:
@@ -86,7 +92,7 @@ def issue_state(tasks: list[Task], session: Session) -> str:
 
 def render_status(session: Session, tasks: list[Task], *, state: str, log_tail: str) -> str:
     return _ENV.get_template("status_comment.md.j2").render(
-        marker=STATUS_MARKER, session=session, tasks=tasks, state=state,
+        marker=STATUS_MARKER, session=session, tasks=tasks, state=state, summaries_shown=SUMMARIES_SHOWN,
         emoji=STATE_EMOJI.get(state, ""), log_tail=log_tail.strip())
 
 
