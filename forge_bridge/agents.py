@@ -15,7 +15,7 @@ from pathlib import Path
 
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
-from forge_bridge.streams import Verdict, judge, reports_sessions, session_named
+from forge_bridge.streams import Verdict, judge, reports_sessions
 
 PLACEHOLDER_RE = re.compile(r"\{(prompt|session_id|issue_ref|worktree|branch|title|message_file|history_file)\}")
 BASE_ENV = ("PATH", "HOME", "LANG")
@@ -112,6 +112,12 @@ def _limits(agent: AgentConfig) -> tuple[str, ...]:
     turns = ("--max-turns", str(agent.max_turns)) if agent.max_turns else ()
     budget = ("--max-budget-usd", f"{agent.max_budget_usd:g}") if agent.max_budget_usd else ()
     return turns + budget
+
+
+def takes(agent: AgentConfig, placeholder: str) -> bool:
+    """Whether the agent's argv names a placeholder (so the bridge need not prepare what it would not read)."""
+    templates = [agent.argv] if agent.preset == "command" else PRESETS.get(agent.preset, {}).values()
+    return any(f"{{{placeholder}}}" in part for template in templates for part in template)
 
 
 def executable(agent: AgentConfig) -> str:
@@ -237,7 +243,7 @@ class _SessionWatch:
 
     def poll(self) -> str:
         if not self.done:
-            self.found(session_named(self.agent, self._new_lines()))
+            self.found(judge(self.agent, self._new_lines()).session_id)
         return ""
 
     def _new_lines(self) -> list[str]:
@@ -249,7 +255,7 @@ class _SessionWatch:
         return [line.decode(errors="replace") for line in complete]
 
     def found(self, session_id: str) -> None:
-        if session_id and not self.done and self.on_session is not None:
+        if session_id and not self.done:
             self.done = True
             self.on_session(session_id)
 

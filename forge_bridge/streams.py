@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from forge_bridge.config import AgentConfig
@@ -135,7 +135,7 @@ def _kilo(number: str, suffix: str) -> int:
 
 
 def _failed(verdict: Verdict, why: str) -> Verdict:
-    return Verdict(verdict.session_id, verdict.summary, why, verdict.cost_usd, verdict.tokens, verdict.turns)
+    return replace(verdict, failure=why)
 
 
 JUDGES = {"claude": _claude, "codex": _codex, "opencode": _opencode, "aider": _aider}
@@ -167,12 +167,6 @@ def judge(agent: AgentConfig, lines: list[str]) -> Verdict:
     return _command(agent, lines)
 
 
-def session_named(agent: AgentConfig, lines: list[str]) -> str:
-    """The session id as soon as the output names one, so it can be stored while the agent still runs."""
-    if agent.preset in NAMES_SESSIONS:
-        return judge(agent, lines).session_id
-    return _spec_value(lines, agent.session_id) if agent.preset == "command" else ""
-
-
 def reports_sessions(agent: AgentConfig) -> bool:
+    """Whether the agent's output names its session (so it can be stored while the agent still runs)."""
     return agent.preset in NAMES_SESSIONS or (agent.preset == "command" and agent.session_id.startswith("json:"))

@@ -80,7 +80,8 @@ class Turns:
                 out.write(f"forge-bridge: starting a {task.session_note}\n")
         files = worktrees.session_dir(self.settings.data_dir, ref)
         message_file = files / f"prompt-{task.id}.md"
-        message_file.write_text(turn.prompt)   # aider reads its prompt from a file
+        if agents.takes(self.settings.agent, "message_file"):   # aider reads its prompt from a file
+            message_file.write_text(turn.prompt)
         values = {"prompt": turn.prompt, "session_id": session.agent_session_id, "issue_ref": str(ref),
                   "worktree": str(worktree), "branch": session.branch, "title": issue.title,
                   "message_file": str(message_file), "history_file": str(files / AIDER_HISTORY)}

@@ -44,3 +44,13 @@ def healthy(base_url: str) -> bool:
         return requests.get(f"{base_url}/healthz", timeout=1).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+def agent_jobs_done(conn) -> bool:
+    """Whether no agent job is running: a work horse (a process group of its own) outlives a kill of its worker,
+    and a job's last writes land only when it ends."""
+    from rq.registry import StartedJobRegistry
+
+    from forge_bridge.queue import AGENTS_QUEUE
+
+    return StartedJobRegistry(AGENTS_QUEUE, connection=conn).count == 0

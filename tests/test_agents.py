@@ -41,8 +41,9 @@ def test_exit_code_is_reported(tmp_path):
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path):
-    script = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']);"
-              "print('child', c.pid, flush=True); time.sleep(300)")
+    script = ("import signal, subprocess, sys\n"
+              "c = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'])\n"
+              "print('child', c.pid, flush=True); signal.pause()")
     result, log = _run(tmp_path, script, timeout=1.5)
     assert result.timed_out and not result.ok
     child = int(log.split("child ")[1].split()[0])
@@ -82,14 +83,14 @@ def test_the_session_id_is_heard_while_the_agent_still_runs(tmp_path):
     """This agent names its session, then ends only once the bridge has heard it (the callback releases it): a
     session id read only after the end would leave it waiting until the timeout."""
     release = tmp_path / "release"
-    script = ("import json, os, sys, time; print(json.dumps({'sid': 'early-1'}), flush=True)\n"
-              f"deadline = time.time() + 20\nwhile not os.path.exists({str(release)!r}) and time.time() < deadline:\n"
-              "    time.sleep(0.05)\nsys.exit(0 if os.path.exists(" + repr(str(release)) + ") else 9)")
+    os.mkfifo(release)   # opening it to read blocks the agent until the bridge's callback opens it to write
+    script = (f"import json; print(json.dumps({{'sid': 'early-1'}}), flush=True); open({str(release)!r}).read()")
     heard = []
 
     def on_session(session_id: str) -> None:
         heard.append(session_id)
-        release.touch()
+        with open(release, "w") as gate:
+            gate.write("go")
 
     config = AgentConfig(preset="command", argv=(PY, "-c", script), session_id="json:sid")
     result = run_agent([PY, "-c", script], prompt="", cwd=tmp_path, env=dict(os.environ), timeout=15,

