@@ -42,3 +42,12 @@ def test_the_history_prompt_clips_long_prompts_and_says_when_there_is_no_pull_re
     prompt = history_prompt(issue="h/o/r#1", title="T", session=_session(), earlier=[huge], message="go", why="w")
     assert "x" * PROMPT_LIMIT + " […]" in prompt and "x" * (PROMPT_LIMIT + 1) not in prompt
     assert "No pull request has been opened yet." in prompt
+
+
+def test_only_a_command_agent_without_sessions_has_none_to_resume():
+    from forge_bridge.config import AgentConfig
+    from forge_bridge.turns import resumable
+
+    assert all(resumable(AgentConfig(preset=p)) for p in ("kugetsu", "claude", "codex", "opencode", "aider"))
+    assert resumable(AgentConfig(preset="command", argv=("a",), session_id="uuid"))
+    assert not resumable(AgentConfig(preset="command", argv=("a",), session_id="none"))

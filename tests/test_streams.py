@@ -63,3 +63,14 @@ def test_command_success_can_be_read_from_its_final_json_line(key, events, failu
 
 def test_command_success_defaults_to_the_exit_code():
     assert judge(AgentConfig(preset="command", argv=("x",)), lines("no events")).failure == ""
+
+
+def test_opencode_sums_every_step_and_a_last_tool_call_step_is_unfinished():
+    opencode = AgentConfig(preset="opencode")
+    step = lambda reason, cost: {"type": "step_finish", "sessionID": "ses_1",  # noqa: E731
+                                 "part": {"reason": reason, "cost": cost, "tokens": {"input": 100, "output": 20}}}
+    done = judge(opencode, lines(step("tool-calls", 0.01), {"type": "text", "part": {"text": "all done"}},
+                                 step("stop", 0.02)))
+    assert (done.session_id, done.summary, done.failure, done.tokens, done.turns) == ("ses_1", "all done", "", 240, 2)
+    assert abs(done.cost_usd - 0.03) < 1e-9
+    assert "without finishing its step" in judge(opencode, lines(step("stop", 0.01), step("tool-calls", 0))).failure
