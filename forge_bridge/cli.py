@@ -211,14 +211,21 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_webhook_secret(settings: Settings, forge) -> tuple[bool, str]:
+    if not forge.webhook_secret_env:
+        polled = any(repo.forge == forge.name for repo in settings.polled_repos())
+        return True, (f"{forge.name}: webhooks off (no webhook_secret_env); "
+                      + ("the poller finds labelled issues" if polled else "set poll = true on its repositories"))
+    if forge.webhook_secret():
+        return True, f"{forge.name}: webhook secret present"
+    return settings.insecure_no_signature, f"{forge.name}: webhook secret missing (set ${forge.webhook_secret_env})"
+
+
 def _check_forge(settings: Settings, forge) -> list[tuple[bool, str]]:
     from forge_bridge.forges import WRITE_PERMISSIONS
     from forge_bridge.models import RepoRef
 
-    secret_at = forge.webhook_secret_env or "webhook_secret_env"
-    secret = "present" if forge.webhook_secret() else f"missing (set ${secret_at})"
-    has_secret = bool(forge.webhook_secret()) or settings.insecure_no_signature
-    results = [(has_secret, f"{forge.name}: webhook secret {secret}")]
+    results = [_check_webhook_secret(settings, forge)]
     client = make_client(forge)
     try:
         login = client.whoami()

@@ -80,7 +80,8 @@ def _toml_list(items: list[str]) -> str:
 
 
 def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_args: list[str], poll: bool,
-                  settings: dict[str, str], preset: str = "command", agent: dict[str, str] | None = None) -> str:
+                  settings: dict[str, str], preset: str = "command", agent: dict[str, str] | None = None,
+                  webhook_secret: bool = True) -> str:
     top = {"data_dir": f'"{data_dir}"', "bind": f'"127.0.0.1:{port}"', "workers": "1",
            "poll_interval": '"1s"', "task_timeout": '"60s"', **settings}
     lines = [f"{key} = {value}" for key, value in top.items()]
@@ -93,8 +94,8 @@ def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_a
     lines += ["", "[agent]", *(f"{key} = {value}" for key, value in agent_keys.items())]
     for forge in forges:
         lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
-                  f'token_env = "{TOKEN_ENV}"', f'webhook_secret_env = "{SECRET_ENV}"',
-                  f'bot_login = "{forge.bot_login}"', 'write_interval = 0']
+                  f'token_env = "{TOKEN_ENV}"', f'bot_login = "{forge.bot_login}"', 'write_interval = 0']
+        lines += [f'webhook_secret_env = "{SECRET_ENV}"'] if webhook_secret else []
         lines += ["", "[[repos]]", f'forge = "{forge.kind}"',
                   f'name = "{"alice/widgets" if poll else "alice/*"}"', f"poll = {str(poll).lower()}"]
     return "\n".join(lines) + "\n"
@@ -112,6 +113,7 @@ class Bridge:
     hooks: bool = True
     preset: str = "command"
     agent: dict[str, str] = field(default_factory=dict)   # more [agent] keys, as TOML values
+    webhook_secret: bool = True   # False: the forges take no webhooks (polling only)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -120,7 +122,7 @@ class Bridge:
         self.config = self.root / "forge-bridge.toml"
         self.config.write_text(bridge_config(self.data_dir, self.port, self.forges, agent_args=self.agent_args,
                                              poll=self.poll, settings=self.settings, preset=self.preset,
-                                             agent=self.agent))
+                                             agent=self.agent, webhook_secret=self.webhook_secret))
         self.log = self.root / "serve.log"
         self.agent_state = self.root / "agent-state"   # the fake CLIs' session stores, as on this host
         self.process: subprocess.Popen | None = None

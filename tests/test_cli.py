@@ -95,3 +95,14 @@ def test_web_listens_on_port_when_set(tmp_path, redis_url):
     finally:
         web.terminate()
         web.wait(timeout=30)
+
+
+def test_check_says_a_forge_without_a_secret_is_polling_only(github, tmp_path):
+    repo = github.create_repo("alice", "widgets")
+    repo.permissions[github.bot_login] = "write"
+    (tmp_path / "forge-bridge.toml").write_text(
+        f'[[forges]]\nname = "f"\nkind = "github"\nurl = "{github.url}"\ntoken_env = "T"\nwrite_interval = 0\n'
+        '[[repos]]\nforge = "f"\nname = "alice/widgets"\npoll = true\n')
+    done = run_cli("check", cwd=tmp_path, env={"T": github.token})
+    assert "ok   f: webhooks off (no webhook_secret_env); the poller finds labelled issues" in done.stdout
+    assert "FAIL f:" not in done.stdout

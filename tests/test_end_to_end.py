@@ -58,14 +58,16 @@ def test_label_webhook_opens_pull_request(forge, start_bridge):
     assert bridge.stop() == 0
 
 
-def test_poller_starts_labelled_issue_without_webhook(forge, start_bridge):
+def test_polling_only_without_any_webhook_secret(forge, start_bridge):
     repo = forge.create_repo("alice", "widgets")
     issue = forge.create_issue(repo, TITLE, BODY)
-    bridge = start_bridge([forge], poll=True, hooks=False)
+    bridge = start_bridge([forge], poll=True, webhook_secret=False)   # no secret anywhere: serve starts
 
-    assert forge.add_label(repo, issue, "kugetsu:todo") == []  # no webhook: only the poller can see it
+    [refused] = forge.add_label(repo, issue, "kugetsu:todo")   # a hook left on the forge is turned away;
+    assert refused.status_code == 401
+    assert refused.json()["reason"] == f"webhooks are not enabled for forge {forge.kind} (no webhook_secret_env)"
 
-    _assert_reviewed(forge, repo, issue, bridge)
+    _assert_reviewed(forge, repo, issue, bridge)   # the poller found the label
 
 
 def test_webhook_and_poller_seeing_one_label_start_one_task(gitea, start_bridge):

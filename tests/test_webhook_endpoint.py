@@ -161,3 +161,47 @@ def test_webhook_answers_503_when_the_queue_is_gone(tmp_path):
     app = create_app(_settings(f"unix://{tmp_path}/nothing.sock"))
     response = app.test_client().post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY))
     assert (response.status_code, response.json["status"]) == (503, "unavailable")
+
+
+def _polling_only(redis_url: str, *, insecure: bool = False):
+    """GitHub with a secret, a second GitHub forge and a Gitea without one (polling only)."""
+    return settings_from_dict({"redis_url": redis_url, "insecure_no_signature": insecure, "forges": [
+        {"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "S"},
+        {"name": "ghe", "kind": "github", "url": "https://ghe.example.com"},
+        {"name": "tea", "kind": "gitea", "url": "https://git.example.com"}],
+        "repos": [{"forge": "gh", "name": "Codertocat/Hello-*"}, {"forge": "ghe", "name": "Codertocat/Hello-*"},
+                  {"forge": "tea", "name": "alice/*", "poll": True}]}, source="t", environ={"S": SECRET})
+
+
+def test_a_forge_without_a_webhook_secret_starts_and_refuses_webhooks(redis_url, conn):
+    client = create_app(_polling_only(redis_url)).test_client()
+    body = GITEA_LABELS.replace(b'"priority/high"', b'"kugetsu:todo"')
+    headers = {"X-Gitea-Event": "issues", "X-Gitea-Event-Type": "issue_label", "X-Gitea-Delivery": "u-1",
+               "X-Gitea-Signature": sign(body), "Content-Type": "application/json"}
+    refused = client.post("/webhooks/gitea", data=body, headers=headers)
+    assert (refused.status_code, refused.json["status"]) == (401, "unauthorized")
+    assert refused.json["reason"] == "webhooks are not enabled for forge tea (no webhook_secret_env)"
+    # The forge with a secret still takes signed deliveries; an unsigned one is not waived onto the other forge.
+    signed = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY))
+    unsigned = client.post("/webhooks/github", data=LABELED_BODY,
+                           headers={**github_headers(LABELED_BODY, delivery="d-2"), "X-Hub-Signature-256": ""})
+    assert (signed.status_code, unsigned.status_code) == (202, 401)
+    assert events_queued(conn) == 1
+
+
+def test_insecure_no_signature_waives_only_forges_without_a_secret(redis_url, conn):
+    client = create_app(_polling_only(redis_url, insecure=True)).test_client()
+    unsigned = client.post("/webhooks/github", data=LABELED_BODY,
+                           headers={**github_headers(LABELED_BODY), "X-Hub-Signature-256": ""})
+    assert unsigned.status_code == 202   # taken as the secretless forge's (ghe), never as gh's
+    job = Queue(queue.EVENTS_QUEUE, connection=conn).jobs[0]
+    assert json.loads(job.args[0])["forge"] == "ghe"
+    signed = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY, delivery="d-9"))
+    assert signed.status_code == 202 and json.loads(Queue(queue.EVENTS_QUEUE, connection=conn).jobs[1].args[0])[
+        "forge"] == "gh"
+
+
+def test_a_non_ascii_signature_is_refused_not_a_crash(client, conn):
+    headers = {**github_headers(LABELED_BODY), "X-Hub-Signature-256": "sha256=" + "é" * 64}
+    response = client.post("/webhooks/github", data=LABELED_BODY, headers=headers)
+    assert (response.status_code, response.json["status"]) == (401, "unauthorized")

@@ -22,14 +22,15 @@ class Bridge:
 
 
 def require_webhook_secrets(settings: Settings) -> None:
-    """Refuse to start without a secret per forge, unless explicitly insecure."""
+    """Refuse to start when a forge names a webhook secret variable that is empty, unless explicitly insecure.
+    A forge without `webhook_secret_env` takes no webhooks (polling only) and starts fine."""
     if settings.insecure_no_signature:
         return
     for forge in settings.forges:
-        if not forge.webhook_secret():
-            where = f"${forge.webhook_secret_env}" if forge.webhook_secret_env else "webhook_secret_env"
-            raise ConfigError(f"{settings.source}: forge {forge.name!r} has no webhook secret ({where} is empty); "
-                              "set it, or set insecure_no_signature = true for local experiments")
+        if forge.webhook_secret_env and not forge.webhook_secret():
+            raise ConfigError(f"{settings.source}: forge {forge.name!r} has no webhook secret "
+                              f"(${forge.webhook_secret_env} is empty); set it, leave webhook_secret_env out for "
+                              "polling only, or set insecure_no_signature = true for local experiments")
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -9,6 +9,7 @@ from forge_bridge.admission import admit
 from forge_bridge.config import Settings
 from forge_bridge.models import ForgeEvent, ForgeKind
 from forge_bridge.webhooks import (
+    BadSignature,
     Ignored,
     Malformed,
     WebhookError,
@@ -36,17 +37,23 @@ def answer(status: str, code: int, *, delivery: str = "", reason: str = ""):
     return jsonify(status=status, delivery=delivery, reason=reason), code
 
 
-def _secrets(settings: Settings, endpoint: ForgeKind) -> dict[str, bytes]:
-    github = endpoint is ForgeKind.GITHUB
-    return {f.name: f.webhook_secret() for f in settings.forges if (f.kind is ForgeKind.GITHUB) == github}
-
-
 def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signature: str) -> str:
-    secrets = _secrets(settings, endpoint)
-    if not secrets:
+    """The forge whose secret signed the body. `insecure_no_signature` waives the signature only for forges
+    that have no secret; without it, such a forge takes no webhooks at all (polling-only use)."""
+    github = endpoint is ForgeKind.GITHUB
+    family = [f for f in settings.forges if (f.kind is ForgeKind.GITHUB) == github]
+    if not family:
         raise Malformed(f"no {endpoint.value} forge is configured")
-    if settings.insecure_no_signature and not signature:
-        return next(iter(secrets))
+    secrets = {f.name: f.webhook_secret() for f in family if f.webhook_secret()}
+    secretless = [f.name for f in family if not f.webhook_secret()]
+    if secretless and settings.insecure_no_signature:
+        try:
+            return verify_signature(secrets, body, signature)
+        except BadSignature:
+            return secretless[0]
+    if not secrets:
+        names = ", ".join(secretless)
+        raise BadSignature(f"webhooks are not enabled for forge {names} (no webhook_secret_env)")
     return verify_signature(secrets, body, signature)
 
 

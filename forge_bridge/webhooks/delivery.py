@@ -73,8 +73,8 @@ def read_headers(headers: Mapping[str, str], *, endpoint: ForgeKind) -> Delivery
 
 def signature_matches(secret: bytes, body: bytes, signature: str) -> bool:
     """HMAC-SHA256 over the exact body bytes, compared in constant time."""
-    if not secret or not signature:
-        return False
+    if not secret or not signature or not signature.isascii():
+        return False   # compare_digest refuses non-ASCII text: a forged header is a mismatch, not a crash
     expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature.lower())
 
