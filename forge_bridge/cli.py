@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from forge_bridge import agents, embedded, queue
-from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_url, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
 from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals
 
@@ -248,6 +248,24 @@ def _check_forge(settings: Settings, forge) -> list[tuple[bool, str]]:
     return results
 
 
+def cmd_hooks(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge import hooks
+
+    public_url = check_http_url(args.url, where="--url") if args.url else settings.public_url
+    if args.action == "install" and not public_url:
+        raise UsageError("hooks install needs the bridge's public URL: --url https://bridge.example.com "
+                         f"(or public_url in {settings.source})")
+    failures = 0
+    for forge in settings.forges:
+        client = make_client(forge)
+        lines = (hooks.install(settings, forge, client, public_url=public_url, dry_run=args.dry_run)
+                 if args.action == "install" else hooks.listing(settings, forge, client, public_url=public_url))
+        for ok, line in lines:
+            print(f"{'' if ok else 'FAIL '}{line}", flush=True)
+            failures += not ok
+    return 1 if failures else 0
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ok   configuration {settings.source} is valid", flush=True)
     failures = 0
@@ -322,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--forge", required=True, help="the configured forge's name")
     replay.add_argument("--event", required=True, help="the event name (X-GitHub-Event / X-Gitea-Event)")
     replay.set_defaults(run=cmd_replay)
+    hooks = sub.add_parser("hooks", help="the bridge's webhook on each configured repository")
+    hooks.add_argument("action", choices=["install", "list"], help="install: create or update; list: show them")
+    hooks.add_argument("--url", help="the bridge's public URL (default: public_url of the configuration)")
+    hooks.add_argument("--dry-run", action="store_true", help="say what install would change, change nothing")
+    hooks.set_defaults(run=cmd_hooks)
     stop = sub.add_parser("stop", help="cancel an issue's queued tasks and stop its running agent")
     stop.add_argument("issue_ref")
     stop.set_defaults(run=cmd_stop)

@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from forge_bridge.models import ForgeKind
 from forge_bridge.refs import host_of_url
@@ -32,6 +33,14 @@ def parse_duration(value: Any, *, where: str) -> float:
     if not match:
         raise ConfigError(f"{where}: expected a duration like 90s, 5m, 1h or seconds, got {value!r}")
     return float(match[1]) * DURATION_UNITS[match[2]]
+
+
+def check_http_url(url: str, *, where: str) -> str:
+    """An http(s) base URL without query or fragment, returned without its trailing slash."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{where} must look like https://bridge.example.com, got {url!r}")
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Settings:
     delete_branch_on_merge: bool = False
     insecure_no_signature: bool = False
     log_format: str = "text"
+    public_url: str = ""             # where forges reach the web app; `hooks install` points webhooks there
     agent: AgentConfig = field(default_factory=AgentConfig)
     forges: tuple[ForgeConfig, ...] = ()
     repos: tuple[RepoConfig, ...] = ()
@@ -192,6 +202,8 @@ def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:
         return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if key == "public_url" and value:
+        return check_http_url(value, where=where)
     if key == "log_format" and value not in ("text", "json"):
         raise ConfigError(f"{where}: expected \"text\" or \"json\", got {value!r}")
     return value

@@ -97,6 +97,7 @@ def test_allowlist_patterns_and_exclusions():
     ({"agent": {"extra_args": "--model opus"}}, "extra_args must be a list of strings"),
     ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea or forgejo"),
     ({"repos": [{"forge": "nope", "name": "a/b"}]}, "names no configured forge"),
+    ({"public_url": "bridge.example.com"}, "public_url must look like https://"),
 ])
 def test_configuration_mistakes_are_explained(raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -7,6 +7,7 @@ from forge_bridge.forges.base import (
     CommentInfo,
     ForgeClient,
     ForgeError,
+    HookInfo,
     IssueInfo,
     PullInfo,
     RepoComment,
@@ -14,8 +15,8 @@ from forge_bridge.forges.base import (
 )
 from forge_bridge.models import ForgeKind
 
-__all__ = ["WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "IssueInfo", "PullInfo", "RepoComment",
-           "RepoInfo", "make_client", "preload"]
+__all__ = ["WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "HookInfo", "IssueInfo", "PullInfo",
+           "RepoComment", "RepoInfo", "make_client", "preload"]
 
 
 def preload(forges: tuple[ForgeConfig, ...]) -> None:

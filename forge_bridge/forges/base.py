@@ -73,6 +73,17 @@ class PullInfo:
     merged: bool = False
 
 
+@dataclass(frozen=True)
+class HookInfo:
+    """A repository webhook as the forge shows it (never with its secret: forges do not return it)."""
+
+    id: int
+    url: str
+    events: tuple[str, ...]
+    content_type: str
+    active: bool
+
+
 class ForgeClient(Protocol):
     supports_reactions: bool
 
@@ -94,3 +105,6 @@ class ForgeClient(Protocol):
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None: ...
     def label_actor(self, issue: IssueRef, label: str) -> str: ...
     def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]: ...
+    def list_hooks(self, repo: RepoRef) -> list[HookInfo]: ...
+    def create_hook(self, repo: RepoRef, *, url: str, secret: str, events: tuple[str, ...]) -> int: ...
+    def update_hook(self, repo: RepoRef, hook_id: int, *, url: str, secret: str, events: tuple[str, ...]) -> None: ...

@@ -16,9 +16,11 @@ import httpx
 from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi, UserApi
 from gitea_api_client.exceptions import ApiException
 from gitea_api_client.models import (
+    CreateHookOption,
     CreateIssueCommentOption,
     CreateLabelOption,
     CreatePullRequestOption,
+    EditHookOption,
     EditIssueCommentOption,
     EditReactionOption,
     IssueLabelsOption,
@@ -27,6 +29,7 @@ from gitea_api_client.models import (
 from forge_bridge.forges.base import (
     CommentInfo,
     ForgeError,
+    HookInfo,
     IssueInfo,
     PullInfo,
     RepoComment,
@@ -231,3 +234,23 @@ class GiteaClient:
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
         self._run("add reaction", lambda i, _: i.issue_post_comment_reaction(
             repo.owner, repo.name, comment_id, EditReactionOption(content=content)))
+
+    def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
+        async def fetch(_: IssueApi, r: RepositoryApi) -> list[Any]:
+            return await self._all_pages(lambda page: r.repo_list_hooks(repo.owner, repo.name, page=page,
+                                                                        limit=PAGE_SIZE))
+
+        return [HookInfo(id=h.id, url=(h.config or {}).get("url", ""), events=tuple(h.events or ()),
+                         content_type=(h.config or {}).get("content_type", ""), active=bool(h.active))
+                for h in self._run("list webhooks", fetch)]
+
+    def create_hook(self, repo: RepoRef, *, url: str, secret: str, events: tuple[str, ...]) -> int:
+        option = CreateHookOption(type="gitea", active=True, events=list(events),
+                                  config={"url": url, "content_type": "json", "secret": secret})
+        hook = self._run("create webhook", lambda _, r: r.repo_create_hook(repo.owner, repo.name, body=option))
+        return hook.id
+
+    def update_hook(self, repo: RepoRef, hook_id: int, *, url: str, secret: str, events: tuple[str, ...]) -> None:
+        option = EditHookOption(active=True, events=list(events),
+                                config={"url": url, "content_type": "json", "secret": secret})
+        self._run("update webhook", lambda _, r: r.repo_edit_hook(repo.owner, repo.name, hook_id, body=option))

@@ -14,6 +14,7 @@ from github.Repository import Repository
 from forge_bridge.forges.base import (
     CommentInfo,
     ForgeError,
+    HookInfo,
     IssueInfo,
     PullInfo,
     RepoComment,
@@ -224,3 +225,23 @@ class GitHubClient:
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
         self._call("add reaction", self._github.requester.requestJsonAndCheck, "POST",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}/reactions", input={"content": content})
+
+    def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
+        hooks = self._call("list webhooks", lambda: list(self._repo(repo).get_hooks()))
+        return [HookInfo(id=h.id, url=h.config.get("url", ""), events=tuple(h.events),
+                         content_type=h.config.get("content_type", ""), active=h.active) for h in hooks]
+
+    @staticmethod
+    def _hook_config(url: str, secret: str) -> dict[str, str]:
+        return {"url": url, "content_type": "json", "secret": secret, "insecure_ssl": "0"}
+
+    def create_hook(self, repo: RepoRef, *, url: str, secret: str, events: tuple[str, ...]) -> int:
+        hook = self._call("create webhook", self._repo(repo).create_hook, "web", self._hook_config(url, secret),
+                          list(events), True)
+        return hook.id
+
+    def update_hook(self, repo: RepoRef, hook_id: int, *, url: str, secret: str, events: tuple[str, ...]) -> None:
+        # PATCH without fetching the hook first; `events` replaces the list, `config` the settings.
+        self._call("update webhook", self._github.requester.requestJsonAndCheck, "PATCH",
+                   f"/repos/{repo.full_name}/hooks/{hook_id}",
+                   input={"config": self._hook_config(url, secret), "events": list(events), "active": True})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, abort, jsonify, request
+from flask import Flask, abort, jsonify, make_response, request
 
-from fakeforge.state import Issue, Repo, State
+from fakeforge.state import Issue, Repo, RepoHook, State
 
 if TYPE_CHECKING:
     from fakeforge.server import FakeForge
@@ -98,3 +98,55 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
             pull = state.create_pull(repo, title=data["title"], body=data.get("body") or "", head=data["head"],
                                      base=data["base"], author=forge.bot_login)
         return jsonify(shapes.pull(repo, pull)), 201
+
+
+def register_hooks(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, hook: str, not_admin: tuple[dict, int],
+                   events_of: Any) -> None:
+    """Repository webhooks, which only an admin of the repository may see or change (GitHub hides them with a
+    404, Gitea refuses with a 403). `hook`: the path parameter's name; `events_of`: how the forge stores the
+    events it was asked for (Gitea expands its umbrella events)."""
+    state = forge.state
+
+    def admin_repo(owner: str, name: str) -> Repo:
+        repo = repo_or_404(state, owner, name)
+        if repo.permissions.get(forge.bot_login) != "admin":
+            abort(make_response(jsonify(not_admin[0]), not_admin[1]))
+        return repo
+
+    def hook_or_404(repo: Repo, hook_id: int) -> RepoHook:
+        if hook_id not in repo.hooks:
+            abort(404)
+        return repo.hooks[hook_id]
+
+    @app.get(f"{prefix}/repos/<owner>/<name>/hooks")
+    def list_hooks(owner, name):
+        repo = admin_repo(owner, name)
+        return jsonify([shapes.hook(repo, h) for h in repo.hooks.values()])
+
+    @app.post(f"{prefix}/repos/<owner>/<name>/hooks")
+    def create_hook(owner, name):
+        repo = admin_repo(owner, name)
+        data = request.get_json()
+        config = data.get("config") or {}
+        created = RepoHook(id=state.next_id(), url=config["url"], secret=config.get("secret", ""),
+                           events=events_of(data.get("events") or ["push"]),
+                           content_type=config.get("content_type", "form"), active=data.get("active", True))
+        repo.hooks[created.id] = created
+        return jsonify(shapes.hook(repo, created)), 201
+
+    @app.get(f"{prefix}/repos/<owner>/<name>/hooks/<int:{hook}>")
+    def get_hook(owner, name, **path):
+        repo = admin_repo(owner, name)
+        return jsonify(shapes.hook(repo, hook_or_404(repo, path[hook])))
+
+    @app.patch(f"{prefix}/repos/<owner>/<name>/hooks/<int:{hook}>")
+    def edit_hook(owner, name, **path):
+        repo = admin_repo(owner, name)
+        found, data = hook_or_404(repo, path[hook]), request.get_json()
+        config = data.get("config") or {}
+        found.url = config.get("url", found.url)
+        found.secret = config.get("secret", found.secret)
+        found.content_type = config.get("content_type", found.content_type)
+        found.events = events_of(data["events"]) if data.get("events") else found.events
+        found.active = data.get("active", found.active)
+        return jsonify(shapes.hook(repo, found))

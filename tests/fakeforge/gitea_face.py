@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
 
-from fakeforge.common import issue_or_404, register_shared, repo_or_404
+from fakeforge.common import issue_or_404, register_hooks, register_shared, repo_or_404
 from fakeforge.openapi import SPECS, overlay
-from fakeforge.state import Comment, Issue, Label, Pull, Repo
+from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook
 
 if TYPE_CHECKING:
     from fakeforge.server import FakeForge
@@ -18,10 +18,22 @@ PREFIX = "/api/v1"
 # the shared subset of the description, so its answers are shaped after Gitea's TimelineComment by hand.
 EXTRA_OPERATIONS = {("GET", f"{PREFIX}/repos/<owner>/<name>/issues/<int:index>/timeline")}
 PAGE_CAP = 50
+# Gitea stores a hook's events expanded: "issues" and "pull_request" stand for their whole families
+# (routers/api/v1/utils/hook.go, issuesHook and pullHook), and a GET answers the expanded list.
+ISSUE_EVENTS = ["issues", "issue_assign", "issue_label", "issue_milestone", "issue_comment"]
+PULL_EVENTS = ["pull_request", "pull_request_assign", "pull_request_label", "pull_request_milestone",
+               "pull_request_comment", "pull_request_review", "pull_request_review_request", "pull_request_sync"]
 
 
 def _from_schema(name: str, values: dict[str, Any]) -> dict[str, Any]:
     return overlay(SPEC.skeleton(SPEC.doc["definitions"][name]), values)
+
+
+def stored_events(asked: list[str]) -> list[str]:
+    stored = [e for e in asked if e not in ("issues", "pull_request")]
+    stored += ISSUE_EVENTS if "issues" in asked else []
+    stored += PULL_EVENTS if "pull_request" in asked else []
+    return list(dict.fromkeys(stored))
 
 
 def _page(items: list) -> list:
@@ -47,6 +59,13 @@ class GiteaShapes:
     def label(self, label: Label) -> dict:
         return _from_schema("Label", {"id": label.id, "name": label.name, "color": label.color,
                                       "url": f"{self.forge.api}/labels/{label.id}"})
+
+    def hook(self, repo: Repo, hook: RepoHook) -> dict:
+        # Gitea's ToHook: the config holds url and content_type only, never the secret.
+        return _from_schema("Hook", {"id": hook.id, "type": "gitea", "active": hook.active, "events": hook.events,
+                                     "config": {"url": hook.url, "content_type": hook.content_type},
+                                     "branch_filter": "*", "created_at": hook.created_at,
+                                     "updated_at": hook.created_at})
 
     def repo(self, repo: Repo) -> dict:
         return _from_schema("Repository", {
@@ -91,6 +110,8 @@ def register(app: Flask, forge: FakeForge) -> None:
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="index", number="index", comment="id",
                     no_head=({"message": "head branch does not exist"}, 404),
                     exists=({"message": "pull request already exists for these targets"}, 409))
+    register_hooks(app, forge, shapes, prefix=PREFIX, hook="id", events_of=stored_events,
+                   not_admin=({"message": "Forbidden", "url": "/api/swagger"}, 403))
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues")
     def list_issues(owner, name):

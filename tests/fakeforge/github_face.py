@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
 
-from fakeforge.common import issue_or_404, register_shared, repo_or_404
+from fakeforge.common import issue_or_404, register_hooks, register_shared, repo_or_404
 from fakeforge.openapi import SPECS, overlay
-from fakeforge.state import Comment, Issue, Label, Pull, Repo
+from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook
 
 if TYPE_CHECKING:
     from fakeforge.server import FakeForge
@@ -69,6 +69,16 @@ class GitHubShapes:
             "created_at": comment.created_at, "updated_at": comment.created_at,
             "url": f"{self.forge.api}/repos/{repo.full_name}/issues/comments/{comment.id}"})
 
+    def hook(self, repo: Repo, hook: RepoHook) -> dict:
+        url = f"{self.forge.api}/repos/{repo.full_name}/hooks/{hook.id}"
+        config = {"url": hook.url, "content_type": hook.content_type, "insecure_ssl": "0"}
+        if hook.secret:
+            config["secret"] = "********"   # GitHub never shows a hook's secret
+        return _from_schema("hook", {"type": "Repository", "id": hook.id, "name": "web", "active": hook.active,
+                                     "events": hook.events, "config": config, "created_at": hook.created_at,
+                                     "updated_at": hook.created_at, "url": url, "test_url": f"{url}/test",
+                                     "ping_url": f"{url}/pings", "deliveries_url": f"{url}/deliveries"})
+
     def pull(self, repo: Repo, pull: Pull, schema: str = "pull-request") -> dict:
         branch = {"ref": pull.head, "sha": repo.branch_sha(pull.head) or "0" * 40, "label": f"{repo.owner}:{pull.head}",
                   "user": self.user(repo.owner),
@@ -91,6 +101,8 @@ def register(app: Flask, forge: FakeForge) -> None:
                     no_head=({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}, 422),
                     exists=({"message": "Validation Failed", "errors": [
                         {"code": "custom", "message": "A pull request already exists."}]}, 422))
+    register_hooks(app, forge, shapes, prefix=PREFIX, hook="hook_id", events_of=list,
+                   not_admin=({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}, 404))
 
     @app.get(f"{PREFIX}/repos/<owner>/<name>/issues")
     def list_issues(owner, name):

@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 
 from fakeforge import gitea_face, github_face
 from fakeforge.openapi import SPECS
-from fakeforge.state import Issue, Repo, State
+from fakeforge.state import Issue, Repo, RepoHook, State
 
 
 @dataclass
@@ -216,7 +216,14 @@ class FakeForge:
         delivery = delivery or str(uuid.uuid4())
         return [requests.post(hook.url, data=body, timeout=10,
                               headers=self.headers_for(event, event_type, body, hook.secret, delivery))
-                for hook in self.hooks]
+                for hook in [*self.hooks, *self._subscribed(payload, event_type or event)]]
+
+    def _subscribed(self, payload: dict, event: str) -> list[RepoHook]:
+        """The active hooks set through the API on the payload's repository that asked for this event (GitHub
+        subscribes by event name, Gitea by its event type)."""
+        full_name = (payload.get("repository") or {}).get("full_name", "")
+        repo = self.state.repos.get(full_name)
+        return [h for h in (repo.hooks.values() if repo else ()) if h.active and event in h.events]
 
     # what tests read back
     def labels_of(self, repo: Repo, issue: Issue) -> list[str]:

@@ -69,6 +69,19 @@ class Pull:
 
 
 @dataclass
+class RepoHook:
+    """A webhook set on a repository through the API; the forge delivers subscribed events to it."""
+
+    id: int
+    url: str
+    secret: str
+    events: list[str]
+    content_type: str = "json"
+    active: bool = True
+    created_at: str = field(default_factory=now_iso)
+
+
+@dataclass
 class Repo:
     id: int
     owner: str
@@ -80,6 +93,7 @@ class Repo:
     issues: dict[int, Issue] = field(default_factory=dict)
     pulls: dict[int, Pull] = field(default_factory=dict)
     permissions: dict[str, str] = field(default_factory=dict)
+    hooks: dict[int, RepoHook] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
