@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from functools import cache
 from pathlib import Path
 
-from forge_bridge import agents, embedded, queue
+from forge_bridge import embedded, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_url, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
 from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals
@@ -211,43 +210,6 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_webhook_secret(settings: Settings, forge) -> tuple[bool, str]:
-    if not forge.webhook_secret_env:
-        polled = any(repo.forge == forge.name for repo in settings.polled_repos())
-        return True, (f"{forge.name}: webhooks off (no webhook_secret_env); "
-                      + ("the poller finds labelled issues" if polled else "set poll = true on its repositories"))
-    if forge.webhook_secret():
-        return True, f"{forge.name}: webhook secret present"
-    return settings.insecure_no_signature, f"{forge.name}: webhook secret missing (set ${forge.webhook_secret_env})"
-
-
-def _check_forge(settings: Settings, forge) -> list[tuple[bool, str]]:
-    from forge_bridge.forges import WRITE_PERMISSIONS
-    from forge_bridge.models import RepoRef
-
-    results = [_check_webhook_secret(settings, forge)]
-    client = make_client(forge)
-    try:
-        login = client.whoami()
-    except ForgeError as error:
-        why = "token rejected" if error.status in (401, 403) else f"not reached ({error})"
-        return [*results, (False, f"{forge.name}: {forge.api_url}: {why}")]
-    results.append((True, f"{forge.name}: reached {forge.api_url}; token valid, acting as {login}"))
-    if forge.bot_login and login != forge.bot_login:
-        results.append((False, f"{forge.name}: the token acts as {login}, but bot_login is {forge.bot_login}"))
-    for repo in settings.repos:
-        if repo.forge != forge.name or repo.excludes:
-            continue
-        if any(ch in repo.name for ch in "*?["):
-            results.append((True, f"{forge.name}: {repo.name} is a pattern; its repositories are not checked"))
-            continue
-        owner, name = repo.name.split("/", 1)
-        permission = client.permission(RepoRef(forge.host, owner, name), login)
-        results.append((permission in WRITE_PERMISSIONS,
-                        f"{forge.name}: {repo.name}: {login} has {permission} permission (needs write)"))
-    return results
-
-
 def cmd_hooks(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge import hooks
 
@@ -267,20 +229,13 @@ def cmd_hooks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge.checks import run_checks
+
     print(f"ok   configuration {settings.source} is valid", flush=True)
     failures = 0
-    if not settings.forges:
-        print("FAIL no forge is configured")
-        failures += 1
-    program = agents.executable(settings.agent)
-    found = shutil.which(program)
-    print(f"ok   agent {settings.agent.preset}: {program} is {found}" if found else
-          f"FAIL agent {settings.agent.preset}: {program} is not on PATH", flush=True)
-    failures += not found
-    for forge in settings.forges:
-        for ok, line in _check_forge(settings, forge):
-            print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
-            failures += not ok
+    for ok, line in run_checks(settings):
+        print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
+        failures += not ok
     print("all checks passed" if not failures else f"{failures} check(s) failed")
     return 1 if failures else 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from forge_bridge.models import ForgeKind
+from forge_bridge.models import ForgeKind, RepoRef
 from forge_bridge.refs import host_of_url
 
 CONFIG_ENV = "FORGE_BRIDGE_CONFIG"
@@ -146,6 +146,19 @@ class Settings:
         """Allowed when a pattern includes it and no `!pattern` excludes it."""
         matching = [r for r in self.repos if r.matches(forge, full_name)]
         return any(not r.excludes for r in matching) and not any(r.excludes for r in matching)
+
+    def concrete_repos(self, forge: ForgeConfig) -> tuple[list[RepoRef], list[str]]:
+        """The forge's allowed repositories with a concrete owner/name, and the patterns that name none."""
+        repos, patterns = [], []
+        for repo in self.repos:
+            if repo.forge != forge.name or repo.excludes:
+                continue
+            if any(ch in repo.name for ch in "*?["):
+                patterns.append(repo.name)
+                continue
+            owner, name = repo.name.split("/", 1)
+            repos.append(RepoRef(forge.host, owner, name))
+        return repos, patterns
 
     def polled_repos(self) -> list[RepoConfig]:
         return [r for r in self.repos if r.poll and not r.excludes]

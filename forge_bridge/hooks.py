@@ -88,20 +88,6 @@ class SecretRecord:
         return hashlib.pbkdf2_hmac("sha256", secret, bytes.fromhex(salt), HASH_ROUNDS).hex()
 
 
-def concrete_repos(settings: Settings, forge: ForgeConfig) -> tuple[list[RepoRef], list[str]]:
-    """The forge's configured repositories with a concrete owner/name, and the patterns that have none."""
-    repos, patterns = [], []
-    for repo in settings.repos:
-        if repo.forge != forge.name or repo.excludes:
-            continue
-        if any(ch in repo.name for ch in "*?["):
-            patterns.append(repo.name)
-            continue
-        owner, name = repo.name.split("/", 1)
-        repos.append(RepoRef(forge.host, owner, name))
-    return repos, patterns
-
-
 def install(settings: Settings, forge: ForgeConfig, client: ForgeClient, *, public_url: str,
             dry_run: bool) -> Iterator[tuple[bool, str]]:
     """(ok, line) for each repository of the forge: its hook and its labels."""
@@ -109,7 +95,7 @@ def install(settings: Settings, forge: ForgeConfig, client: ForgeClient, *, publ
     if not secret:
         yield True, f"{forge.name}: no webhook secret (webhook_secret_env); polling only, no hooks installed"
         return
-    repos, patterns = concrete_repos(settings, forge)
+    repos, patterns = settings.concrete_repos(forge)
     for pattern in patterns:
         yield True, f"{forge.name}: {pattern} is a pattern; name each repository to install its hook"
     url, events = hook_url(public_url, forge), HOOK_EVENTS[forge.kind]
@@ -166,7 +152,7 @@ def listing(settings: Settings, forge: ForgeConfig, client: ForgeClient, *,
             public_url: str) -> Iterator[tuple[bool, str]]:
     """(ok, line) for each hook on the forge's configured repositories; the bridge's own are marked."""
     ours = hook_url(public_url, forge) if public_url else ""
-    repos, _ = concrete_repos(settings, forge)
+    repos, _ = settings.concrete_repos(forge)
     for repo in repos:
         try:
             found = client.list_hooks(repo)

@@ -1,0 +1,58 @@
+"""`forge-bridge check`: what is wrong before anything runs — the agent's program, each forge reached with its
+token, the bot's permission on each repository, and how each forge takes events."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+from forge_bridge import agents
+from forge_bridge.config import ForgeConfig, Settings
+from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
+
+
+def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
+    """(ok, line) for each check, in the order a user fixes them."""
+    if not settings.forges:
+        yield False, "no forge is configured"
+    yield check_agent(settings)
+    for forge in settings.forges:
+        yield check_webhook_secret(settings, forge)
+        yield from check_forge(settings, forge)
+
+
+def check_agent(settings: Settings) -> tuple[bool, str]:
+    program = agents.executable(settings.agent)
+    found = shutil.which(program)
+    if found:
+        return True, f"agent {settings.agent.preset}: {program} is {found}"
+    return False, f"agent {settings.agent.preset}: {program} is not on PATH"
+
+
+def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, str]:
+    if not forge.webhook_secret_env:
+        polled = any(repo.forge == forge.name for repo in settings.polled_repos())
+        return True, (f"{forge.name}: webhooks off (no webhook_secret_env); "
+                      + ("the poller finds labelled issues" if polled else "set poll = true on its repositories"))
+    if forge.webhook_secret():
+        return True, f"{forge.name}: webhook secret present"
+    return settings.insecure_no_signature, f"{forge.name}: webhook secret missing (set ${forge.webhook_secret_env})"
+
+
+def check_forge(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, str]]:
+    client = make_client(forge)
+    try:
+        login = client.whoami()
+    except ForgeError as error:
+        why = "token rejected" if error.status in (401, 403) else f"not reached ({error})"
+        yield False, f"{forge.name}: {forge.api_url}: {why}"
+        return
+    yield True, f"{forge.name}: reached {forge.api_url}; token valid, acting as {login}"
+    if forge.bot_login and login != forge.bot_login:
+        yield False, f"{forge.name}: the token acts as {login}, but bot_login is {forge.bot_login}"
+    repos, patterns = settings.concrete_repos(forge)
+    for pattern in patterns:
+        yield True, f"{forge.name}: {pattern} is a pattern; its repositories are not checked"
+    for repo in repos:
+        permission = client.permission(repo, login)
+        yield (permission in WRITE_PERMISSIONS,
+               f"{forge.name}: {repo.full_name}: {login} has {permission} permission (needs write)")
