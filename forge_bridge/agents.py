@@ -27,7 +27,9 @@ TAIL_LINES = 20
 # argv templates per preset and action, pinned to the CLI versions named in the README; the prompt always goes to
 # stdin too (aider reads it from a file the bridge writes, since it takes no prompt on stdin).
 _CLAUDE = ("claude", "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits")
-_AIDER = ("aider", "--yes-always", "--no-pretty", "--no-stream", "--no-check-update", "--no-gitignore",
+# aider: --yes-always would also answer "yes" to its analytics opt-in and other questions; these keep it to edits.
+_AIDER = ("aider", "--yes-always", "--analytics-disable", "--no-show-release-notes", "--no-show-model-warnings",
+          "--no-pretty", "--no-stream", "--no-check-update", "--no-gitignore",
           "--message-file", "{message_file}", "--chat-history-file", "{history_file}", "--restore-chat-history",
           "--input-history-file", "{history_file}.input")
 PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
@@ -40,10 +42,12 @@ PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
         TaskAction.START: (*_CLAUDE, "--session-id", "{session_id}"),
         TaskAction.CONTINUE: (*_CLAUDE, "--resume", "{session_id}"),
     },
-    # Codex: the prompt on stdin ("-"); the thread id comes from `thread.started`.
+    # Codex: the prompt on stdin ("-"); the thread id comes from `thread.started`. `exec resume` has no
+    # --sandbox of its own: given before `resume`, it holds for the resumed run too.
     "codex": {
-        TaskAction.START: ("codex", "exec", "--json", "--full-auto", "-"),
-        TaskAction.CONTINUE: ("codex", "exec", "--json", "--full-auto", "resume", "{session_id}", "-"),
+        TaskAction.START: ("codex", "exec", "--json", "--sandbox", "workspace-write", "-"),
+        TaskAction.CONTINUE: ("codex", "exec", "--json", "--sandbox", "workspace-write", "resume", "{session_id}",
+                              "-"),
     },
     # opencode: the prompt on stdin; the session id is the `sessionID` of its JSON lines.
     "opencode": {
@@ -52,6 +56,13 @@ PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
     },
     # aider: its "session" is a chat history file per issue, restored on every run.
     "aider": {TaskAction.START: _AIDER, TaskAction.CONTINUE: _AIDER},
+}
+# The CLI versions each preset was run against (the conformance suite installs the newest of each).
+TESTED_VERSIONS = {
+    "claude": ("Claude Code", "2.1.197", "2.1.332"),
+    "codex": ("Codex CLI", "0.169.0", "0.171.0"),
+    "opencode": ("opencode", "1.18.33", "1.18.33"),
+    "aider": ("aider", "0.86.2", "0.86.2"),
 }
 # How many leading words name the program and its subcommand (`codex exec`, `opencode run`, `kugetsu start`).
 COMMAND_WORDS = {"kugetsu": 2, "claude": 1, "codex": 2, "opencode": 2, "aider": 1}
@@ -82,6 +93,16 @@ class AgentResult:
     @property
     def failure(self) -> str:      # the agent's own output says it failed, whatever its exit code
         return self.verdict.failure
+
+    def rejected(self, preset: str) -> str:
+        """When the CLI refused the preset's arguments: what it said, and the versions the preset knows."""
+        if not self.verdict.rejected_arguments:
+            return ""
+        said = f"the agent's CLI rejected the preset's arguments ({self.verdict.rejected_arguments[:200]})"
+        if preset in TESTED_VERSIONS:
+            name, low, high = TESTED_VERSIONS[preset]
+            said += f"; the {preset} preset was tested with {name} {low}" + (f" to {high}" if high != low else "")
+        return said
 
     @property
     def ok(self) -> bool:

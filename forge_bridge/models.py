@@ -187,6 +187,8 @@ class Session:
     agent_session_id: str = ""
     agent: str = ""                # the preset that made agent_session_id, and the host it lives on: a session
     agent_host: str = ""           # is resumed only by the same agent on the same host
+    agent_totals: dict[str, float] = field(default_factory=dict)   # the CLI's running totals (cost, tokens) so
+                                   # far in agent_session_id, for CLIs that report those on a resume
     pull_request_url: str = ""
     pull_request_number: int = 0
     status_comment_id: int = 0

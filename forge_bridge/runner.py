@@ -116,7 +116,9 @@ class Runner:
         elif result.exit_code is None:
             task.state, task.outcome = TaskState.FAILED, result.failure or "the agent could not be started"
         elif result.exit_code != 0:
-            task.state, task.outcome = TaskState.FAILED, f"the agent exited with code {result.exit_code}"
+            task.state = TaskState.FAILED
+            task.outcome = (result.rejected(self.settings.agent.preset) or result.failure
+                            or f"the agent exited with code {result.exit_code}")
         elif result.failure:
             task.state, task.outcome = TaskState.FAILED, result.failure
         elif task.commits == 0:

@@ -15,9 +15,16 @@ from typing import Any
 
 from forge_bridge.config import AgentConfig
 
-# aider: "Tokens: 2.1k sent, 150 received. Cost: $0.0012 message, $0.0034 session."
+# aider: "Tokens: 2.1k sent, 1.0k cache write, 1.0k cache hit, 150 received. Cost: $0.0012 message, $0.0034 session."
 _AIDER_COST = re.compile(r"Cost: \$([0-9]+(?:\.[0-9]+)?) message")
-_AIDER_TOKENS = re.compile(r"Tokens: ([0-9.]+)(k?) sent, ([0-9.]+)(k?) received")
+_AIDER_TOKENS = re.compile(r"Tokens: ([0-9.]+)(k?) sent,(?: [0-9.]+k? cache (?:write|hit),)* ([0-9.]+)(k?) received")
+# aider reports a model's error (litellm's exception) and still exits 0
+_AIDER_ERROR = re.compile(r"(litellm\.[A-Za-z]*Error: .*)")
+# A CLI refusing the preset's arguments (clap, commander, yargs, argparse wordings)
+_REJECTED_ARGUMENTS = re.compile(r"(unexpected argument|unknown option|unrecognized arguments?|unknown arguments?"
+                                 r"|invalid option)", re.IGNORECASE)
+# Claude Code reports the session's running cost (total_cost_usd) on a resume in versions after this one
+CLAUDE_PER_RUN_COST_UNTIL = (2, 1, 197)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,8 @@ class Verdict:
     cost_usd: float = 0.0
     tokens: int = 0
     turns: int = 0
+    running: frozenset[str] = frozenset()   # which of cost and tokens are the session's running totals
+    rejected_arguments: str = ""            # the CLI's own words when it refused the preset's arguments
 
 
 def json_events(lines: list[str]) -> Iterator[dict[str, Any]]:
@@ -61,9 +70,18 @@ def _spec_value(lines: list[str], spec: str) -> str:
     return _last_value(list(json_events(lines)), spec.removeprefix("json:")) if spec.startswith("json:") else ""
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"[0-9]+", text)[:3])
+
+
 def _claude(lines: list[str]) -> Verdict:
     events = list(json_events(lines))
-    session = _last_value(events, "session_id")
+    # A session is named by the events of a run that began; a resume of an unknown session ends with a lone
+    # `result` that echoes the id asked for, which names nothing.
+    session = _last_value([e for e in events if e.get("type") != "result"], "session_id")
+    init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
+    running = frozenset({"cost"}) if _version(str(init.get("claude_code_version", ""))) > \
+        CLAUDE_PER_RUN_COST_UNTIL else frozenset()
     results = [e for e in events if e.get("type") == "result"]
     if not results:
         return Verdict(session, "", "the agent ended without its final result event")
@@ -71,9 +89,11 @@ def _claude(lines: list[str]) -> Verdict:
     usage = final.get("usage") if isinstance(final.get("usage"), dict) else {}
     verdict = Verdict(session, str(final.get("result") or ""), "", _number(final.get("total_cost_usd")),
                       int(_number(usage.get("input_tokens")) + _number(usage.get("output_tokens"))),
-                      int(_number(final.get("num_turns"))))
+                      int(_number(final.get("num_turns"))), running)
     if final.get("is_error") or final.get("subtype") != "success":
-        return _failed(verdict, f"the agent reported an error ({final.get('subtype', 'error')})")
+        errors = [str(e) for e in final.get("errors") or [] if e] if isinstance(final.get("errors"), list) else []
+        said = errors[0] if errors else str(final.get("result") or "") or str(final.get("subtype") or "error")
+        return _failed(verdict, f"the agent reported: {said}")
     return verdict
 
 
@@ -84,8 +104,10 @@ def _codex(lines: list[str]) -> Verdict:
     messages = [str((e.get("item") or {}).get("text") or "") for e in events
                 if e.get("type") == "item.completed" and (e.get("item") or {}).get("type") == "agent_message"]
     turns = [e for e in events if e.get("type") == "turn.completed"]
-    tokens = sum(int(_number((e.get("usage") or {}).get(k))) for e in turns for k in ("input_tokens", "output_tokens"))
-    verdict = Verdict(thread, messages[-1] if messages else "", "", 0.0, tokens, len(turns))
+    # Each turn.completed carries the thread's running total, so the last one counts.
+    last = (turns[-1].get("usage") or {}) if turns else {}
+    tokens = sum(int(_number(last.get(k))) for k in ("input_tokens", "output_tokens"))
+    verdict = Verdict(thread, messages[-1] if messages else "", "", 0.0, tokens, len(turns), frozenset({"tokens"}))
     ends = [e for e in events if e.get("type") in ("turn.completed", "turn.failed", "error")]
     if not ends:
         return _failed(verdict, "the agent ended without finishing its turn")
@@ -121,13 +143,15 @@ def _opencode(lines: list[str]) -> Verdict:
 
 def _aider(lines: list[str]) -> Verdict:
     """aider prints no events: success is judged by the commits it leaves; cost and tokens from its report lines."""
-    cost, tokens = 0.0, 0
+    cost, tokens, error = 0.0, 0, ""
     for line in lines:
         if match := _AIDER_COST.search(line):
             cost += float(match[1])
         if match := _AIDER_TOKENS.search(line):
             tokens += _kilo(match[1], match[2]) + _kilo(match[3], match[4])
-    return Verdict(cost_usd=cost, tokens=tokens)
+        if match := _AIDER_ERROR.search(line):
+            error = match[1].strip()
+    return Verdict(cost_usd=cost, tokens=tokens, failure=f"the agent reported: {error}" if error else "")
 
 
 def _kilo(number: str, suffix: str) -> int:
@@ -162,9 +186,11 @@ def _command(agent: AgentConfig, lines: list[str]) -> Verdict:
 
 
 def judge(agent: AgentConfig, lines: list[str]) -> Verdict:
-    if agent.preset in JUDGES:
-        return JUDGES[agent.preset](lines)
-    return _command(agent, lines)
+    verdict = JUDGES[agent.preset](lines) if agent.preset in JUDGES else _command(agent, lines)
+    if agent.preset != "command" and not any(json_events(lines)):
+        refused = next((line.strip() for line in lines if _REJECTED_ARGUMENTS.search(line)), "")
+        verdict = replace(verdict, rejected_arguments=refused)
+    return verdict
 
 
 def reports_sessions(agent: AgentConfig) -> bool:

@@ -15,7 +15,7 @@ from forge_bridge.forges import IssueInfo
 from forge_bridge.history import history_prompt, resume_obstacle
 from forge_bridge.models import IssueRef, Session, Task, TaskAction
 from forge_bridge.sessions import Store
-from forge_bridge.streams import reports_sessions
+from forge_bridge.streams import Verdict, reports_sessions
 
 AIDER_HISTORY = "aider.chat.history.md"
 
@@ -99,10 +99,24 @@ class Turns:
                                   timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
                                   should_stop=self.stop_reason, on_start=started,
                                   on_session=lambda found: self.remember_session(session, found))
-        task.cost_usd += result.verdict.cost_usd
-        task.tokens += result.verdict.tokens
+        cost, tokens = self.count_usage(session, result.verdict, resumed=turn.resumes)
+        task.cost_usd += cost
+        task.tokens += tokens
         task.turns += result.verdict.turns
         return result
+
+    def count_usage(self, session: Session, verdict: Verdict, *, resumed: bool) -> tuple[float, int]:
+        """What this run cost. A CLI that reports the session's running totals on a resume is counted as the
+        difference from the totals it reported at the end of the session's last run."""
+        before = session.agent_totals if resumed else {}
+        reported = {"cost": verdict.cost_usd, "tokens": float(verdict.tokens)}
+        per_run = {key: max(0.0, value - before.get(key, 0.0)) if key in verdict.running else value
+                   for key, value in reported.items()}
+        totals = {key: reported[key] for key in verdict.running if reported[key] > 0}
+        if totals:   # a run that reported nothing (it failed early) leaves the last totals in place
+            session.agent_totals = {**before, **totals}
+            self.store.save_session(session)
+        return per_run["cost"], int(per_run["tokens"])
 
     def new_session(self, session: Session, ref: IssueRef) -> None:
         """A start begins a new agent session: the bridge picks its id when the agent takes one (Claude Code,
@@ -120,6 +134,7 @@ class Turns:
             session_id = str(ref)
         else:
             session_id = ""
+        session.agent_totals = {}
         self.remember_session(session, session_id)
 
     def remember_session(self, session: Session, session_id: str) -> None:

@@ -95,6 +95,22 @@ def test_codex_thread_id_usage_and_resume(workdir):
     assert first.ok and first.session_id and first.verdict.tokens == 2400 and first.verdict.turns == 1
     again, _ = run(workdir, "codex", "second", action=TaskAction.CONTINUE, session_id=first.session_id)
     assert again.ok and again.session_id == first.session_id
+    assert again.verdict.tokens == 4800 and again.verdict.running == {"tokens"}   # the thread's running total
+
+
+def test_a_cli_that_rejects_the_preset_arguments_is_named_with_the_tested_versions(workdir):
+    result, _ = run(workdir, "codex", "first", extra_args=("--full-auto",))
+    assert result.exit_code == 2 and not result.ok
+    assert result.rejected("codex") == ("the agent's CLI rejected the preset's arguments (error: unexpected argument "
+                                        "'--full-auto' found); the codex preset was tested with Codex CLI 0.169.0 "
+                                        "to 0.171.0")
+
+
+def test_claude_unknown_session_on_resume_names_no_session(workdir):
+    result, log = run(workdir, "claude", "again", action=TaskAction.CONTINUE, session_id=CLAUDE_ID)
+    assert "No conversation found" in log and '"result"' in log   # the lone result echoes the id asked for...
+    assert result.session_id == "" and not result.ok             # ...which names no session: fall back
+    assert result.failure == f"the agent reported: No conversation found with session ID: {CLAUDE_ID}"
 
 
 def test_opencode_session_cost_tokens_and_permission(workdir):

@@ -154,8 +154,18 @@ def test_claude_error_result_fails_the_task_despite_exit_zero(github, start_brid
     github.add_label(repo, issue, "kugetsu:todo")
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed label")
     assert repo.pulls == {}
-    assert "the agent reported an error (error_during_execution)" in _status_comments(github, repo, issue)[0]
+    assert "the agent reported: summary of error" in _status_comments(github, repo, issue)[0]
     assert uuid.UUID(_session(bridge, github))   # stored even though the run failed
+
+
+def test_a_model_error_is_quoted_in_the_outcome(github, start_bridge):
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "mode:apierror on purpose", "")
+    start_bridge([github], preset="claude")
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed label")
+    status = _status_comments(github, repo, issue)[0]
+    assert "the agent reported: API Error: 400 model: unknown model 'claude-nope'" in status
 
 
 def test_a_session_recorded_on_another_host_is_not_resumed_but_retold(github, start_bridge):

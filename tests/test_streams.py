@@ -74,3 +74,27 @@ def test_opencode_sums_every_step_and_a_last_tool_call_step_is_unfinished():
     assert (done.session_id, done.summary, done.failure, done.tokens, done.turns) == ("ses_1", "all done", "", 240, 2)
     assert abs(done.cost_usd - 0.03) < 1e-9
     assert "without finishing its step" in judge(opencode, lines(step("stop", 0.01), step("tool-calls", 0))).failure
+
+
+AIDER = AgentConfig(preset="aider")
+
+
+def test_aider_counts_tokens_with_cache_reports_as_aider_0_86_prints_them():
+    verdict = judge(AIDER, ["Tokens: 1.2k sent, 1.0k cache hit, 80 received. Cost: $0.0010 message, $0.0010 session.",
+                            "Tokens: 2.3k sent, 2.0k cache write, 1.0k cache hit, 120 received. Cost: $0.0020 message,"
+                            " $0.0030 session."])
+    assert (verdict.tokens, verdict.cost_usd, verdict.failure) == (1200 + 80 + 2300 + 120, 0.003, "")
+
+
+def test_aider_model_error_is_a_failure_though_it_exits_zero():
+    verdict = judge(AIDER, ["Aider v0.86.2", "litellm.BadRequestError: OpenAIException - model 'gpt-nope' not found",
+                            "The API provider has rejected the request."])
+    assert verdict.failure == "the agent reported: litellm.BadRequestError: OpenAIException - model 'gpt-nope' not found"
+
+
+def test_claude_running_cost_is_marked_from_its_version():
+    init = {"type": "system", "subtype": "init", "session_id": "s", "claude_code_version": "2.1.332"}
+    final = {"type": "result", "subtype": "success", "is_error": False, "result": "ok", "total_cost_usd": 0.2,
+             "usage": {"input_tokens": 10, "output_tokens": 5}}
+    assert judge(CLAUDE, lines(init, final)).running == {"cost"}
+    assert judge(CLAUDE, lines({**init, "claude_code_version": "2.1.197"}, final)).running == frozenset()

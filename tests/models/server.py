@@ -1,0 +1,126 @@
+"""A scripted model server on 127.0.0.1 for the real agent CLIs: Anthropic Messages, OpenAI Responses and OpenAI
+Chat Completions, streamed (SSE) as the CLIs ask. It records every request, and answers from a script: the
+test says which file the agent should write and what it should say; a conversation that already holds the
+tool's result gets the final answer. `fail_with` makes the next main-conversation request an API error."""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import make_server
+
+INPUT_TOKENS, OUTPUT_TOKENS = 300, 50
+
+
+@dataclass
+class Script:
+    file_name: str = "HELLO.md"
+    content: str = "hello from the model\n"
+    answer: str = "I wrote the file."
+    worktree: str = ""                       # the absolute path a tool call needs (Claude Code's Write)
+    fail_with: tuple[int, str] | None = None  # (status, message) for the next main request
+
+
+@dataclass
+class Recorded:
+    path: str
+    body: dict[str, Any]
+
+
+@dataclass
+class ModelServer:
+    script: Script = field(default_factory=Script)
+    requests: list[Recorded] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.app = self._build()
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ModelServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+    def main_requests(self) -> list[Recorded]:
+        """The agent's own conversation: requests that offer tools (not titles, summaries or quota probes)."""
+        return [r for r in self.requests if r.body.get("tools")]
+
+    def _take_failure(self) -> tuple[int, str] | None:
+        failure, self.script.fail_with = self.script.fail_with, None
+        return failure
+
+    def _build(self) -> Flask:
+        app = Flask("models")
+
+        @app.post("/v1/messages")
+        def messages():
+            body = request.get_json(force=True)
+            self.requests.append(Recorded(request.path, body))
+            if body.get("tools") and (failure := self._take_failure()):
+                return jsonify(type="error", error={"type": "invalid_request_error", "message": failure[1]}), \
+                    failure[0]
+            return _sse(anthropic_events(self.script, body), named=True)
+
+        @app.post("/v1/messages/count_tokens")
+        def count_tokens():
+            return jsonify(input_tokens=INPUT_TOKENS)
+
+        @app.errorhandler(404)
+        def unknown(error):
+            self.requests.append(Recorded(request.path, {}))
+            return jsonify(error={"message": f"no such endpoint {request.path}"}), 404
+
+        return app
+
+
+def _sse(events: list[tuple[str, dict]], *, named: bool) -> Response:
+    def lines():
+        for name, data in events:
+            yield (f"event: {name}\n" if named else "") + f"data: {json.dumps(data)}\n\n"
+    return Response(lines(), mimetype="text/event-stream")
+
+
+def _has_tool_result(messages: list[dict]) -> bool:
+    last = messages[-1] if messages else {}
+    content = last.get("content")
+    return isinstance(content, list) and any(part.get("type") == "tool_result" for part in content)
+
+
+def anthropic_events(script: Script, body: dict) -> list[tuple[str, dict]]:
+    message = {"id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant",
+               "model": body.get("model", "claude"), "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1}}
+    events = [("message_start", {"type": "message_start", "message": message})]
+    if body.get("tools") and not _has_tool_result(body.get("messages", [])):
+        path = f"{script.worktree.rstrip('/')}/{script.file_name}"
+        arguments = json.dumps({"file_path": path, "content": script.content})
+        events += [("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+                       "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": "Write", "input": {}}}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "input_json_delta", "partial_json": arguments}}),
+                   ("content_block_stop", {"type": "content_block_stop", "index": 0})]
+        stop = "tool_use"
+    else:
+        text = script.answer if body.get("tools") else "ok"
+        events += [("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": text}}),
+                   ("content_block_stop", {"type": "content_block_stop", "index": 0})]
+        stop = "end_turn"
+    events += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                                  "usage": {"output_tokens": OUTPUT_TOKENS}}),
+               ("message_stop", {"type": "message_stop"})]
+    return events
