@@ -114,6 +114,7 @@ class Bridge:
     preset: str = "command"
     agent: dict[str, str] = field(default_factory=dict)   # more [agent] keys, as TOML values
     webhook_secret: bool = True   # False: the forges take no webhooks (polling only)
+    env: dict[str, str] = field(default_factory=dict)   # more environment for serve (and what pass_env hands on)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,7 @@ class Bridge:
     def start(self) -> Bridge:
         env = {**os.environ, TOKEN_ENV: "fake-forge-token", SECRET_ENV: SECRET,
                "FAKE_AGENT_STATE": str(self.agent_state),
-               "PATH": f"{FAKE_AGENT.parent / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+               "PATH": f"{FAKE_AGENT.parent / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", **self.env}
         env.pop("FORGE_BRIDGE_REDIS_URL", None)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

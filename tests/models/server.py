@@ -1,10 +1,11 @@
 """A scripted model server on 127.0.0.1 for the real agent CLIs: Anthropic Messages, OpenAI Responses and OpenAI
 Chat Completions, streamed (SSE) as the CLIs ask. It records every request, and answers from a script: the
 test says which file the agent should write and what it should say; a conversation that already holds the
-tool's result gets the final answer. `fail_with` makes the next main-conversation request an API error."""
+tool's result gets the final answer. While `fail_with` is set, every request is that API error."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -18,11 +19,9 @@ INPUT_TOKENS, OUTPUT_TOKENS = 300, 50
 
 @dataclass
 class Script:
-    file_name: str = "HELLO.md"
-    content: str = "hello from the model\n"
     answer: str = "I wrote the file."
-    worktree: str = ""                       # the absolute path a tool call needs (Claude Code's Write)
-    fail_with: tuple[int, str] | None = None  # (status, message) for the next main request
+    fail_with: tuple[int, str] | None = None  # (status, message): every request fails so while it is set
+    writes: int = 0                          # files written so far: each run writes a new one, WORK-<n>.md
 
 
 @dataclass
@@ -57,10 +56,6 @@ class ModelServer:
         """The agent's own conversation: requests that offer tools (not titles, summaries or quota probes)."""
         return [r for r in self.requests if r.body.get("tools")]
 
-    def _take_failure(self) -> tuple[int, str] | None:
-        failure, self.script.fail_with = self.script.fail_with, None
-        return failure
-
     def _build(self) -> Flask:
         app = Flask("models")
 
@@ -68,7 +63,7 @@ class ModelServer:
         def messages():
             body = request.get_json(force=True)
             self.requests.append(Recorded(request.path, body))
-            if body.get("tools") and (failure := self._take_failure()):
+            if failure := self.script.fail_with:
                 return jsonify(type="error", error={"type": "invalid_request_error", "message": failure[1]}), \
                     failure[0]
             return _sse(anthropic_events(self.script, body), named=True)
@@ -92,6 +87,9 @@ def _sse(events: list[tuple[str, dict]], *, named: bool) -> Response:
     return Response(lines(), mimetype="text/event-stream")
 
 
+WORKDIR_RE = re.compile(r"Primary working directory: ([^\s\\\"]+)")
+
+
 def _has_tool_result(messages: list[dict]) -> bool:
     last = messages[-1] if messages else {}
     content = last.get("content")
@@ -104,8 +102,10 @@ def anthropic_events(script: Script, body: dict) -> list[tuple[str, dict]]:
                "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1}}
     events = [("message_start", {"type": "message_start", "message": message})]
     if body.get("tools") and not _has_tool_result(body.get("messages", [])):
-        path = f"{script.worktree.rstrip('/')}/{script.file_name}"
-        arguments = json.dumps({"file_path": path, "content": script.content})
+        script.writes += 1   # Claude Code's Write takes an absolute path: its prompt names the working directory
+        workdir = WORKDIR_RE.search(json.dumps(body))
+        path = f"{workdir[1] if workdir else '.'}/WORK-{script.writes}.md"
+        arguments = json.dumps({"file_path": path, "content": f"work {script.writes}\n"})
         events += [("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
                        "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": "Write", "input": {}}}),
                    ("content_block_delta", {"type": "content_block_delta", "index": 0,

@@ -1,0 +1,85 @@
+"""Conformance: presets run the real agent CLIs (installed from their registries at the pinned versions, see
+realclis.py) through `forge-bridge serve`, each CLI talking to the scripted model server on 127.0.0.1. For each:
+a start writes a file that reaches the pull request; a continue resumes the same session (the model sees the
+earlier turns); a lost session falls back to a new one carrying the issue's history; a model error fails with
+the model's message; usage is per run."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from helpers import wait_for
+from models.server import ModelServer
+from realclis import install
+from test_end_to_end import _settled, _status_comments
+
+from forge_bridge.sessions import Store
+
+
+@pytest.fixture
+def models():
+    server = ModelServer().start()
+    yield server
+    server.stop()
+
+
+def _files_on(repo, branch: str) -> list[str]:
+    done = subprocess.run(["git", "ls-tree", "--name-only", branch], cwd=repo.bare, capture_output=True, text=True)
+    return sorted(name for name in done.stdout.split() if name.startswith("WORK-"))
+
+
+def _texts(request) -> str:
+    return json.dumps(request.body.get("messages", []))
+
+
+def _task_rows(status: str) -> list[str]:
+    return [line for line in status.splitlines() if line.startswith("| ") and " | @" in line]
+
+
+def test_claude_code(github, start_bridge, models, tmp_path):
+    bin_dir = install("claude")
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([github], preset="claude", agent={"pass_env": json.dumps(
+        ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"])}, env={
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "ANTHROPIC_BASE_URL": models.url,
+        "ANTHROPIC_API_KEY": "sk-scripted", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+    ref = f"{github.host}/alice/widgets#1"
+
+    github.add_label(repo, issue, "kugetsu:todo")   # start: the file it writes reaches the pull request
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=120, what="the first run")
+    [pull] = repo.pulls.values()
+    assert _files_on(repo, pull.head) == ["WORK-1.md"]
+    session = Store(bridge.redis).session(ref).agent_session_id
+    assert session
+
+    github.comment(repo, issue, "@kugetsu-bot descending please")   # continue: the same session, earlier turns seen
+    wait_for(lambda: _files_on(repo, pull.head) == ["WORK-1.md", "WORK-2.md"], timeout=120, what="the resume")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review") and
+             len(_task_rows(_status_comments(github, repo, issue)[0])) == 2, timeout=60, what="the second report")
+    assert Store(bridge.redis).session(ref).agent_session_id == session
+    resumed = [r for r in models.main_requests() if "descending please" in _texts(r)][0]
+    assert "alphabetically" in _texts(resumed) and "WORK-1.md" in _texts(resumed)
+    first_row, second_row = _task_rows(_status_comments(github, repo, issue)[0])
+    cost = first_row.split(" | ")[-2]
+    assert cost.startswith("$") and second_row.split(" | ")[-2] == cost   # per run, not the session's total
+
+    shutil.rmtree(home / ".claude" / "projects")   # the session is lost, as on another host
+    github.comment(repo, issue, "@kugetsu-bot then drop duplicates")
+    wait_for(lambda: len(_files_on(repo, pull.head)) == 3, timeout=120, what="the run in a new session")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=60, what="the third run to settle")
+    retold = [r for r in models.main_requests() if "then drop duplicates" in _texts(r)][0]
+    assert "descending please" in _texts(retold)   # the new session was told the issue's history
+    assert Store(bridge.redis).session(ref).agent_session_id not in ("", session)
+    assert "new session" in _status_comments(github, repo, issue)[0]
+
+    models.script.fail_with = (400, "model: unknown model 'claude-nope'")   # a model error: its message
+    github.comment(repo, issue, "@kugetsu-bot one more thing")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=120, what="the failed run")
+    models.script.fail_with = None
+    assert "the agent reported: API Error: 400 model: unknown model 'claude-nope'" in \
+        _status_comments(github, repo, issue)[0]
