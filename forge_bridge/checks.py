@@ -2,12 +2,17 @@
 token, the bot's permission on each repository, and how each forge takes events."""
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 
 from forge_bridge import agents
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
+
+VERSION_RE = re.compile(r"\b[0-9]+\.[0-9]+\.[0-9]+\b")
+VERSION_TIMEOUT = 20
 
 
 def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
@@ -21,11 +26,35 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
 
 
 def check_agent(settings: Settings) -> tuple[bool, str]:
-    program = agents.executable(settings.agent)
+    preset, program = settings.agent.preset, agents.executable(settings.agent)
     found = shutil.which(program)
-    if found:
-        return True, f"agent {settings.agent.preset}: {program} is {found}"
-    return False, f"agent {settings.agent.preset}: {program} is not on PATH"
+    if not found:
+        return False, f"agent {preset}: {program} is not on PATH"
+    return True, f"agent {preset}: {program} is {found}" + _version_note(preset, found)
+
+
+def _version_note(preset: str, program: str) -> str:
+    """The installed version, and whether the preset was tested with it."""
+    if preset not in agents.TESTED_VERSIONS:
+        return ""
+    name, low, high = agents.TESTED_VERSIONS[preset]
+    try:
+        said = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"; its version could not be read (tested with {name} {low} to {high})"
+    found = VERSION_RE.search(said.stdout + said.stderr)
+    if not found:
+        return f"; its version could not be read (tested with {name} {low} to {high})"
+    version = found[0]
+    if _parts(low) <= _parts(version) <= _parts(high):
+        return f", version {version} (tested: {low} to {high})"
+    return (f", version {version}: outside the tested range {low} to {high}; if its tasks fail with rejected "
+            "arguments, install a tested version")
+
+
+def _parts(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, str]:

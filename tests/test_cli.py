@@ -106,3 +106,13 @@ def test_check_says_a_forge_without_a_secret_is_polling_only(github, tmp_path):
     done = run_cli("check", cwd=tmp_path, env={"T": github.token})
     assert "ok   f: webhooks off (no webhook_secret_env); the poller finds labelled issues" in done.stdout
     assert "FAIL f:" not in done.stdout
+
+
+def test_check_says_when_the_agent_version_is_outside_the_tested_range(tmp_path):
+    program = tmp_path / "bin" / "claude"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\necho '9.9.9 (Claude Code)'\n")
+    program.chmod(0o755)
+    (tmp_path / "forge-bridge.toml").write_text('[agent]\npreset = "claude"\n')
+    done = run_cli("check", cwd=tmp_path, env={"PATH": f"{program.parent}:/usr/bin:/bin"})
+    assert "version 9.9.9: outside the tested range 2.1.197 to 2.1.332" in done.stdout

@@ -83,3 +83,16 @@ def test_claude_code(github, start_bridge, models, tmp_path):
     models.script.fail_with = None
     assert "the agent reported: API Error: 400 model: unknown model 'claude-nope'" in \
         _status_comments(github, repo, issue)[0]
+
+
+def test_check_prints_the_installed_version_and_the_tested_range(tmp_path):
+    from test_cli import run_cli
+
+    bin_dir = install("claude")
+    (tmp_path / "forge-bridge.toml").write_text('[agent]\npreset = "claude"\n')
+    done = run_cli("check", cwd=tmp_path, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    from realclis import PINS
+
+    version = PINS["claude"][2]
+    assert f"ok   agent claude: claude is {bin_dir / 'claude'}, version {version} (tested: 2.1.197 to {version})" \
+        in done.stdout, done.stdout + done.stderr
