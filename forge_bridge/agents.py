@@ -27,8 +27,10 @@ TAIL_LINES = 20
 # argv templates per preset and action, pinned to the CLI versions named in the README; the prompt always goes to
 # stdin too (aider reads it from a file the bridge writes, since it takes no prompt on stdin).
 _CLAUDE = ("claude", "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits")
-# aider: --yes-always would also answer "yes" to its analytics opt-in and other questions; these keep it to edits.
+# aider: --yes-always would also answer "yes" to its analytics opt-in, to fetching every URL in the prompt (the
+# issue's history names the pull request) and to other questions; these keep it to edits.
 _AIDER = ("aider", "--yes-always", "--analytics-disable", "--no-show-release-notes", "--no-show-model-warnings",
+          "--no-detect-urls",
           "--no-pretty", "--no-stream", "--no-check-update", "--no-gitignore",
           "--message-file", "{message_file}", "--chat-history-file", "{history_file}", "--restore-chat-history",
           "--input-history-file", "{history_file}.input")

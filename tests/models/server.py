@@ -53,8 +53,10 @@ class ModelServer:
         self._server.shutdown()
 
     def main_requests(self) -> list[Recorded]:
-        """The agent's own conversation: requests that offer tools (not titles, summaries or quota probes)."""
-        return [r for r in self.requests if r.body.get("tools")]
+        """The agent's own conversation: requests that offer tools (Claude Code), or aider's chat requests — not
+        titles, summaries, commit messages or quota probes."""
+        return [r for r in self.requests if r.body.get("tools") or
+                (r.path.endswith("chat/completions") and "commit message" not in json.dumps(r.body).lower())]
 
     def _build(self) -> Flask:
         app = Flask("models")
@@ -67,6 +69,25 @@ class ModelServer:
                 return jsonify(type="error", error={"type": "invalid_request_error", "message": failure[1]}), \
                     failure[0]
             return _sse(anthropic_events(self.script, body), named=True)
+
+        @app.post("/v1/chat/completions")
+        @app.post("/chat/completions")
+        def chat_completions():
+            body = request.get_json(force=True)
+            self.requests.append(Recorded(request.path, body))
+            if failure := self.script.fail_with:
+                return jsonify(error={"type": "invalid_request_error", "message": failure[1]}), failure[0]
+            message = {"role": "assistant", "content": chat_answer(self.script, body)}
+            answer = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": 0,
+                      "model": body.get("model", "scripted"), "choices": [
+                          {"index": 0, "message": message, "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS,
+                                "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS}}
+            if not body.get("stream"):
+                return jsonify(answer)
+            chunk = {**answer, "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}]}
+            return _sse([("", chunk)], named=False)
 
         @app.post("/v1/messages/count_tokens")
         def count_tokens():
@@ -124,3 +145,13 @@ def anthropic_events(script: Script, body: dict) -> list[tuple[str, dict]]:
                                   "usage": {"output_tokens": OUTPUT_TOKENS}}),
                ("message_stop", {"type": "message_stop"})]
     return events
+
+
+def chat_answer(script: Script, body: dict) -> str:
+    """aider's whole-file edit format: the file's name on a line, then its whole content fenced. Its own
+    side requests (commit messages, summaries) get a plain line."""
+    said = json.dumps(body.get("messages", []))
+    if "commit message" in said.lower():
+        return "Add the work file"
+    script.writes += 1
+    return f"{script.answer}\n\nWORK-{script.writes}.md\n```\nwork {script.writes}\n```\n"
