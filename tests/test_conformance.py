@@ -32,7 +32,8 @@ def _files_on(repo, branch: str) -> list[str]:
 
 
 def _texts(request) -> str:
-    return json.dumps(request.body.get("messages", []))
+    """The conversation the CLI sent: Messages and Chat Completions `messages`, Responses `input`."""
+    return json.dumps(request.body.get("messages") or request.body.get("input") or [])
 
 
 def _task_rows(status: str) -> list[str]:
@@ -57,7 +58,29 @@ def _aider(models, home):
     return agent, env, lambda session: Path(session).unlink()   # its session is the chat history file
 
 
-CLIS = {"claude": _claude, "aider": _aider}
+def _codex(models, home):
+    bin_dir = install("codex")
+    (home / ".codex").mkdir()
+    (home / ".codex" / "config.toml").write_text(   # a provider of its own: Codex reads no base URL variable
+        'model = "scripted"\nmodel_provider = "scripted"\n[model_providers.scripted]\nname = "scripted"\n'
+        f'base_url = "{models.url}/v1"\nenv_key = "OPENAI_API_KEY"\nwire_api = "responses"\n')
+    agent = {"pass_env": json.dumps(["OPENAI_API_KEY"])}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "OPENAI_API_KEY": "sk-scripted"}
+    return agent, env, lambda session: shutil.rmtree(home / ".codex" / "sessions")
+
+
+def _opencode(models, home):
+    bin_dir = install("opencode")
+    config = home / ".config" / "opencode"
+    config.mkdir(parents=True)
+    (config / "opencode.json").write_text(json.dumps({   # its Anthropic provider, pointed at the scripted server
+        "model": "anthropic/claude-sonnet-4-5", "autoupdate": False, "share": "disabled",
+        "provider": {"anthropic": {"options": {"baseURL": f"{models.url}/v1", "apiKey": "sk-scripted"}}}}))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home)}
+    return {}, env, lambda session: shutil.rmtree(home / ".local" / "share" / "opencode")
+
+
+CLIS = {"claude": _claude, "aider": _aider, "codex": _codex, "opencode": _opencode}
 
 
 @pytest.mark.parametrize("preset", sorted(CLIS))

@@ -55,7 +55,7 @@ class ModelServer:
     def main_requests(self) -> list[Recorded]:
         """The agent's own conversation: requests that offer tools (Claude Code), or aider's chat requests — not
         titles, summaries, commit messages or quota probes."""
-        return [r for r in self.requests if r.body.get("tools") or
+        return [r for r in self.requests if (r.body.get("tools") and not r.path.endswith("chat/completions")) or
                 (r.path.endswith("chat/completions") and "commit message" not in json.dumps(r.body).lower())]
 
     def _build(self) -> Flask:
@@ -89,6 +89,16 @@ class ModelServer:
                      "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}]}
             return _sse([("", chunk)], named=False)
 
+        @app.post("/v1/responses")
+        @app.post("/responses")
+        def responses():
+            body = request.get_json(force=True)
+            self.requests.append(Recorded(request.path, body))
+            if failure := self.script.fail_with:
+                return jsonify(error={"type": "invalid_request_error", "code": "model_not_found",
+                                      "message": failure[1]}), failure[0]
+            return _sse(responses_events(self.script, body), named=True)
+
         @app.post("/v1/messages/count_tokens")
         def count_tokens():
             return jsonify(input_tokens=INPUT_TOKENS)
@@ -108,7 +118,8 @@ def _sse(events: list[tuple[str, dict]], *, named: bool) -> Response:
     return Response(lines(), mimetype="text/event-stream")
 
 
-WORKDIR_RE = re.compile(r"Primary working directory: ([^\s\\\"]+)")
+# Where the CLI runs, as its system prompt says (Claude Code, then opencode)
+WORKDIR_RE = re.compile(r"(?:Primary working directory|Working directory): ([^\s\\\"]+)")
 
 
 def _has_tool_result(messages: list[dict]) -> bool:
@@ -123,12 +134,14 @@ def anthropic_events(script: Script, body: dict) -> list[tuple[str, dict]]:
                "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1}}
     events = [("message_start", {"type": "message_start", "message": message})]
     if body.get("tools") and not _has_tool_result(body.get("messages", [])):
-        script.writes += 1   # Claude Code's Write takes an absolute path: its prompt names the working directory
+        script.writes += 1   # both write tools take an absolute path: the prompt names the working directory
         workdir = WORKDIR_RE.search(json.dumps(body))
         path = f"{workdir[1] if workdir else '.'}/WORK-{script.writes}.md"
-        arguments = json.dumps({"file_path": path, "content": f"work {script.writes}\n"})
+        opencode = any(tool.get("name") == "write" for tool in body["tools"])   # else Claude Code's Write
+        arguments = json.dumps({"filePath" if opencode else "file_path": path, "content": f"work {script.writes}\n"})
         events += [("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-                       "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": "Write", "input": {}}}),
+                       "type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}",
+                       "name": "write" if opencode else "Write", "input": {}}}),
                    ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                             "delta": {"type": "input_json_delta", "partial_json": arguments}}),
                    ("content_block_stop", {"type": "content_block_stop", "index": 0})]
@@ -155,3 +168,35 @@ def chat_answer(script: Script, body: dict) -> str:
         return "Add the work file"
     script.writes += 1
     return f"{script.answer}\n\nWORK-{script.writes}.md\n```\nwork {script.writes}\n```\n"
+
+
+def _responses_done(items: list[dict]) -> bool:
+    """Whether the tool call made for the latest user message already has its result (a resumed thread holds
+    earlier turns' results too)."""
+    users = [i for i, item in enumerate(items) if item.get("role") == "user"]
+    latest = items[users[-1] + 1:] if users else items
+    return any(item.get("type") in ("function_call_output", "custom_tool_call_output") for item in latest)
+
+
+def responses_events(script: Script, body: dict) -> list[tuple[str, dict]]:
+    items = body.get("input") if isinstance(body.get("input"), list) else []
+    response = {"id": f"resp_{uuid.uuid4().hex[:12]}", "object": "response", "created_at": 0, "status": "in_progress",
+                "model": body.get("model", "scripted"), "output": []}
+    events = [("response.created", {"type": "response.created", "response": response})]
+    if body.get("tools") and not _responses_done(items):
+        script.writes += 1
+        command = f"printf 'work {script.writes}\\n' > WORK-{script.writes}.md"   # Codex's exec_command tool
+        item = {"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:12]}", "call_id": f"call_{script.writes}",
+                "name": "exec_command", "arguments": json.dumps({"cmd": command}), "status": "completed"}
+    else:
+        item = {"type": "message", "id": f"msg_{uuid.uuid4().hex[:12]}", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": script.answer, "annotations": []}]}
+    events += [("response.output_item.added", {"type": "response.output_item.added", "output_index": 0,
+                                                "item": {**item, "status": "in_progress"}}),
+               ("response.output_item.done", {"type": "response.output_item.done", "output_index": 0, "item": item}),
+               ("response.completed", {"type": "response.completed", "response": {
+                   **response, "status": "completed", "output": [item],
+                   "usage": {"input_tokens": INPUT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                             "output_tokens": OUTPUT_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+                             "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS}}})]
+    return events
