@@ -25,14 +25,15 @@ def _refusal(store: Store, client: ForgeClient, ref: IssueRef, settings: Setting
         pull = client.get_pull(ref.repo, session.pull_request_number)
         if pull.state == "open":
             return f"pull request #{pull.number} is still open"
-    worktree = Path(session.worktree) if session.worktree else None
-    if worktree and worktree.exists():
+    worktree = worktrees.worktree_dir(settings.data_dir, ref)
+    if session.worktree and worktree.exists():
         repo = client.get_repo(ref.repo)
         forge = settings.forge(session.forge)
-        mirror = worktrees.mirror_dir(settings.data_dir, ref.repo)
-        with worktrees.mirror_lock(mirror):
-            worktrees.sync_mirror(mirror, repo.clone_url, worktrees.git_env(repo.clone_url, forge.token()))
-        return worktrees.unpushed_work(worktree)
+        checkout = worktrees.Checkout(worktrees.mirror_dir(settings.data_dir, ref.repo), worktree)
+        with worktrees.mirror_lock(checkout.mirror):
+            worktrees.sync_mirror(checkout.mirror, repo.clone_url, worktrees.git_env(repo.clone_url, forge.token()))
+            checkout.restore()
+        return worktrees.unpushed_work(checkout)
     return ""
 
 

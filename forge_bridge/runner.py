@@ -81,25 +81,29 @@ class Runner:
         env = worktrees.git_env(repo.clone_url, forge.token())
         mirror = worktrees.mirror_dir(self.settings.data_dir, ref.repo)
         worktree = worktrees.worktree_dir(self.settings.data_dir, ref)
+        checkout = worktrees.Checkout(mirror, worktree)
         session.branch = session.branch or worktrees.branch_name(self.settings.label_prefix, ref.number, issue.title)
         session.worktree = str(worktree)
         self.store.save_session(session)
         with worktrees.mirror_lock(mirror):
             worktrees.sync_mirror(mirror, repo.clone_url, env)
-            worktrees.ensure_worktree(mirror, worktree, branch=session.branch, base=repo.default_branch)
-            worktrees.catch_up(mirror, worktree, session.branch)
-        before = worktrees.head(worktree)
-        result = self.run_turn(task, session, issue, ref, worktree, log_file, before)
+            worktrees.ensure_worktree(checkout, branch=session.branch, base=repo.default_branch)
+            worktrees.catch_up(checkout, session.branch)
+        before = worktrees.head(checkout)
+        result = self.run_turn(task, session, issue, ref, checkout, log_file, before)
         task.summary = result.summary
+        with worktrees.mirror_lock(mirror):   # the agent has ended: undo what it did to the git metadata
+            checkout.restore()
         if result.ok:
-            worktrees.commit_leftovers(worktree, f"{issue.title} (#{ref.number})\n\n{result.summary}".strip(),
+            worktrees.commit_leftovers(checkout, f"{issue.title} (#{ref.number})\n\n{result.summary}".strip(),
                                        author=forge.bot_login or "forge-bridge")
-        self.subjects = worktrees.commit_subjects(worktree, before, worktrees.head(worktree))
+        self.subjects = worktrees.commit_subjects(checkout, before, worktrees.head(checkout))
         task.commits = len(self.subjects)
         self.judge(task, result)
         if task.state is TaskState.SUCCEEDED:
             with worktrees.mirror_lock(mirror):
-                worktrees.push(worktree, session.branch, env)
+                checkout.restore()
+                worktrees.push(checkout, session.branch, repo.clone_url, env)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
 
     def judge(self, task: Task, result: agents.AgentResult) -> None:
@@ -132,10 +136,10 @@ class Runner:
             return reason
         return CANCELLED if self.store.cancel_requested(task.id) else ""
 
-    def run_turn(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path,
-                 log_file: Path, before: str) -> agents.AgentResult:
+    def run_turn(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef,
+                 checkout: worktrees.Checkout, log_file: Path, before: str) -> agents.AgentResult:
         turns = Turns(self.settings, self.store, stop_reason=lambda: self.stop_reason(task))
-        return turns.run(task, session, issue, ref, worktree, log_file, before)
+        return turns.run(task, session, issue, ref, checkout, log_file, before)
 
     def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
         if session.pull_request_url:

@@ -38,15 +38,21 @@ class Turns:
     store: Store
     stop_reason: Callable[[], str]   # why the agent must stop now ("" while it may run on)
 
-    def run(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, worktree: Path, log_file: Path,
-            before: str) -> agents.AgentResult:
+    def run(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, checkout: worktrees.Checkout,
+            log_file: Path, before: str) -> agents.AgentResult:
         """The agent's turn; a resume that fails before naming any session is run again as a new session."""
         turn = self.plan(task, session, issue, ref)
-        result = self.launch(task, session, issue, ref, worktree, log_file, turn)
-        if turn.resumes and self.resume_failed(result) and worktrees.head(worktree) == before:
+        result = self.launch(task, session, issue, ref, checkout.worktree, log_file, turn)
+        if turn.resumes and self.resume_failed(result) and self.unchanged(checkout, before):
             turn = self.fresh_turn(task, session, issue, ref, f"resuming session {session.agent_session_id} failed")
-            result = self.launch(task, session, issue, ref, worktree, log_file, turn)
+            result = self.launch(task, session, issue, ref, checkout.worktree, log_file, turn)
         return result
+
+    @staticmethod
+    def unchanged(checkout: worktrees.Checkout, before: str) -> bool:
+        with worktrees.mirror_lock(checkout.mirror):
+            checkout.restore()
+        return worktrees.head(checkout) == before
 
     def plan(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef) -> Turn:
         agent = self.settings.agent

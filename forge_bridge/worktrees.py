@@ -1,4 +1,11 @@
-"""Bare mirrors, per-issue worktrees, branches and pushes; every git call is an argv, never a shell."""
+"""Bare mirrors, per-issue worktrees, branches and pushes; every git call is an argv, never a shell.
+
+An agent can write its worktree's git metadata, and that is shared with the repository's mirror: `git config`
+in the worktree writes the mirror's config, and the `.git` file can be pointed anywhere. So the bridge's own git
+never trusts them: it runs with a minimal environment and settings that turn hooks, fsmonitor and credential
+helpers off, names its git directory itself instead of reading `.git`, rewrites the mirror's config and the
+worktree's links to what the bridge made before it runs anything there, and fetches from and pushes to the
+forge's clone URL by value, never through a remote an agent could have redirected."""
 from __future__ import annotations
 
 import base64
@@ -9,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from forge_bridge.models import InvalidRef, IssueRef, RepoRef
@@ -22,8 +30,36 @@ class GitError(RuntimeError):
     """A git command failed; the message carries git's own words (which never hold a token)."""
 
 
-def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+# Settings every git call of the bridge carries (they win over any configuration file): no hooks, no fsmonitor
+# program, no credential helper, no ext:: transport.
+SAFE_SETTINGS = (("core.hooksPath", "/dev/null"), ("core.fsmonitor", "false"), ("credential.helper", ""),
+                 ("protocol.ext.allow", "never"), ("core.askPass", ""))
+CANONICAL_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+
+
+def git_env(clone_url: str = "", token: str = "") -> dict[str, str]:
+    """The bridge's git environment: no inherited variables (no secret of the bridge's), no global or system
+    configuration, never a prompt; for http(s) the token goes in a header, not a file or URL."""
+    settings = list(SAFE_SETTINGS)
+    if token and clone_url.startswith(("http://", "https://")):
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        settings.append(("http.extraHeader", f"Authorization: Basic {basic}"))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C", "HOME": "/nonexistent",
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0",
+           "GIT_CONFIG_COUNT": str(len(settings))}
+    for index, (key, value) in enumerate(settings):
+        env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    return env
+
+
+def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        checkout: Checkout | None = None) -> str:
+    """One git command. `checkout`: run in that worktree through the git directory the bridge made for it."""
     command = ["git", *args]
+    env = dict(env or git_env())
+    if checkout is not None:
+        env.update(GIT_DIR=str(checkout.gitdir), GIT_WORK_TREE=str(checkout.worktree))
+        cwd = checkout.worktree
     try:
         done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -33,14 +69,39 @@ def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     return done.stdout.strip()
 
 
-def git_env(clone_url: str, token: str) -> dict[str, str]:
-    """Environment for git: never prompts; for http(s) the token goes in a header, not a file or URL."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    if token and clone_url.startswith(("http://", "https://")):
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader",
-                   GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}")
-    return env
+@dataclass(frozen=True)
+class Checkout:
+    """An issue's worktree and the mirror it belongs to; git finds its metadata from here, never from `.git`."""
+
+    mirror: Path
+    worktree: Path
+
+    @property
+    def gitdir(self) -> Path:
+        return self.mirror / "worktrees" / self.worktree.name
+
+    def restore(self) -> None:
+        """Undo what an agent may have changed in the git metadata: the mirror's config, the worktree's links
+        both ways and its own config. Call with the mirror locked, when no agent of the repository runs."""
+        restore_mirror(self.mirror)
+        if not self.gitdir.is_dir():
+            return
+        (self.gitdir / "commondir").write_text("../..\n")
+        (self.gitdir / "gitdir").write_text(f"{self.worktree / '.git'}\n")
+        (self.gitdir / "config.worktree").unlink(missing_ok=True)
+        dot_git = self.worktree / ".git"
+        if dot_git.is_dir() and not dot_git.is_symlink():
+            shutil.rmtree(dot_git)
+        else:
+            dot_git.unlink(missing_ok=True)
+        dot_git.write_text(f"gitdir: {self.gitdir}\n")
+
+
+def restore_mirror(mirror: Path) -> None:
+    """The mirror's config as the bridge made it: nothing an agent added (hooks, fsmonitor, filters, remotes,
+    includes) survives."""
+    if (mirror / "HEAD").exists():
+        (mirror / "config").write_text(CANONICAL_CONFIG)
 
 
 def slugify(title: str) -> str:
@@ -95,19 +156,20 @@ def mirror_lock(mirror: Path) -> Iterator[None]:
 
 
 def sync_mirror(mirror: Path, clone_url: str, env: dict[str, str]) -> None:
-    """Create the bare mirror on first use, then fetch every branch into refs/remotes/origin."""
+    """Create the bare mirror on first use, then fetch every branch from the clone URL into refs/remotes/origin."""
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         git("init", "--bare", "--quiet", str(mirror), env=env)
-        git("remote", "add", "origin", clone_url, cwd=mirror, env=env)
-    elif git("remote", "get-url", "origin", cwd=mirror, env=env) != clone_url:
-        git("remote", "set-url", "origin", clone_url, cwd=mirror, env=env)
-    git("fetch", "--prune", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*", cwd=mirror, env=env)
+    restore_mirror(mirror)
+    git("fetch", "--prune", "--quiet", clone_url, "+refs/heads/*:refs/remotes/origin/*", cwd=mirror, env=env)
 
 
 def _has_ref(mirror: Path, ref: str) -> bool:
-    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], cwd=mirror, capture_output=True)
-    return done.returncode == 0
+    try:
+        git("rev-parse", "--verify", "--quiet", ref, cwd=mirror)
+    except GitError:
+        return False
+    return True
 
 
 # What agents leave in a worktree that is theirs, not the project's (aider's caches and histories): excluded in
@@ -125,10 +187,13 @@ def exclude_agent_files(mirror: Path) -> None:
         exclude.write_text("\n".join([*present, *missing]) + "\n")
 
 
-def ensure_worktree(mirror: Path, worktree: Path, *, branch: str, base: str) -> None:
-    """The issue's worktree on its branch: reused when present, else from the branch or from the base."""
+def ensure_worktree(checkout: Checkout, *, branch: str, base: str) -> None:
+    """The issue's worktree on its branch: reused when present (its links restored), else from the branch or
+    from the base."""
+    mirror, worktree = checkout.mirror, checkout.worktree
     exclude_agent_files(mirror)
-    if (worktree / ".git").exists():
+    if worktree.is_dir() and checkout.gitdir.is_dir():
+        checkout.restore()
         return
     git("worktree", "prune", cwd=mirror)
     worktree.parent.mkdir(parents=True, exist_ok=True)
@@ -140,60 +205,64 @@ def ensure_worktree(mirror: Path, worktree: Path, *, branch: str, base: str) -> 
         git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{base}", cwd=mirror)
 
 
-def catch_up(mirror: Path, worktree: Path, branch: str) -> None:
+def catch_up(checkout: Checkout, branch: str) -> None:
     """Fast-forward the worktree to the pushed branch: on another host (or by hand) the branch may have moved
     on since this worktree last ran. Local work that diverged from it is never thrown away: that is an error."""
     remote = f"refs/remotes/origin/{branch}"
-    if not _has_ref(mirror, remote):
+    if not _has_ref(checkout.mirror, remote):
         return
-    done = subprocess.run(["git", "merge-base", "--is-ancestor", remote, "HEAD"], cwd=worktree, capture_output=True)
-    if done.returncode == 0:
-        return  # nothing new on the remote
     try:
-        git("merge", "--ff-only", "--quiet", remote, cwd=worktree)
+        git("merge-base", "--is-ancestor", remote, "HEAD", checkout=checkout)
+        return  # nothing new on the remote
+    except GitError:
+        pass
+    try:
+        git("merge", "--ff-only", "--quiet", remote, checkout=checkout)
     except GitError:
         raise GitError(f"the worktree and the pushed branch {branch} have diverged; resolve it by hand or "
                        "destroy the worktree with --force") from None
 
 
-def head(worktree: Path) -> str:
-    return git("rev-parse", "HEAD", cwd=worktree)
+def head(checkout: Checkout) -> str:
+    return git("rev-parse", "HEAD", checkout=checkout)
 
 
-def commit_subjects(worktree: Path, old: str, new: str) -> list[str]:
+def commit_subjects(checkout: Checkout, old: str, new: str) -> list[str]:
     """The subjects of the commits between two heads, oldest first."""
-    out = git("log", "--reverse", "--format=%h %s", f"{old}..{new}", cwd=worktree)
+    out = git("log", "--reverse", "--format=%h %s", f"{old}..{new}", checkout=checkout)
     return out.splitlines() if out else []
 
 
-def commit_leftovers(worktree: Path, message: str, *, author: str) -> bool:
+def commit_leftovers(checkout: Checkout, message: str, *, author: str) -> bool:
     """Commit what an agent changed but did not commit (Codex and opencode leave their edits uncommitted);
     ignored files stay out. True when a commit was made."""
-    if not git("status", "--porcelain", cwd=worktree):
+    if not git("status", "--porcelain", checkout=checkout):
         return False
-    git("add", "--all", cwd=worktree)
+    git("add", "--all", checkout=checkout)
     git("-c", f"user.name={author}", "-c", f"user.email={author}@users.noreply.invalid", "commit", "--quiet",
-        "--no-verify", "-m", message, cwd=worktree)
+        "--no-verify", "-m", message, checkout=checkout)
     return True
 
 
-def push(worktree: Path, branch: str, env: dict[str, str]) -> None:
-    git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=worktree, env=env)
+def push(checkout: Checkout, branch: str, clone_url: str, env: dict[str, str]) -> None:
+    """To the forge's clone URL itself: no remote, pushurl or insteadOf an agent set can send it elsewhere."""
+    git("push", "--quiet", clone_url, f"HEAD:refs/heads/{branch}", checkout=checkout, env=env)
 
 
-def unpushed_work(worktree: Path) -> str:
+def unpushed_work(checkout: Checkout) -> str:
     """Why removing the worktree would lose work ("" when nothing would be lost). Fetch first."""
-    if not (worktree / ".git").exists():
+    if not (checkout.worktree / ".git").exists():
         return ""
-    if git("status", "--porcelain", cwd=worktree):
+    if git("status", "--porcelain", checkout=checkout):
         return "the worktree has uncommitted changes"
-    ahead = int(git("rev-list", "--count", "HEAD", "--not", "--remotes=origin", cwd=worktree))
+    ahead = int(git("rev-list", "--count", "HEAD", "--not", "--remotes=origin", checkout=checkout))
     return f"{ahead} commit(s) are not on the remote" if ahead else ""
 
 
 def remove_worktree(data_dir: Path, mirror: Path, worktree: Path) -> None:
     """Remove the worktree and its registration; never anything outside data_dir."""
     worktree = _inside(data_dir, worktree)
+    restore_mirror(mirror)
     if (mirror / "HEAD").exists() and (worktree / ".git").exists():
         git("worktree", "remove", "--force", str(worktree), cwd=mirror)
     if worktree.exists():

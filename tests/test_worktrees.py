@@ -27,39 +27,43 @@ def test_worktree_branch_commit_and_push(tmp_path):
     data = tmp_path / "data"
     issue = IssueRef(RepoRef("h.example", "o", "r"), 3)
     mirror, tree = worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue)
+    checkout = worktrees.Checkout(mirror, tree)
     env = worktrees.git_env(str(origin), "")
     worktrees.sync_mirror(mirror, str(origin), env)
-    worktrees.ensure_worktree(mirror, tree, branch="kugetsu/3-x", base="main")
-    before = worktrees.head(tree)
+    worktrees.ensure_worktree(checkout, branch="kugetsu/3-x", base="main")
+    before = worktrees.head(checkout)
     (tree / "g").write_text("2")
     subprocess.run(["git", "-C", str(tree), "add", "g"], check=True)
     subprocess.run(["git", "-C", str(tree), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "c"],
                    check=True)
-    assert [line.split(" ", 1)[1] for line in worktrees.commit_subjects(tree, before, worktrees.head(tree))] == ["c"]
+    assert [line.split(" ", 1)[1] for line in worktrees.commit_subjects(checkout, before, worktrees.head(checkout))] \
+        == ["c"]
     (tree / "left").write_text("uncommitted")
     (tree / ".gitignore").write_text("ignored\n")
     (tree / "ignored").write_text("never committed")
     (tree / ".aider.tags.cache.v4").mkdir()
     (tree / ".aider.tags.cache.v4" / "cache.db").write_text("aider's, not the project's")
-    assert worktrees.commit_leftovers(tree, "leftovers", author="bot")
-    assert not worktrees.commit_leftovers(tree, "nothing", author="bot")
-    assert len(worktrees.commit_subjects(tree, before, worktrees.head(tree))) == 2
+    assert worktrees.commit_leftovers(checkout, "leftovers", author="bot")
+    assert not worktrees.commit_leftovers(checkout, "nothing", author="bot")
+    assert len(worktrees.commit_subjects(checkout, before, worktrees.head(checkout))) == 2
     committed = subprocess.run(["git", "-C", str(tree), "show", "--name-only", "--format=%an", "HEAD"],
                                capture_output=True, text=True).stdout.split()
     assert committed == ["bot", ".gitignore", "left"]
-    worktrees.push(tree, "kugetsu/3-x", env)
+    worktrees.push(checkout, "kugetsu/3-x", str(origin), env)
     pushed = subprocess.run(["git", "-C", str(origin), "rev-parse", "kugetsu/3-x"], capture_output=True, text=True)
-    assert pushed.stdout.strip() == worktrees.head(tree)
+    assert pushed.stdout.strip() == worktrees.head(checkout)
     # A second task reuses the same worktree.
     worktrees.sync_mirror(mirror, str(origin), env)
-    worktrees.ensure_worktree(mirror, tree, branch="kugetsu/3-x", base="main")
+    worktrees.ensure_worktree(checkout, branch="kugetsu/3-x", base="main")
     assert (tree / "g").exists()
 
 
 def test_https_token_goes_in_a_header_never_the_url_or_a_file():
     env = worktrees.git_env("https://git.example.com/o/r.git", "s3cret")
-    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader" and "s3cret" not in env["GIT_CONFIG_VALUE_0"]
-    assert "GIT_CONFIG_COUNT" not in worktrees.git_env("/local/path.git", "s3cret")
+    header = [env[f"GIT_CONFIG_VALUE_{i}"] for i in range(int(env["GIT_CONFIG_COUNT"]))
+              if env[f"GIT_CONFIG_KEY_{i}"] == "http.extraHeader"]
+    assert len(header) == 1 and "s3cret" not in header[0] and "s3cret" not in str(env)
+    assert "http.extraHeader" not in worktrees.git_env("/local/path.git", "s3cret").values()
 
 
 @pytest.mark.parametrize(("title", "slug"), [("Fix the emoji names!", "fix-the-emoji-names"), ("", "issue"),
@@ -83,16 +87,17 @@ def test_a_stale_worktree_catches_up_with_the_pushed_branch(tmp_path):
     hosts = []
     for name in ("a", "b"):
         data = tmp_path / name
-        mirror, tree = worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue)
-        worktrees.sync_mirror(mirror, str(origin), worktrees.git_env(str(origin), ""))
-        worktrees.ensure_worktree(mirror, tree, branch="kugetsu/4-x", base="main")
-        hosts.append((mirror, tree))
-    (mirror_a, tree_a), (mirror_b, tree_b) = hosts
+        checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
+        worktrees.sync_mirror(checkout.mirror, str(origin), worktrees.git_env(str(origin), ""))
+        worktrees.ensure_worktree(checkout, branch="kugetsu/4-x", base="main")
+        hosts.append(checkout)
+    a, b = hosts
+    tree_a, tree_b = a.worktree, b.worktree
     (tree_a / "a.txt").write_text("from a")
     subprocess.run(["git", "-C", str(tree_a), "add", "a.txt"], check=True)
     subprocess.run(["git", "-C", str(tree_a), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "a"],
                    check=True)
-    worktrees.push(tree_a, "kugetsu/4-x", {})
-    worktrees.sync_mirror(mirror_b, str(origin), worktrees.git_env(str(origin), ""))
-    worktrees.catch_up(mirror_b, tree_b, "kugetsu/4-x")
+    worktrees.push(a, "kugetsu/4-x", str(origin), worktrees.git_env())
+    worktrees.sync_mirror(b.mirror, str(origin), worktrees.git_env(str(origin), ""))
+    worktrees.catch_up(b, "kugetsu/4-x")
     assert (tree_b / "a.txt").read_text() == "from a"

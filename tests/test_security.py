@@ -1,0 +1,77 @@
+"""An agent is untrusted code: a hostile agent tries every route to run code as the bridge (git config in its
+worktree that lands in the shared mirror — hooks, fsmonitor, filters —, a rewritten `.git` file) or to send the
+bridge's push elsewhere (pushurl, insteadOf), and none of it works: no trap runs, the capture server hears
+nothing, the work reaches the forge, and the next issue of the repository runs on a clean mirror."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from flask import Flask, request
+from helpers import FAKE_AGENT, wait_for
+from test_end_to_end import _settled
+from werkzeug.serving import make_server
+
+from forge_bridge.worktrees import CANONICAL_CONFIG
+
+HOSTILE = FAKE_AGENT.parent / "hostile_agent.py"
+
+
+@pytest.fixture
+def capture():
+    """An HTTP server that records whatever reaches it (a push sent to the wrong place)."""
+    heard: list[str] = []
+    app = Flask("capture")
+
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
+    @app.route("/<path:path>", methods=["GET", "POST"])
+    def anything(path):
+        heard.append(f"{request.method} /{path} {request.headers.get('Authorization', '')}")
+        return "", 404
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", heard
+    server.shutdown()
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def test_a_hostile_agent_cannot_make_the_bridge_git_run_its_code_or_push_elsewhere(github, start_bridge, capture,
+                                                                                   tmp_path):
+    capture_url, heard = capture
+    traps = tmp_path / "traps"
+    repo = github.create_repo("alice", "widgets")
+    first, second = github.create_issue(repo, "One", "x"), github.create_issue(repo, "Two", "y")
+    bridge = start_bridge([github], agent={"argv": _toml_list([sys.executable, str(HOSTILE), str(traps), capture_url]),
+                                           "session_id": '"none"'})
+
+    for issue in (first, second):
+        github.add_label(repo, issue, "kugetsu:todo")
+        wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what=f"issue {issue.number}")
+
+    assert sorted(p.name for p in traps.glob("ran-*")) == []   # no hook, fsmonitor or filter ever ran
+    assert heard == []                                        # no push went to the capture server
+    assert len(repo.pulls) == 2                               # the work reached the forge itself
+    for pull in repo.pulls.values():
+        shown = subprocess.run(["git", "show", f"{pull.head}:AGENT_WORK.md"], cwd=repo.bare, capture_output=True,
+                               text=True)
+        assert shown.stdout == "an honest-looking edit\n"
+    mirror = next((bridge.data_dir / "mirrors").glob("*.git"))
+    assert (mirror / "config").read_text() == CANONICAL_CONFIG   # nothing the agents set survives their task
+    for worktree in (bridge.data_dir / "worktrees").iterdir():
+        assert (worktree / ".git").read_text() == f"gitdir: {mirror / 'worktrees' / worktree.name}\n"
+
+
+def test_the_bridge_git_carries_no_inherited_secret(monkeypatch, tmp_path):
+    from forge_bridge import worktrees
+
+    monkeypatch.setenv("SOME_FORGE_TOKEN", "s3cret-token")
+    env = worktrees.git_env("https://git.example.com/o/r.git", "")
+    assert "SOME_FORGE_TOKEN" not in env and "s3cret-token" not in str(env)
+    assert Path(env["GIT_CONFIG_GLOBAL"]) == Path("/dev/null") and env["GIT_CONFIG_NOSYSTEM"] == "1"
