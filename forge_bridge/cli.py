@@ -12,7 +12,7 @@ from pathlib import Path
 from forge_bridge import embedded, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_url, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
-from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals
+from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals, received_environ
 
 log = logging.getLogger("forge_bridge")
 FOLLOW_INTERVAL = 0.5
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, environ=received_environ())
         _configure_logging(settings)
         return args.run(settings, args)
     except (ConfigError, UsageError, ForgeError, OSError) as error:

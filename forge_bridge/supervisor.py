@@ -8,6 +8,7 @@ is left talking to a server that is gone."""
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ SHUTDOWN_GRACE = 25.0
 RESTART_DELAY = 1.0
 REAP_INTERVAL = 0.05
 PR_SET_CHILD_SUBREAPER = 36
+SECRETS_FD_ENV = "FORGE_BRIDGE_SECRETS_FD"
+REDIS_URL_ENV = "FORGE_BRIDGE_REDIS_URL"
 
 
 class Stopping(Exception):
@@ -122,6 +125,27 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def secret_names(settings: Settings) -> set[str]:
+    """The variables that hold the bridge's secrets: forge tokens, webhook secrets, the UI token."""
+    names = {settings.ui_token_env, REDIS_URL_ENV}
+    for forge in settings.forges:
+        names |= {forge.token_env, forge.webhook_secret_env} - {""}
+    return names
+
+
+def received_environ() -> dict[str, str]:
+    """This process's environment plus the secrets `serve` handed over on a pipe, not in the environment: a
+    process's starting environment stays readable in /proc/<pid>/environ, where an agent below would look."""
+    environ = dict(os.environ)
+    descriptor = os.environ.get(SECRETS_FD_ENV)
+    if descriptor and descriptor.isdigit():
+        os.environ.pop(SECRETS_FD_ENV)
+        with os.fdopen(int(descriptor), "r") as pipe:
+            environ.update(json.load(pipe))
+        environ.pop(SECRETS_FD_ENV, None)
+    return environ
+
+
 class Supervisor:
     """`serve`: the embedded server, then web, workers and poller as child processes; a child that dies
     is replaced; SIGTERM or Ctrl-C stops them all, then the server, well inside 30 s."""
@@ -130,7 +154,9 @@ class Supervisor:
         self.settings, self.bind = settings, bind
         self.children: dict[str, subprocess.Popen] = {}
         self.server: embedded.EmbeddedServer | None = None
-        self.env = dict(os.environ)
+        names = secret_names(settings)
+        self.secrets = {name: value for name, value in os.environ.items() if name in names}
+        self.env = {name: value for name, value in os.environ.items() if name not in names}
         self.env[CONFIG_ENV] = str(Path(settings.source).resolve())
 
     def roles(self) -> dict[str, list[str]]:
@@ -139,9 +165,17 @@ class Supervisor:
         return roles
 
     def spawn(self, name: str, argv: list[str]) -> None:
-        # A session of its own: Ctrl-C reaches `serve` alone, which then stops the children in order.
-        self.children[name] = subprocess.Popen([sys.executable, "-m", "forge_bridge", *argv], env=self.env,
-                                               start_new_session=True)
+        # A session of its own: Ctrl-C reaches `serve` alone, which then stops the children in order. The secrets
+        # go on a pipe the child reads once (a JSON object far below the pipe's buffer, so this never blocks).
+        read_end, write_end = os.pipe()
+        try:
+            self.children[name] = subprocess.Popen([sys.executable, "-m", "forge_bridge", *argv],
+                                                   env={**self.env, SECRETS_FD_ENV: str(read_end)},
+                                                   pass_fds=(read_end,), start_new_session=True)
+            with os.fdopen(write_end, "w") as pipe:
+                json.dump(self.secrets, pipe)
+        finally:
+            os.close(read_end)
 
     def start(self) -> None:
         become_subreaper()
@@ -150,7 +184,7 @@ class Supervisor:
             if not redis_url:
                 self.server = embedded.EmbeddedServer(self.settings.data_dir)
                 redis_url = self.server.start()
-            self.env["FORGE_BRIDGE_REDIS_URL"] = redis_url
+            self.secrets[REDIS_URL_ENV] = redis_url
             for name, argv in self.roles().items():
                 self.spawn(name, argv)
         print(f"forge-bridge: listening on http://{self.bind} (webhooks at /webhooks/<forge>)", flush=True)

@@ -4,6 +4,7 @@ bridge's push elsewhere (pushurl, insteadOf), and none of it works: no trap runs
 nothing, the work reaches the forge, and the next issue of the repository runs on a clean mirror."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask, request
-from helpers import FAKE_AGENT, wait_for
+from helpers import FAKE_AGENT, SECRET, wait_for
 from test_end_to_end import _settled
 from werkzeug.serving import make_server
 
@@ -56,6 +57,10 @@ def test_a_hostile_agent_cannot_make_the_bridge_git_run_its_code_or_push_elsewhe
         wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what=f"issue {issue.number}")
 
     assert sorted(p.name for p in traps.glob("ran-*")) == []   # no hook, fsmonitor or filter ever ran
+    seen = json.loads((traps / "seen.json").read_text())      # its parent's environment holds no secret
+    [parent] = [value for key, value in seen.items() if key.startswith("environ-")]
+    assert "FAKE_FORGE_TOKEN" not in parent and "fake-forge-token" not in parent and SECRET not in parent
+    assert "FORGE_BRIDGE_REDIS_URL" not in parent
     assert heard == []                                        # no push went to the capture server
     assert len(repo.pulls) == 2                               # the work reached the forge itself
     for pull in repo.pulls.values():
