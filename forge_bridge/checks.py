@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
-from forge_bridge import agents
+from forge_bridge import agents, sandbox
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
 
@@ -20,6 +20,7 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
     if not settings.forges:
         yield False, "no forge is configured"
     yield check_agent(settings)
+    yield check_sandbox(settings)
     for forge in settings.forges:
         yield check_webhook_secret(settings, forge)
         yield from check_forge(settings, forge)
@@ -55,6 +56,18 @@ def _version_note(preset: str, program: str) -> str:
 
 def _parts(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def check_sandbox(settings: Settings) -> tuple[bool | None, str]:
+    """None (a warning) when `auto` finds no working bubblewrap; a failure when `bwrap` was asked for."""
+    chosen, warning = sandbox.mode(settings.agent)
+    if settings.agent.sandbox == "bwrap" and sandbox.bwrap_works():
+        return False, f"sandbox bwrap: {sandbox.bwrap_works()}"
+    if warning:
+        return None, f"sandbox auto: {warning}"
+    if chosen == "none":
+        return True, "sandbox none: agents run unconfined (the bridge's git is protected all the same)"
+    return True, f"sandbox bwrap: agents run confined; their HOME is {sandbox.agent_home(settings)}"
 
 
 def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, str]:

@@ -9,13 +9,14 @@ import time
 from functools import cache
 from pathlib import Path
 
-from forge_bridge import embedded, queue
+from forge_bridge import embedded, queue, sandbox
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_url, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
 from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals, received_environ
 
 log = logging.getLogger("forge_bridge")
 FOLLOW_INTERVAL = 0.5
+CHECK_MARKS = {True: "ok  ", False: "FAIL", None: "warn"}
 
 
 class UsageError(Exception):
@@ -63,6 +64,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     jobs.tasks.configure(settings)  # every forked job inherits these
     preload(settings.forges)
     conn = queue.connect(settings.redis_url)
+    sandbox.announce(settings.agent, conn)
     queue.work(conn, burst=args.burst, housekeeping=lambda: collect_garbage(settings, Store(conn)))
     return 0
 
@@ -233,9 +235,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
     print(f"ok   configuration {settings.source} is valid", flush=True)
     failures = 0
-    for ok, line in run_checks(settings):
-        print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
-        failures += not ok
+    for ok, line in run_checks(settings):   # ok is None for a warning
+        print(f"{CHECK_MARKS[ok]} {line}", flush=True)
+        failures += ok is False
     print("all checks passed" if not failures else f"{failures} check(s) failed")
     return 1 if failures else 0
 

@@ -95,6 +95,9 @@ class AgentConfig:
     extra_args: tuple[str, ...] = ()   # appended to a preset's argv (a model, a permission mode…)
     max_turns: int = 0             # claude: --max-turns (0: the CLI's own default)
     max_budget_usd: float = 0.0    # claude: --max-budget-usd (0: no limit)
+    sandbox: str = "auto"          # auto | bwrap | none
+    home: str = ""                 # the agent's HOME; empty: <data_dir>/agent-home
+    sandbox_paths: tuple[str, ...] = ()   # more host paths a sandboxed agent may read
 
     @property
     def preassigned_session(self) -> bool:
@@ -283,9 +286,18 @@ def _agent(table: dict, source: str) -> AgentConfig:
         raise ConfigError(f"{source}: agent.pass_env must be a list of variable names")
     if not isinstance(extra_args, list) or not all(isinstance(arg, str) for arg in extra_args):
         raise ConfigError(f"{source}: agent.extra_args must be a list of strings (an argv, never a shell string)")
+    sandbox, home, paths = table.get("sandbox", "auto"), table.get("home", ""), table.get("sandbox_paths", [])
+    if sandbox not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"{source}: agent.sandbox must be auto, bwrap or none, got {sandbox!r}")
+    if not isinstance(home, str):
+        raise ConfigError(f"{source}: agent.home must be a path, got {home!r}")
+    if not isinstance(paths, list) or not all(isinstance(p, str) and Path(p).expanduser().is_absolute()
+                                              for p in paths):
+        raise ConfigError(f"{source}: agent.sandbox_paths must be a list of absolute paths")
     return AgentConfig(
         preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success,
-        pass_env=tuple(pass_env), extra_args=tuple(extra_args),
+        pass_env=tuple(pass_env), extra_args=tuple(extra_args), sandbox=sandbox,
+        home=str(Path(home).expanduser()) if home else "", sandbox_paths=tuple(str(Path(p).expanduser()) for p in paths),
         max_turns=_non_negative(table, "max_turns", int, source),
         max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )

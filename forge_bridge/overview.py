@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from forge_bridge import agents, metrics, queue, worktrees
+from forge_bridge import agents, metrics, queue, sandbox, worktrees
 from forge_bridge.config import Settings
 from forge_bridge.models import Task, TaskState
 from forge_bridge.poller import STATE_KEY
@@ -41,4 +41,5 @@ def overview(conn: Redis, settings: Settings) -> dict[str, Any]:
     return {"slots": {"in_use": queue.slots_in_use(conn), "limit": settings.max_concurrent_agents},
             "queues": queue.queue_depths(conn), "running": running, "queued": queued,
             "recent": [task_view(t) for t in tasks if t.state.finished][:SHOWN_RECENT],
-            "sessions": [asdict(s) for s in sessions if s is not None], "poller": poller, "quota": quota}
+            "sessions": [asdict(s) for s in sessions if s is not None], "poller": poller, "quota": quota,
+            "warnings": sandbox.warnings(conn)}

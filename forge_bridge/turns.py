@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from forge_bridge import agents, worktrees
+from forge_bridge import agents, sandbox, worktrees
 from forge_bridge.config import AgentConfig, Settings
 from forge_bridge.forges import IssueInfo
 from forge_bridge.history import history_prompt, resume_obstacle
@@ -92,10 +92,16 @@ class Turns:
                   "worktree": str(worktree), "branch": session.branch, "title": issue.title,
                   "message_file": str(message_file), "history_file": str(files / AIDER_HISTORY)}
         argv = agents.build_argv(self.settings.agent, turn.action, values)
+        home = sandbox.agent_home(self.settings)
         env = agents.agent_env(self.settings.agent, {
-            "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
+            "HOME": str(home), "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
             "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
             "FORGE_BRIDGE_TASK_ID": task.id})
+        if sandbox.mode(self.settings.agent)[0] == "bwrap":
+            argv = sandbox.wrap(argv, sandbox.Confinement(
+                worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo), session_dir=files,
+                home=home, hidden=(self.settings.data_dir, Path.home()),
+                readable=tuple(Path(p) for p in self.settings.agent.sandbox_paths)))
 
         def started(pid: int) -> None:
             task.host, task.agent_pid = socket.gethostname(), pid

@@ -85,7 +85,9 @@ def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_a
     top = {"data_dir": f'"{data_dir}"', "bind": f'"127.0.0.1:{port}"', "workers": "1",
            "poll_interval": '"1s"', "task_timeout": '"60s"', **settings}
     lines = [f"{key} = {value}" for key, value in top.items()]
-    agent_keys = {"preset": f'"{preset}"', "pass_env": '["FAKE_AGENT_STATE"]'}   # where the fake CLIs keep sessions
+    # pass_env: where the fake CLIs keep sessions. No sandbox unless a test asks: bubblewrap's private /tmp would
+    # hide the tests' files (and CI's checkout) from the agents; tests/test_sandbox.py runs them confined.
+    agent_keys = {"preset": f'"{preset}"', "pass_env": '["FAKE_AGENT_STATE"]', "sandbox": '"none"'}
     if preset == "command":
         agent_keys.update(argv=_toml_list([sys.executable, str(FAKE_AGENT), *agent_args]),
                           session_id='"json:session_id"', summary='"json:summary"')

@@ -106,3 +106,16 @@ def test_metrics_and_the_page_follow_the_ui_token(redis_url):
 def test_the_page_shows_what_each_recent_run_cost(redis_url, seeded):
     html = _app(redis_url).get("/").get_data(as_text=True)
     assert "<td>$0.125 · 2.5k tokens · 3 turns</td>" in html
+
+
+def test_a_worker_without_a_working_sandbox_is_a_warning_on_the_page(redis_url, conn, monkeypatch):
+    from forge_bridge import sandbox
+    from forge_bridge.config import AgentConfig
+
+    monkeypatch.setattr(sandbox, "bwrap_works", lambda: "bwrap is not installed (Debian: apt-get install bubblewrap)")
+    sandbox.announce(AgentConfig(sandbox="auto"), conn)
+    page = _app(redis_url).get("/").get_data(as_text=True)
+    assert 'class="warning"' in page and "agents run without a sandbox: bwrap is not installed" in page
+    monkeypatch.setattr(sandbox, "bwrap_works", lambda: "")
+    sandbox.announce(AgentConfig(sandbox="auto"), conn)   # a worker that has one clears its host's warning
+    assert 'class="warning"' not in _app(redis_url).get("/").get_data(as_text=True)

@@ -116,3 +116,18 @@ def test_check_says_when_the_agent_version_is_outside_the_tested_range(tmp_path)
     (tmp_path / "forge-bridge.toml").write_text('[agent]\npreset = "claude"\n')
     done = run_cli("check", cwd=tmp_path, env={"PATH": f"{program.parent}:/usr/bin:/bin"})
     assert "version 9.9.9: outside the tested range 2.1.197 to 2.1.332" in done.stdout
+
+
+def test_check_warns_when_auto_finds_no_working_sandbox_and_fails_when_bwrap_was_asked_for(tmp_path):
+    fake = tmp_path / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    path = f"{fake.parent}:{os.environ['PATH']}"
+    (tmp_path / "forge-bridge.toml").write_text('[agent]\npreset = "claude"\n')
+    auto = run_cli("check", cwd=tmp_path, env={"PATH": path})
+    assert "warn sandbox auto: agents run without a sandbox: bwrap does not run here: bwrap: No permissions" \
+        in auto.stdout
+    (tmp_path / "forge-bridge.toml").write_text('[agent]\npreset = "claude"\nsandbox = "bwrap"\n')
+    asked = run_cli("check", cwd=tmp_path, env={"PATH": path})
+    assert "FAIL sandbox bwrap: bwrap does not run here" in asked.stdout and asked.returncode == 1

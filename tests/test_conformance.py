@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 from models.server import ModelServer
-from realclis import install
+from realclis import cache_root, install
 from test_end_to_end import _settled, _status_comments
 
 from forge_bridge.sessions import Store
@@ -60,13 +60,18 @@ def _aider(models, home):
 
 def _codex(models, home):
     bin_dir = install("codex")
-    (home / ".codex").mkdir()
-    (home / ".codex" / "config.toml").write_text(   # a provider of its own: Codex reads no base URL variable
+    # Codex puts the helper its own sandbox runs (codex-linux-sandbox) in its home, and refuses to under /tmp,
+    # where pytest's folders are: its home goes beside the installed CLIs instead.
+    codex_home = cache_root() / "homes" / home.parent.name / "codex"
+    shutil.rmtree(codex_home, ignore_errors=True)
+    codex_home.mkdir(parents=True)
+    (codex_home / "config.toml").write_text(   # a provider of its own: Codex reads no base URL variable
         'model = "scripted"\nmodel_provider = "scripted"\n[model_providers.scripted]\nname = "scripted"\n'
         f'base_url = "{models.url}/v1"\nenv_key = "OPENAI_API_KEY"\nwire_api = "responses"\n')
-    agent = {"pass_env": json.dumps(["OPENAI_API_KEY"])}
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "OPENAI_API_KEY": "sk-scripted"}
-    return agent, env, lambda session: shutil.rmtree(home / ".codex" / "sessions")
+    agent = {"pass_env": json.dumps(["OPENAI_API_KEY", "CODEX_HOME"])}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "OPENAI_API_KEY": "sk-scripted",
+           "CODEX_HOME": str(codex_home)}
+    return agent, env, lambda session: shutil.rmtree(codex_home / "sessions")
 
 
 def _opencode(models, home):
@@ -88,6 +93,7 @@ def test_real_cli(preset, github, start_bridge, models, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     agent, env, lose_session = CLIS[preset](models, home)
+    agent["home"] = json.dumps(str(home))   # the agent's HOME, where each CLI keeps its configuration and sessions
     repo = github.create_repo("alice", "widgets")
     issue = github.create_issue(repo, "Sort the list", "alphabetically")
     bridge = start_bridge([github], preset=preset, agent=agent, env=env)

@@ -80,3 +80,40 @@ def test_the_bridge_git_carries_no_inherited_secret(monkeypatch, tmp_path):
     env = worktrees.git_env("https://git.example.com/o/r.git", "")
     assert "SOME_FORGE_TOKEN" not in env and "s3cret-token" not in str(env)
     assert Path(env["GIT_CONFIG_GLOBAL"]) == Path("/dev/null") and env["GIT_CONFIG_NOSYSTEM"] == "1"
+
+
+def test_in_the_sandbox_the_agent_sees_none_of_the_bridge(github, start_bridge, capture, tmp_path):
+    from forge_bridge.sandbox import bwrap_works
+
+    if bwrap_works():
+        pytest.skip(bwrap_works())   # .ci/run installs bubblewrap; a host without user namespaces cannot run it
+    capture_url, heard = capture
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "One", "x")
+    # The checkout (with its .venv) and the interpreter the venv links to (pyenv keeps it under the HOME the
+    # sandbox hides): readable, as agent.sandbox_paths allows.
+    readable = [str(Path(__file__).resolve().parents[1]), str(Path(sys.executable).resolve().parents[1])]
+    data_dir = tmp_path / "bridge0" / "data"   # where start_bridge puts the first bridge's data
+    traps = data_dir / "agent-home" / "traps"   # the agent's HOME: writable inside, readable here
+    probes = [str(data_dir / "valkey"), str(data_dir / "logs"), str(data_dir / "mirrors"), str(Path.home())]
+    bridge = start_bridge([github], agent={
+        "argv": _toml_list([sys.executable, str(HOSTILE), str(traps), capture_url, *probes]),
+        "session_id": '"none"', "sandbox": '"bwrap"', "sandbox_paths": _toml_list(readable)})
+    assert bridge.data_dir == data_dir
+
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the confined run")
+
+    seen = json.loads((traps / "seen.json").read_text())
+    assert seen[f"path-{data_dir / 'valkey'}"] is False and seen[f"path-{data_dir / 'logs'}"] is False
+    # The bridge user's HOME is an empty tmpfs but for the way to a readable path under it
+    allowed = {Path(p).relative_to(Path.home()).parts[0] for p in readable if Path(p).is_relative_to(Path.home())}
+    assert seen[f"path-{Path.home()}"] is False or set(seen[f"path-{Path.home()}"]) <= allowed
+    mirrors = sorted(p.name for p in (data_dir / "mirrors").iterdir() if p.suffix == ".git")
+    assert seen[f"path-{data_dir / 'mirrors'}"] == mirrors       # its own repository's mirror, nothing else
+    [parent] = [value for key, value in seen.items() if key.startswith("environ-")]
+    assert "fake-forge-token" not in parent and SECRET not in parent
+    assert sorted(p.name for p in traps.glob("ran-*")) == [] and heard == []
+    [pull] = repo.pulls.values()
+    assert subprocess.run(["git", "show", f"{pull.head}:AGENT_WORK.md"], cwd=repo.bare, capture_output=True,
+                          text=True).stdout == "an honest-looking edit\n"

@@ -8,7 +8,7 @@ post-commit, pre-commit, pre-push and reference-transaction hooks, a clean filte
 remote.origin.pushurl and url.insteadOf pointing at a capture server; the `.git` file rewritten to a repository
 of its own whose fsmonitor is a trap; what it can read of its parents' environment and of the bridge's files.
 
-Usage: hostile_agent.py TRAPS_DIR CAPTURE_URL"""
+Usage: hostile_agent.py TRAPS_DIR CAPTURE_URL [PATH_TO_PROBE …] (whether each path is visible is recorded)"""
 import json
 import os
 import stat
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-traps, capture = Path(sys.argv[1]), sys.argv[2]
+traps, capture, probes = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 traps.mkdir(parents=True, exist_ok=True)
 sys.stdin.read()
 
@@ -56,6 +56,9 @@ for pid in (os.getppid(),):
         seen[f"environ-{pid}"] = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
     except OSError as error:
         seen[f"environ-{pid}"] = f"refused: {error}"
+for probe in probes:
+    path = Path(probe)
+    seen[f"path-{probe}"] = sorted(os.listdir(path)) if path.is_dir() else path.exists()
 (traps / "seen.json").write_text(json.dumps(seen))
 
 # A repository of its own, whose fsmonitor is a trap, and the worktree's .git pointed at it
