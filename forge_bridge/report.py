@@ -144,8 +144,9 @@ class Reporter:
         digest = hashlib.sha256(body.encode()).hexdigest()
         if digest == session.status_digest and session.status_comment_id and not force:
             return
-        if not session.status_comment_id:
-            mine = [c for c in self.client.list_comments(issue) if STATUS_MARKER in c.body]
+        if not session.status_comment_id:   # only the bridge's own: anyone can paste the marker in a comment
+            me = self.settings.forge_for_host(issue.repo.host).bot_login or self.client.whoami()
+            mine = [c for c in self.client.list_comments(issue) if STATUS_MARKER in c.body and c.author == me]
             session.status_comment_id = mine[0].id if mine else 0
         try:
             if session.status_comment_id:

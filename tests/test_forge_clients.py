@@ -109,3 +109,31 @@ def test_forge_calls_and_quota_are_counted_for_metrics(github, conn):
     text = render(conn, settings).decode()
     assert 'forge_bridge_forge_api_calls_total{forge="f",operation="get_issue"} 2.0' in text
     assert 'forge_bridge_forge_quota{forge="f",kind="remaining"} 4321.0' in text
+
+
+def test_a_pull_request_from_a_fork_with_the_bridge_branch_name_is_never_adopted(client_and_issue):
+    forge, client, ref = client_and_issue
+    repo = forge.state.repo("alice", "widgets")
+    stranger = forge.state.create_pull(repo, title="mine now", body="", head="kugetsu/1-t", base="main",
+                                       author="mallory")
+    stranger.head_repo = "mallory/widgets"   # a read-only user's fork, with the predictable branch name
+    assert client.find_open_pull(ref.repo, "kugetsu/1-t") is None
+    stranger.head_repo = ""                  # the same branch in the repository itself is the bridge's
+    assert client.find_open_pull(ref.repo, "kugetsu/1-t").number == stranger.number
+
+
+def test_a_pasted_status_marker_is_not_taken_over(client_and_issue, conn):
+    from forge_bridge.models import Session
+    from forge_bridge.report import STATUS_MARKER, Reporter
+    from forge_bridge.sessions import Store
+
+    forge, client, ref = client_and_issue
+    repo = forge.state.repo("alice", "widgets")
+    pasted = forge.state.add_comment(repo, ref.number, f"{STATUS_MARKER}\nnot the bridge's", "mallory")
+    settings = settings_from_dict({"forges": [{"name": "f", "kind": forge.kind, "url": forge.url, "token_env": "T",
+                                               "bot_login": forge.bot_login, "write_interval": 0}]},
+                                  source="t", environ={"T": forge.token})
+    session = Session(issue=str(ref), forge="f")
+    Reporter(client, settings, Store(conn)).publish_status(ref, session, f"{STATUS_MARKER}\nthe bridge's")
+    assert pasted.body == f"{STATUS_MARKER}\nnot the bridge's" and session.status_comment_id != pasted.id
+    assert forge.state.comments[session.status_comment_id].author == forge.bot_login

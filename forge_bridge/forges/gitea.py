@@ -185,7 +185,11 @@ class GiteaClient:
             return await self._all_pages(lambda page: r.repo_list_pull_requests(
                 repo.owner, repo.name, state="open", page=page, limit=PAGE_SIZE))
 
-        pulls = [p for p in self._run("list pull requests", find) if p.head and p.head.ref == branch]
+        # Only a pull request from the repository itself: anyone may open one from a fork whose branch has the
+        # bridge's (predictable) name, and adopting it would hand them the status, the label and the destroy.
+        pulls = [p for p in self._run("list pull requests", find)
+                 if p.head and p.head.ref == branch and p.head.repo and p.base and p.base.repo
+                 and p.head.repo.full_name == p.base.repo.full_name == repo.full_name]
         return self._pull(pulls[0]) if pulls else None
 
     def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo:

@@ -94,13 +94,18 @@ class GiteaShapes:
             "created_at": comment.created_at, "updated_at": comment.created_at})
 
     def pull(self, repo: Repo, pull: Pull) -> dict:
-        def branch(ref: str) -> dict:
-            return {"ref": ref, "label": ref, "sha": repo.branch_sha(ref) or "0" * 40, "repo_id": repo.id}
+        def branch(ref: str, full_name: str) -> dict:
+            owner, name = full_name.split("/")
+            where = _from_schema("Repository", {"id": repo.id if full_name == repo.full_name else repo.id + 1,
+                                                "name": name, "full_name": full_name, "owner": self.user(owner)})
+            return {"ref": ref, "label": ref, "sha": repo.branch_sha(ref) or "0" * 40, "repo_id": where["id"],
+                    "repo": where}
 
         html_url = f"{self.forge.url}/{repo.full_name}/pulls/{pull.number}"
         return _from_schema("PullRequest", {
             "id": pull.id, "number": pull.number, "title": pull.title, "body": pull.body, "state": pull.state,
-            "merged": pull.merged, "user": self.user(pull.author), "head": branch(pull.head), "base": branch(pull.base),
+            "merged": pull.merged, "user": self.user(pull.author), "head": branch(pull.head, pull.head_repo or repo.full_name),
+            "base": branch(pull.base, repo.full_name),
             "html_url": html_url, "url": html_url})
 
 

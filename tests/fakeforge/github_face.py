@@ -155,7 +155,7 @@ def register(app: Flask, forge: FakeForge) -> None:
         head = request.args.get("head", "")
         wanted_state = request.args.get("state", "open")
         pulls = [p for p in repo.pulls.values() if (wanted_state == "all" or p.state == wanted_state)
-                 and (not head or f"{repo.owner}:{p.head}" == head)]
+                 and (not head or f"{(p.head_repo or repo.full_name).split('/')[0]}:{p.head}" == head)]
         return jsonify([shapes.pull(repo, p, "pull-request-simple") for p in pulls])
 
 

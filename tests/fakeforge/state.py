@@ -66,6 +66,7 @@ class Pull:
     author: str
     state: str = "open"
     merged: bool = False
+    head_repo: str = ""      # owner/name of the fork the head branch lives in ("": the repository itself)
 
 
 @dataclass
