@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from forge_bridge import agents, worktrees
+from forge_bridge import redact, worktrees
 from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
@@ -236,7 +236,8 @@ class Intake:
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], *, force: bool = False) -> None:
         tasks = self.store.tasks(session.task_ids)
-        log_tail = agents.tail(worktrees.log_path(self.settings.data_dir, ref, tasks[-1].id)) if tasks else ""
+        log_tail = redact.log_tail(self.settings, worktrees.log_path(self.settings.data_dir, ref, tasks[-1].id)) \
+            if tasks else ""
         Reporter(self.client, self.settings, self.store).report(ref, session, tasks, labels=labels,
                                                                 log_tail=log_tail, force=force)
         self.store.save_session(session)

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from forge_bridge import agents, metrics, queue, sandbox, worktrees
+from forge_bridge import agents, metrics, queue, redact, sandbox, worktrees
 from forge_bridge.config import Settings
 from forge_bridge.models import Task, TaskState
 from forge_bridge.poller import STATE_KEY
@@ -26,7 +26,7 @@ def task_view(task: Task) -> dict[str, Any]:
 
 
 def log_tail(settings: Settings, task: Task, lines: int = agents.TAIL_LINES) -> str:
-    return agents.tail(worktrees.log_path(settings.data_dir, parse_issue_ref(task.issue), task.id), lines)
+    return redact.log_tail(settings, worktrees.log_path(settings.data_dir, parse_issue_ref(task.issue), task.id), lines)
 
 
 def overview(conn: Redis, settings: Settings) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter, render_pull_comment, status_url
 from forge_bridge.sessions import Store
 from forge_bridge.turns import Turns
+from forge_bridge.redact import log_tail, redact, secret_values
 from forge_bridge.worktrees import GitError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Runner:
             task.state, task.outcome = TaskState.FAILED, f"internal error: {type(error).__name__}: {error}"
             log.exception("task %s for %s crashed", task.id, ref)
         finally:
+            task.outcome = redact(task.outcome, secret_values(self.settings))
             self.conclude(task, session, ref, log_file)
             if had_pull and task.state.finished:
                 self.comment_on_pull(task, session, ref)
@@ -91,11 +93,11 @@ class Runner:
             worktrees.catch_up(checkout, session.branch)
         before = worktrees.head(checkout)
         result = self.run_turn(task, session, issue, ref, checkout, log_file, before)
-        task.summary = result.summary
+        task.summary = redact(result.summary, secret_values(self.settings))
         with worktrees.mirror_lock(mirror):   # the agent has ended: undo what it did to the git metadata
             checkout.restore()
         if result.ok:
-            worktrees.commit_leftovers(checkout, f"{issue.title} (#{ref.number})\n\n{result.summary}".strip(),
+            worktrees.commit_leftovers(checkout, f"{issue.title} (#{ref.number})\n\n{task.summary}".strip(),
                                        author=forge.bot_login or "forge-bridge")
         self.subjects = worktrees.commit_subjects(checkout, before, worktrees.head(checkout))
         task.commits = len(self.subjects)
@@ -161,7 +163,7 @@ class Runner:
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
         Reporter(self.client, self.settings, self.store).report(ref, session, self.store.tasks(session.task_ids),
-                                                                labels=labels, log_tail=agents.tail(log_file))
+                                                                labels=labels, log_tail=log_tail(self.settings, log_file))
 
     def comment_on_pull(self, task: Task, session: Session, ref: IssueRef) -> None:
         """After each task on an issue with a pull request: what that run did, on the pull request itself."""

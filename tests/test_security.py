@@ -117,3 +117,27 @@ def test_in_the_sandbox_the_agent_sees_none_of_the_bridge(github, start_bridge, 
     [pull] = repo.pulls.values()
     assert subprocess.run(["git", "show", f"{pull.head}:AGENT_WORK.md"], cwd=repo.bare, capture_output=True,
                           text=True).stdout == "an honest-looking edit\n"
+
+
+def test_a_secret_the_agent_prints_is_redacted_everywhere_it_is_shown(github, start_bridge):
+    import requests
+
+    from test_end_to_end import _status_comments
+
+    key = "sk-live-0123456789"
+    script = ("import os, json, sys; sys.stdin.read(); k = os.environ['AGENT_KEY']; print('using key', k); "
+              "print(json.dumps({'session_id': 's-1', 'summary': 'the key was ' + k})); sys.exit(3)")
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Leak it", "x")
+    bridge = start_bridge([github], env={"AGENT_KEY": key}, agent={
+        "argv": _toml_list([sys.executable, "-c", script]), "pass_env": '["AGENT_KEY"]'})
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed run")
+
+    [status] = _status_comments(github, repo, issue)
+    assert key not in status and "using key [redacted]" in status
+    shown = requests.get(f"{bridge.url}/", timeout=10).text + requests.get(f"{bridge.url}/api/tasks", timeout=10).text
+    assert key not in shown and "the key was [redacted]" in shown
+    [task] = requests.get(f"{bridge.url}/api/tasks", timeout=10).json()["tasks"]
+    tail = requests.get(f"{bridge.url}/api/tasks/{task['id']}/log", timeout=10).json()["tail"]
+    assert "using key [redacted]" in tail and key not in tail

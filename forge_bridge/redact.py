@@ -1,0 +1,33 @@
+"""Secrets never reach the forge or the page: every forge token, webhook secret, the UI token and each value the
+agent was handed through `agent.pass_env` is replaced by `[redacted]` in what the bridge shows."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from forge_bridge import agents
+from forge_bridge.config import Settings
+
+MARK = "[redacted]"
+MIN_LENGTH = 6   # shorter values ("1", "true") would blank ordinary words; no real secret is that short
+
+
+def secret_values(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    environ = os.environ if environ is None else environ
+    values = [settings.ui_token, *(f.token() for f in settings.forges),
+              *(f.webhook_secret().decode() for f in settings.forges),
+              *(environ.get(name, "") for name in settings.agent.pass_env)]
+    # Longest first, so a secret that contains another is replaced whole.
+    return sorted({v for v in values if len(v) >= MIN_LENGTH}, key=len, reverse=True)
+
+
+def redact(text: str, values: list[str]) -> str:
+    for value in values:
+        text = text.replace(value, MARK)
+    return text
+
+
+def log_tail(settings: Settings, log: Path, lines: int = agents.TAIL_LINES) -> str:
+    """The last lines of an agent's log, as they may be shown."""
+    return redact(agents.tail(log, lines), secret_values(settings))
