@@ -15,7 +15,7 @@ from forge_bridge.models import EventKind, ForgeEvent, IssueRef, Session, Task, 
 from forge_bridge.queue import Scheduler
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
-from forge_bridge.sessions import Store
+from forge_bridge.sessions import CLAIM_TTL, Store
 from forge_bridge.triggers import Act, Answer, IssueClosed, PullClosed, Skip, StartFromLabel, decide
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,17 @@ class Intake:
 
     def enqueue_task(self, ref: IssueRef, event: ForgeEvent, action: TaskAction, message: str, *,
                      labels: tuple[str, ...]) -> Task:
+        """One event makes at most one task: when a later step fails (a comment the forge would not take) and
+        the event job runs again, the task it already made is reported, not made twice."""
+        made = f"event-task:{event.forge}:{event.delivery}" if event.delivery else ""
+        earlier = self.store.task(self.store.cached(made) or "") if made else None
+        if earlier is not None:
+            self.report(ref, self.store.session(ref), labels)
+            return earlier
         task = self.store.new_task(ref, forge=event.forge, action=action, message=message,
                                    requested_by=event.sender)
+        if made:
+            self.store.cache(made, task.id, ttl=CLAIM_TTL)
         session = self.store.session(ref) or Session(issue=str(ref), forge=event.forge)
         session.task_ids.append(task.id)
         session.archived = False

@@ -304,3 +304,20 @@ def test_garbage_collection_removes_only_unowned_worktrees(world):
                                       worktree=str(running.resolve()), task_ids=[task.id], archived=True))
     assert collect_garbage(intake.settings, intake.store) == [stray]
     assert owned.exists() and running.exists() and not stray.exists()
+
+
+def test_one_event_makes_at_most_one_task_when_a_later_step_fails_and_the_job_runs_again(world):
+    from forge_bridge.forges import ForgeError
+
+    forge, repo, issue, intake = world
+    repo.permissions["alice"] = "write"
+    made: Comment = forge.state.add_comment(repo, issue.number, "/kugetsu start please", "alice")
+    event = as_event(forge, forge.face.comment_payload(forge, repo, issue, made))
+    forge.fail_next(20, 500, path="/comments", method="POST")   # the status comment cannot be written
+    with pytest.raises(ForgeError):
+        intake.handle(event)
+    forge.faults.clear()
+    intake.handle(event)   # RQ runs the event job again
+    assert len(tasks(intake)) == 1
+    assert Queue(queue.AGENTS_QUEUE, connection=intake.store.conn).count + \
+        len(intake.scheduler.waiting(str(tasks(intake)[0].issue))) >= 1

@@ -205,3 +205,10 @@ def test_a_non_ascii_signature_is_refused_not_a_crash(client, conn):
     headers = {**github_headers(LABELED_BODY), "X-Hub-Signature-256": "sha256=" + "é" * 64}
     response = client.post("/webhooks/github", data=LABELED_BODY, headers=headers)
     assert (response.status_code, response.json["status"]) == (401, "unauthorized")
+
+
+def test_a_signed_body_nested_too_deeply_is_a_400(client, conn):
+    body = b'{"a":' * 200_000 + b"1" + b"}" * 200_000
+    response = client.post("/webhooks/github", data=body, headers=github_headers(body))
+    assert (response.status_code, response.json["status"]) == (400, "malformed")
+    assert response.json["reason"] == "body is nested too deeply" and events_queued(conn) == 0

@@ -16,6 +16,8 @@ def load_json(body: bytes) -> dict:
         raise Malformed("body is not UTF-8") from None
     except ValueError:
         raise Malformed("body is not JSON (configure the hook with content type application/json)") from None
+    except RecursionError:   # nested deeper than any forge sends: refused, never a crash
+        raise Malformed("body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise Malformed("body is not a JSON object")
     return payload
