@@ -47,10 +47,12 @@ def _reach_redis(settings: Settings, role: str) -> str:
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "web")
-    from forge_bridge.web import create_app
+    from forge_bridge.web import check_exposure, create_app
     from forge_bridge.web.server import run_gunicorn
 
     bind = args.bind or (f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else settings.bind)
+    if warning := check_exposure(settings, bind):
+        log.warning(warning)
     run_gunicorn(create_app(settings), bind=bind)
     return 0
 
@@ -243,9 +245,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from forge_bridge.web import require_webhook_secrets
+    from forge_bridge.web import check_exposure, require_webhook_secrets
 
     require_webhook_secrets(settings)  # refuse before starting anything
+    check_exposure(settings, args.bind or settings.bind)
     supervisor = Supervisor(settings, bind=args.bind or settings.bind)
     raise_on_signals()
     try:

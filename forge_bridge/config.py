@@ -123,6 +123,7 @@ class Settings:
     insecure_no_signature: bool = False
     log_format: str = "text"
     public_url: str = ""             # where forges reach the web app; `hooks install` points webhooks there
+    ui_public: bool = False          # listen beyond loopback without ui_token (the page and API open to all)
     agent: AgentConfig = field(default_factory=AgentConfig)
     forges: tuple[ForgeConfig, ...] = ()
     repos: tuple[RepoConfig, ...] = ()

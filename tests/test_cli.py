@@ -89,7 +89,8 @@ def test_web_listens_on_port_when_set(tmp_path, redis_url):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_BRIDGE_")}
     web = subprocess.Popen([sys.executable, "-m", "forge_bridge", "web"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, env={**environ, "PORT": str(port),
-                                                           "FORGE_BRIDGE_REDIS_URL": redis_url})
+                                                           "FORGE_BRIDGE_REDIS_URL": redis_url,
+                                                           "FORGE_BRIDGE_UI_TOKEN": "t0ken-for-the-page"})
     try:
         wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=30, what="web on $PORT")
     finally:
@@ -131,3 +132,19 @@ def test_check_warns_when_auto_finds_no_working_sandbox_and_fails_when_bwrap_was
     (tmp_path / "forge-bridge.toml").write_text('[agent]\npreset = "claude"\nsandbox = "bwrap"\n')
     asked = run_cli("check", cwd=tmp_path, env={"PATH": path})
     assert "FAIL sandbox bwrap: bwrap does not run here" in asked.stdout and asked.returncode == 1
+
+
+def test_web_refuses_a_public_bind_without_ui_token_unless_ui_public(tmp_path, redis_url):
+    (tmp_path / "forge-bridge.toml").write_text("insecure_no_signature = true\n")
+    env = {"FORGE_BRIDGE_REDIS_URL": redis_url, "PORT": "1"}
+    refused = run_cli("web", cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "refusing to listen on 0.0.0.0:1 with no ui_token" in refused.stderr
+    assert "ui_public = true" in refused.stderr and "Traceback" not in refused.stderr
+    served = run_cli("serve", "--bind", "0.0.0.0:1", cwd=tmp_path, env={"FORGE_BRIDGE_REDIS_URL": redis_url})
+    assert served.returncode == 2 and "refusing to listen on 0.0.0.0:1" in served.stderr
+    from forge_bridge.config import settings_from_dict
+    from forge_bridge.web import check_exposure
+
+    public = settings_from_dict({"ui_public": True}, source="t", environ={})
+    assert "open to all" in check_exposure(public, "0.0.0.0:8080")
+    assert check_exposure(settings_from_dict({}, source="t", environ={}), "127.0.0.1:8080") == ""

@@ -1,6 +1,7 @@
 """The Flask application factory: one blueprint per area, the Redis connection made here, never global."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from flask import Flask
@@ -31,6 +32,23 @@ def require_webhook_secrets(settings: Settings) -> None:
             raise ConfigError(f"{settings.source}: forge {forge.name!r} has no webhook secret "
                               f"(${forge.webhook_secret_env} is empty); set it, leave webhook_secret_env out for "
                               "polling only, or set insecure_no_signature = true for local experiments")
+
+
+def check_exposure(settings: Settings, bind: str) -> str:
+    """Refuse to open the page, the API (issue bodies, agent logs) and the metrics beyond this machine without
+    ui_token, unless ui_public says so; then the warning to log."""
+    host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or settings.ui_token:
+        return ""
+    if not settings.ui_public:
+        raise ConfigError(f"{settings.source}: refusing to listen on {bind} with no ui_token: the status page, the "
+                          f"API and the metrics would be open to anyone who can reach it; set ${settings.ui_token_env}, "
+                          "bind to 127.0.0.1, or set ui_public = true")
+    return f"listening on {bind} with no ui_token (ui_public = true): the page, API and metrics are open to all"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
