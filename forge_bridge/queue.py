@@ -56,11 +56,12 @@ return false
 """
 
 
-def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
+def connect(url: str, *, socket_timeout: float | None = None, retries: int = 2) -> Redis:
     """Bounded retries: a webhook must get its 503 well inside the forge's 5 s delivery timeout. Workers keep
     no socket timeout, since RQ blocks on the queues for minutes at a time."""
-    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=2, socket_timeout=socket_timeout,
-                          retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+    connect_timeout = min(2.0, socket_timeout) if socket_timeout else 2.0
+    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=connect_timeout,
+                          socket_timeout=socket_timeout, retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), retries))
 
 
 def enqueue_event(conn: Redis, event_json: str) -> str:

@@ -148,3 +148,38 @@ def test_web_refuses_a_public_bind_without_ui_token_unless_ui_public(tmp_path, r
     public = settings_from_dict({"ui_public": True}, source="t", environ={})
     assert "open to all" in check_exposure(public, "0.0.0.0:8080")
     assert check_exposure(settings_from_dict({}, source="t", environ={}), "127.0.0.1:8080") == ""
+
+
+def test_stalled_clients_cannot_keep_health_or_deliveries_from_being_answered(tmp_path, redis_url):
+    import socket
+    import time
+
+    import requests
+
+    from conftest import free_port
+    from helpers import healthy, wait_for
+
+    (tmp_path / "forge-bridge.toml").write_text("insecure_no_signature = true\n")
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_BRIDGE_")}
+    web = subprocess.Popen([sys.executable, "-m", "forge_bridge", "web", "--bind", f"127.0.0.1:{port}"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**environ, "FORGE_BRIDGE_REDIS_URL": redis_url})
+    stalled = []
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=30, what="web")
+        for _ in range(40):   # each promises a body it never sends
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\n"
+                           b"X-GitHub-Delivery: d\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+            stalled.append(client)
+        began = time.monotonic()
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert time.monotonic() - began < 5
+        stalled[0].settimeout(10)
+        assert b"408" in stalled[0].recv(200)   # the stalled delivery itself is answered, not kept waiting
+    finally:
+        for client in stalled:
+            client.close()
+        web.terminate()
+        web.wait(timeout=30)

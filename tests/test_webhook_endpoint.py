@@ -212,3 +212,21 @@ def test_a_signed_body_nested_too_deeply_is_a_400(client, conn):
     response = client.post("/webhooks/github", data=body, headers=github_headers(body))
     assert (response.status_code, response.json["status"]) == (400, "malformed")
     assert response.json["reason"] == "body is nested too deeply" and events_queued(conn) == 0
+
+
+def test_a_redis_that_never_answers_gives_503_within_five_seconds(conn):
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)   # accepts connections, never answers a command
+    try:
+        client = create_app(_settings(f"redis://127.0.0.1:{silent.getsockname()[1]}")).test_client()
+        for path, body, headers in (("/webhooks/github", LABELED_BODY, github_headers(LABELED_BODY)),
+                                    ("/healthz", None, {})):
+            began = time.monotonic()
+            answer = client.post(path, data=body, headers=headers) if body else client.get(path)
+            assert answer.status_code == 503 and time.monotonic() - began < 5, path
+    finally:
+        silent.close()

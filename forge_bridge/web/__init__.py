@@ -12,6 +12,9 @@ from forge_bridge.config import ConfigError, Settings, load_settings
 from forge_bridge.sessions import Store
 
 
+REDIS_TIMEOUT = 1.0
+
+
 @dataclass
 class Bridge:
     settings: Settings
@@ -59,7 +62,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError(f"{settings.source}: redis_url is empty; `forge-bridge serve` starts an embedded server")
     require_webhook_secrets(settings)
     app = Flask("forge_bridge")
-    app.extensions["forge_bridge"] = Bridge(settings=settings, conn=queue.connect(settings.redis_url, socket_timeout=3))
+    # A Redis that accepts but never answers costs a request at most two one-second tries: the answer (503)
+    # comes well inside Gitea's 5 s delivery timeout.
+    conn = queue.connect(settings.redis_url, socket_timeout=REDIS_TIMEOUT, retries=1)
+    app.extensions["forge_bridge"] = Bridge(settings=settings, conn=conn)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)

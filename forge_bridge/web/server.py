@@ -5,7 +5,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 WORKERS = 2
-THREADS = 8
+THREADS = 32   # threads are cheap; more of them keep /healthz answered while slow clients send their bodies
 
 
 class _App(BaseApplication):

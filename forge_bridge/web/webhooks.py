@@ -24,11 +24,15 @@ bp = Blueprint("webhooks", __name__)
 @bp.after_request
 def count_delivery(response):
     name = (request.view_args or {}).get("name", "")
-    if name in ENDPOINTS and response.is_json:
-        metrics.count(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name,
-                      (response.get_json(silent=True) or {}).get("status", "unknown"))
+    status = (response.get_json(silent=True) or {}).get("status", "unknown") if response.is_json else ""
+    if name in ENDPOINTS and status and status != "unavailable":   # Redis already failed this request: no wait
+        try:
+            metrics.count(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name, status)
+        except RedisError:
+            pass   # a count is not worth failing an answer the forge is waiting for
     return response
 MAX_BODY = 25 * 1024 * 1024
+BODY_TIMEOUT = 2.0
 ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -58,7 +62,11 @@ def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signatu
 
 
 def _read_body() -> bytes:
-    """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread."""
+    """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread. A client that
+    stops sending is dropped after BODY_TIMEOUT, so stalled clients cannot hold the server's threads."""
+    client = request.environ.get("gunicorn.socket")
+    if client is not None:
+        client.settimeout(BODY_TIMEOUT)
     body = request.stream.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         raise OverflowError
@@ -86,6 +94,8 @@ def receive(name: str):
         parsed = parse_delivery(headers, body, forge=forge_name, host=bridge.settings.forge(forge_name).host)
     except OverflowError:
         return answer("too_large", 413, delivery=delivery, reason="body over 25 MiB")
+    except TimeoutError:
+        return answer("timeout", 408, delivery=delivery, reason=f"no body within {BODY_TIMEOUT:.0f}s")
     except WebhookError as error:
         return answer(error.answer, error.status, delivery=delivery, reason=str(error))
     if isinstance(parsed, Ignored):
