@@ -23,6 +23,8 @@ KILL_GRACE = 5.0
 CANCEL_POLL = 0.5
 PR_SET_PDEATHSIG = 1
 TAIL_LINES = 20
+MAX_ARGV_PROMPT = 100_000
+CLIPPED_NOTE = "\n\n[… cut here; the whole prompt is on stdin]"
 
 # argv templates per preset and action, pinned to the CLI versions named in the README; the prompt always goes to
 # stdin too (aider reads it from a file the bridge writes, since it takes no prompt on stdin).
@@ -36,8 +38,9 @@ _AIDER = ("aider", "--yes-always", "--analytics-disable", "--no-show-release-not
           "--input-history-file", "{history_file}.input")
 PRESETS: dict[str, dict[TaskAction, tuple[str, ...]]] = {
     "kugetsu": {
-        TaskAction.START: ("kugetsu", "start", "{issue_ref}", "{prompt}"),
-        TaskAction.CONTINUE: ("kugetsu", "continue", "{issue_ref}", "{prompt}"),
+        # `--` ends the options: an issue titled `--help` is a prompt, not an option
+        TaskAction.START: ("kugetsu", "start", "{issue_ref}", "--", "{prompt}"),
+        TaskAction.CONTINUE: ("kugetsu", "continue", "{issue_ref}", "--", "{prompt}"),
     },
     # Claude Code: the bridge picks the session id for the first run, and resumes it after.
     "claude": {
@@ -116,6 +119,15 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER_RE.sub(lambda m: values.get(m[1], ""), template)
 
 
+def argv_prompt(prompt: str) -> str:
+    """The prompt as one argument: Linux refuses an argument over 128 KiB (E2BIG) and the program would never
+    start, so a longer one is cut; the whole prompt is on stdin."""
+    data = prompt.encode()
+    if len(data) <= MAX_ARGV_PROMPT:
+        return prompt
+    return data[:MAX_ARGV_PROMPT].decode(errors="ignore") + CLIPPED_NOTE
+
+
 def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]) -> list[str]:
     if agent.preset == "command":
         template = agent.argv
@@ -125,6 +137,7 @@ def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]
         template = template[:head] + agent.extra_args + template[head:] + _limits(agent)
     else:
         raise AgentConfigError(f"agent preset {agent.preset!r} is not available; use \"command\"")
+    values = {**values, "prompt": argv_prompt(values.get("prompt", ""))}
     return [substitute(part, values) for part in template]
 
 

@@ -62,7 +62,9 @@ def test_argv_placeholders_are_substituted_once_and_never_through_a_shell(tmp_pa
 def test_kugetsu_preset():
     agent = AgentConfig(preset="kugetsu")
     assert build_argv(agent, TaskAction.CONTINUE, {"issue_ref": "h/o/r#2", "prompt": "go"}) == \
-        ["kugetsu", "continue", "h/o/r#2", "go"]
+        ["kugetsu", "continue", "h/o/r#2", "--", "go"]
+    long = build_argv(agent, TaskAction.START, {"issue_ref": "h/o/r#2", "prompt": "é" * 100_000})[-1]
+    assert len(long.encode()) < 128 * 1024 and long.endswith("the whole prompt is on stdin]")
 
 
 def test_agent_environment_holds_only_what_it_needs():
