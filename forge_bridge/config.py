@@ -146,6 +146,14 @@ class Settings:
     def default_forge(self) -> ForgeConfig | None:
         return self.forges[0] if self.forges else None
 
+    def user_allowed(self, forge: str, login: str) -> bool:
+        """Whether allow_users names this login on this forge (`forge:login`; a plain `login` only where one
+        forge is configured, since a name on a public forge is anyone's)."""
+        return _scoped_match(self.allow_users, forge, login)
+
+    def bot_allowed(self, forge: str, login: str) -> bool:
+        return _scoped_match(self.allow_bots, forge, login)
+
     def repo_allowed(self, forge: str, full_name: str) -> bool:
         """Allowed when a pattern includes it and no `!pattern` excludes it."""
         matching = [r for r in self.repos if r.matches(forge, full_name)]
@@ -166,6 +174,26 @@ class Settings:
 
     def polled_repos(self) -> list[RepoConfig]:
         return [r for r in self.repos if r.poll and not r.excludes]
+
+
+def _scoped_match(entries: tuple[str, ...], forge: str, login: str) -> bool:
+    for entry in entries:
+        name, _, who = entry.rpartition(":")
+        if who.lower() == login.lower() and name in ("", forge):
+            return True
+    return False
+
+
+def _check_scoped(settings: Settings) -> None:
+    names = {f.name for f in settings.forges}
+    for key in ("allow_users", "allow_bots"):
+        for entry in getattr(settings, key):
+            forge, _, _ = entry.rpartition(":")
+            if forge and forge not in names:
+                raise ConfigError(f"{settings.source}: {key}: {entry!r} names no configured forge")
+            if not forge and len(names) > 1:
+                raise ConfigError(f"{settings.source}: {key}: {entry!r} must name its forge (e.g. "
+                                  f"\"{sorted(names)[0]}:{entry}\") when several forges are configured")
 
 
 _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "forges", "repos", "source", "ui_token"}
@@ -334,8 +362,10 @@ def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None
         raise ConfigError(f"{source}: forges: two forges share a name")
     repos = tuple(_repo(t, i, set(names), source) for i, t in enumerate(raw.get("repos", [])))
     ui_token = environ.get(values.get("ui_token_env", Settings.ui_token_env), "")
-    return Settings(**values, agent=_agent(raw.get("agent", {}), source), forges=forges, repos=repos, source=source,
-                    ui_token=ui_token)
+    settings = Settings(**values, agent=_agent(raw.get("agent", {}), source), forges=forges, repos=repos,
+                        source=source, ui_token=ui_token)
+    _check_scoped(settings)
+    return settings
 
 
 def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Settings:

@@ -62,7 +62,7 @@ class Intake:
 
     # who may trigger
     def authorized(self, event: ForgeEvent) -> bool:
-        if event.sender in self.settings.allow_users:
+        if self.settings.user_allowed(event.forge, event.sender):
             return True
         key = f"perm:{event.forge}:{event.issue.repo}:{event.sender}"
         permission = self.store.cached(key)

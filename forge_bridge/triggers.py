@@ -57,7 +57,7 @@ def _sender_refused(event: ForgeEvent, settings: Settings) -> str:
     bot_login = settings.forge(event.forge).bot_login
     if bot_login and event.sender.lower() == bot_login.lower():
         return "the bridge's own account never triggers anything"
-    if event.sender_is_bot and event.sender not in settings.allow_bots:
+    if event.sender_is_bot and not settings.bot_allowed(event.forge, event.sender):
         return f"bot {event.sender!r} is not in allow_bots"
     return ""
 

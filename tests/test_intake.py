@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 
 import pytest
 from fakeforge.server import FakeForge
@@ -36,7 +37,7 @@ def make_intake(forge: FakeForge, redis_url: str, data_dir, **top) -> Intake:
 
 def as_event(forge: FakeForge, delivery: tuple[str, str, dict]) -> ForgeEvent:
     event, event_type, payload = delivery
-    headers = DeliveryHeaders(kind=ForgeKind(forge.kind), event=event, event_type=event_type, delivery="d",
+    headers = DeliveryHeaders(kind=ForgeKind(forge.kind), event=event, event_type=event_type, delivery=uuid.uuid4().hex,
                               signature="")
     return parse_delivery(headers, json.dumps(payload).encode(), forge=forge.kind, host=forge.host)
 

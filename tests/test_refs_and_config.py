@@ -102,3 +102,16 @@ def test_allowlist_patterns_and_exclusions():
 def test_configuration_mistakes_are_explained(raw, message):
     with pytest.raises(ConfigError, match=message):
         settings_from_dict(raw, source="t.toml", environ={})
+
+
+def test_allow_users_are_scoped_to_a_forge_when_several_are_configured():
+    forges = [{"name": "github", "kind": "github", "url": "https://github.com"},
+              {"name": "home", "kind": "gitea", "url": "https://git.example.com"}]
+    with pytest.raises(ConfigError, match='allow_users: .alice. must name its forge'):
+        settings_from_dict({"allow_users": ["alice"], "forges": forges}, source="t.toml", environ={})
+    with pytest.raises(ConfigError, match="allow_bots: 'gitlab:ci' names no configured forge"):
+        settings_from_dict({"allow_bots": ["gitlab:ci"], "forges": forges}, source="t.toml", environ={})
+    settings = settings_from_dict({"allow_users": ["home:alice"], "forges": forges}, source="t.toml", environ={})
+    assert settings.user_allowed("home", "Alice") and not settings.user_allowed("github", "alice")
+    alone = settings_from_dict({"allow_users": ["alice"], "forges": forges[:1]}, source="t.toml", environ={})
+    assert alone.user_allowed("github", "alice")   # one forge: the plain form means that forge
