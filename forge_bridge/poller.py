@@ -26,12 +26,14 @@ CURSOR_OVERLAP = timedelta(seconds=1)  # `since` is inclusive at a second's grai
 
 def _label_event(forge: str, ref: IssueRef, issue: IssueInfo, label: str, actor: str) -> ForgeEvent:
     return ForgeEvent(forge=forge, kind=EventKind.LABELS_CHANGED, issue=ref, sender=actor, source="poller",
-                      action="polled", labels=issue.labels, label=label, title=issue.title, body=issue.body)
+                      sender_is_bot=actor.endswith("[bot]"), action="polled", labels=issue.labels, label=label,
+                      title=issue.title, body=issue.body)
 
 
 def _comment_event(forge: str, repo: RepoRef, comment: RepoComment) -> ForgeEvent:
     return ForgeEvent(forge=forge, kind=EventKind.COMMENT, issue=IssueRef(repo, comment.number),
                       sender=comment.author, source="poller", action="polled", is_pull=comment.is_pull,
+                      sender_is_bot=comment.author_is_bot or comment.author.endswith("[bot]"),
                       comment_id=comment.id, comment_body=comment.body)
 
 

@@ -85,3 +85,14 @@ def test_the_poller_backs_off_while_redis_is_away_and_stops_cleanly(gitea, tmp_p
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_bot_comment_found_by_polling_is_a_bot_as_it_is_by_webhook(polling):
+    forge, repo, poller, intake = polling
+    issue = forge.create_issue(repo, "mine", "")
+    repo.permissions["renovate[bot]"] = "write"
+    assert poller.poll_once() == 0   # the first scan sets the cursor
+    forge.state.add_comment(repo, issue.number, "/kugetsu start now", "renovate[bot]")
+    assert poller.poll_once() == 0 and run_intake(poller, intake) == []   # skipped, as its webhook would be
+    forge.state.add_comment(repo, issue.number, "/kugetsu start now", "alice")
+    assert poller.poll_once() == 1 and run_intake(poller, intake)[0].startswith("queued task")

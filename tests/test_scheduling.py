@@ -45,6 +45,7 @@ class Host:
         self.config.write_text(
             f'data_dir = "{self.root}/data"\nredis_url = "{self.redis_url}"\nmax_concurrent_agents = {self.limit}\n'
             f'task_timeout = "120s"\n[agent]\npreset = "command"\nargv = {argv}\n'
+            'sandbox = "none"\n'   # the agent-runs record lives under /tmp, which a sandbox would make private
             f'[[forges]]\nname = "{self.forge.kind}"\nkind = "{self.forge.kind}"\nurl = "{self.forge.url}"\n'
             f'token_env = "T"\nbot_login = "{self.forge.bot_login}"\nwrite_interval = 0\n'
             f'[[repos]]\nforge = "{self.forge.kind}"\nname = "alice/*"\n')

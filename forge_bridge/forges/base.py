@@ -62,6 +62,7 @@ class RepoComment:
     body: str
     author: str
     created_at: datetime
+    author_is_bot: bool = False
 
 
 @dataclass(frozen=True)

@@ -209,8 +209,9 @@ class GitHubClient:
         out = []
         for c in raw:
             number, is_pull = number_from_url(c["html_url"])
+            user = c.get("user") or {}
             out.append(RepoComment(id=c["id"], number=number, is_pull=is_pull, body=c.get("body") or "",
-                                   author=(c.get("user") or {}).get("login", ""),
+                                   author=user.get("login", ""), author_is_bot=user.get("type") == "Bot",
                                    created_at=datetime.fromisoformat(c["created_at"].replace("Z", "+00:00"))))
         return out
 
