@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +32,10 @@ return 1
 """
 
 # Release a lock only when we still hold it, so an expired holder never frees someone else's lock.
+_EXTEND_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -198,7 +203,20 @@ class Store:
             if time.monotonic() > deadline:
                 raise LockTimeout(f"issue {issue} is locked by another worker")
             time.sleep(0.05)
+        # Renewed while held: a forge's retries may wait far longer than LOCK_TTL (a rate limit's reset), yet a
+        # holder that died frees the issue within LOCK_TTL.
+        held = threading.Event()
+        threading.Thread(target=self._renew, args=(key, token, held), daemon=True).start()
         try:
             yield
         finally:
+            held.set()
             self.conn.eval(_RELEASE_LOCK, 1, key, token)
+
+    def _renew(self, key: str, token: str, released: threading.Event) -> None:
+        while not released.wait(LOCK_TTL / 3):
+            try:
+                if not self.conn.eval(_EXTEND_LOCK, 1, key, token, int(LOCK_TTL * 1000)):
+                    return   # no longer ours
+            except RedisError:
+                continue   # Redis is away; try again at the next beat

@@ -33,3 +33,21 @@ def test_a_message_merges_only_into_a_task_that_has_not_started(conn):
     assert store.begin_task(task.id) is not None
     assert not store.append_message(task.id, "too late", requested_by="carol")
     assert store.task(task.id).message == "one\n\ntwo\n\nthree"
+
+
+def test_an_issue_lock_outlives_its_ttl_while_held_and_a_dead_holder_frees_it(conn, monkeypatch):
+    import time
+
+    from helpers import wait_for
+
+    from forge_bridge import sessions
+
+    monkeypatch.setattr(sessions, "LOCK_TTL", 1)
+    store, key = sessions.Store(conn), f"{sessions.PREFIX}:lock:h/o/r#1"
+    began = time.monotonic()
+    with store.issue_lock("h/o/r#1"):   # held past three lifetimes, as a forge's long rate-limit wait would
+        wait_for(lambda: time.monotonic() - began > 3, timeout=10, what="three lock lifetimes")
+        assert conn.exists(key)
+    assert not conn.exists(key)
+    conn.set(key, "a-dead-holder", px=1000)   # a holder that died never renews
+    wait_for(lambda: not conn.exists(key), timeout=5, what="the dead holder's lock to lapse")
