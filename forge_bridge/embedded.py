@@ -4,6 +4,7 @@ down before a new one starts."""
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,16 @@ def socket_path(data_dir: Path) -> Path:
         return preferred
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"forge-bridge-{digest}" / SOCKET_NAME
+
+
+def private_socket_dir(folder: Path) -> None:
+    """The socket's folder is this user's alone: under a shared /tmp, a folder someone else made first (to
+    catch or stand in for the bridge's server) is refused, never used."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if folder.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{folder} (the embedded server's socket folder) must be a folder of this user's with mode "
+                      f"0700; remove it or choose a shorter data_dir")
 
 
 def url_for(data_dir: Path) -> str:
@@ -78,6 +89,9 @@ class EmbeddedServer:
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)   # the server's data and socket: this user's alone
+        if self.socket.parent != self.data_dir:   # the fallback under the shared temporary folder
+            private_socket_dir(self.socket.parent)
         _stop_leftover(self.socket)
         self._server = ValkeyServer(
             port=0, data_dir=self.data_dir, persist=True, unix_socket_path=self.socket, unix_socket_perm="700",

@@ -30,3 +30,22 @@ def test_a_leftover_server_is_shut_down_and_its_data_kept(tmp_path):
         assert conn.get("k") == b"v"
     finally:
         fresh.stop()
+
+
+def test_a_socket_folder_open_to_others_is_refused(tmp_path):
+    import os
+
+    import pytest
+
+    from forge_bridge.embedded import private_socket_dir
+
+    shared = tmp_path / "forge-bridge-sock"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)   # as another user on a shared /tmp could have made it first
+    with pytest.raises(OSError, match="must be a folder of this user's with mode 0700"):
+        private_socket_dir(shared)
+    os.chmod(shared, 0o700)
+    private_socket_dir(shared)   # its own, private: used
+    (tmp_path / "link").symlink_to(shared)
+    with pytest.raises(OSError):
+        private_socket_dir(tmp_path / "link")
