@@ -4,15 +4,31 @@ Shared by the webhook endpoint and `forge-bridge replay`, so a replayed delivery
 the forge sent."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from redis.exceptions import RedisError
 
 from forge_bridge import queue
 from forge_bridge.config import Settings
 from forge_bridge.models import EventKind, ForgeEvent
-from forge_bridge.sessions import Store
+from forge_bridge.sessions import CLAIM_TTL, Store
 from forge_bridge.triggers import Skip, decide, meaning_key
+
+
+REPLAY_PREFIX = "replay-"   # `forge-bridge replay`: an operator feeding a saved delivery, old by design
+
+
+def _age(event: ForgeEvent) -> float:
+    """Seconds since the change, by the forge's clock (0 when the delivery does not say)."""
+    try:
+        when = datetime.fromisoformat(event.updated_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, time.time() - when.timestamp())
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,9 @@ def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str)
     """Exactly once: the delivery id (GitHub keeps it on redelivery) and the event's meaning (a Gitea replay
     gets a new id; the poller has none) are both claimed atomically; only then is the event decided on, so a
     replay is a duplicate even when the first delivery changed what the bridge knows. RedisError propagates."""
+    if not endpoint.startswith(REPLAY_PREFIX) and (age := _age(event)) > CLAIM_TTL:
+        return Admission("ignored", f"the event is {age / 86400:.0f} days old, older than a delivery is remembered "
+                                    f"({CLAIM_TTL // 86400} days): a replayed delivery is refused")
     claims = [f"delivery:{endpoint}:{event.delivery}", f"event:{meaning_key(event)}"]
     for taken, claim in enumerate(claims):
         if not store.claim(claim):

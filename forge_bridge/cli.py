@@ -193,7 +193,7 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import hashlib
 
-    from forge_bridge.admission import admit
+    from forge_bridge.admission import REPLAY_PREFIX, admit
     from forge_bridge.sessions import Store
     from forge_bridge.webhooks import DeliveryHeaders, Ignored, WebhookError, parse_delivery
 
@@ -209,7 +209,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     if isinstance(parsed, Ignored):
         print(f"ignored: {parsed.reason}")
         return 0
-    admitted = admit(settings, Store(queue.connect(redis_url)), parsed, endpoint=f"replay-{forge.name}")
+    admitted = admit(settings, Store(queue.connect(redis_url)), parsed, endpoint=f"{REPLAY_PREFIX}{forge.name}")
     print(f"{admitted.status}: {admitted.reason}")
     return 0
 

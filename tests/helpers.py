@@ -13,6 +13,18 @@ FAKE_AGENT = Path(__file__).resolve().parent / "agents" / "fake_agent.py"
 SECRET = "It's a Secret to Everybody"
 
 
+def redated(payload: dict) -> dict:
+    """A recorded delivery as if it happened now: the bridge refuses events older than it remembers deliveries."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for part, key in (("comment", "updated_at"), ("comment", "created_at"), ("issue", "updated_at"),
+                      ("pull_request", "updated_at"), ("review", "submitted_at")):
+        if isinstance(payload.get(part), dict) and key in payload[part]:
+            payload[part][key] = now
+    return payload
+
+
 def wait_for(condition: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.05, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while True:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 from conftest import free_port
-from helpers import FIXTURES, SECRET, healthy, wait_for
+from helpers import FIXTURES, SECRET, healthy, redated, wait_for
 from rq import Queue
 
 from forge_bridge import queue
@@ -23,10 +23,10 @@ from forge_bridge.forges import RepoComment
 from forge_bridge.models import RepoRef
 from forge_bridge.poller import Poller
 
-GITHUB_COMMENT = json.loads((FIXTURES / "github" / "issue_comment.created.json").read_text())
+GITHUB_COMMENT = redated(json.loads((FIXTURES / "github" / "issue_comment.created.json").read_text()))
 GITHUB_COMMENT["comment"]["body"] = "/kugetsu start"
 GITHUB_BODY = json.dumps(GITHUB_COMMENT).encode()
-GITEA_LABELS = (FIXTURES / "gitea" / "issues.label_updated.json").read_bytes()
+GITEA_LABELS = json.dumps(redated(json.loads((FIXTURES / "gitea" / "issues.label_updated.json").read_text()))).encode()
 
 
 def sign(body: bytes) -> str:

@@ -7,17 +7,17 @@ import hmac
 import json
 
 import pytest
-from helpers import FIXTURES, SECRET
+from helpers import FIXTURES, SECRET, redated
 from rq import Queue
 
 from forge_bridge import queue
 from forge_bridge.config import ConfigError, settings_from_dict
 from forge_bridge.web import create_app
 
-LABELED = json.loads((FIXTURES / "github" / "issues.labeled.json").read_text())
+LABELED = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))
 LABELED["label"]["name"] = "kugetsu:todo"
 LABELED_BODY = json.dumps(LABELED).encode()
-GITEA_LABELS = (FIXTURES / "gitea" / "issues.label_updated.json").read_bytes()
+GITEA_LABELS = json.dumps(redated(json.loads((FIXTURES / "gitea" / "issues.label_updated.json").read_text()))).encode()
 
 
 def _settings(redis_url: str, **top) -> object:
@@ -83,7 +83,7 @@ BAD_INPUT = [
      {}, 400, "malformed"),
     ("missing fields", b'{"action": "labeled"}', {}, 400, "malformed"),
 ]
-COMMENT = json.loads((FIXTURES / "github" / "issue_comment.created.json").read_text())
+COMMENT = redated(json.loads((FIXTURES / "github" / "issue_comment.created.json").read_text()))
 
 
 def _comment_body(text: str) -> bytes:
@@ -230,3 +230,13 @@ def test_a_redis_that_never_answers_gives_503_within_five_seconds(conn):
             assert answer.status_code == 503 and time.monotonic() - began < 5, path
     finally:
         silent.close()
+
+
+def test_a_delivery_older_than_the_claims_it_is_checked_against_is_refused(client, conn):
+    old = json.loads((FIXTURES / "github" / "issues.labeled.json").read_text())   # recorded in 2019
+    old["label"]["name"] = "kugetsu:todo"
+    body = json.dumps(old).encode()
+    response = client.post("/webhooks/github", data=body, headers=github_headers(body, delivery="new-id"))
+    assert (response.status_code, response.json["status"]) == (200, "ignored")
+    assert "older than a delivery is remembered (7 days): a replayed delivery is refused" in response.json["reason"]
+    assert events_queued(conn) == 0

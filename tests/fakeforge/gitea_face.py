@@ -80,7 +80,7 @@ class GiteaShapes:
         return _from_schema("Issue", {
             "id": issue.id, "number": issue.number, "title": issue.title, "body": issue.body, "state": issue.state,
             "user": self.user(issue.author), "labels": [self.label(repo.labels[n]) for n in issue.labels],
-            "html_url": html_url, "url": f"{self.forge.api}/repos/{repo.full_name}/issues/{issue.number}",
+            "updated_at": issue.updated_at, "html_url": html_url, "url": f"{self.forge.api}/repos/{repo.full_name}/issues/{issue.number}",
             "pull_request": {"merged": pull.merged, "html_url": html_url, "draft": False} if pull else None,
             "repository": {"id": repo.id, "name": repo.name, "owner": repo.owner, "full_name": repo.full_name},
             "comments": len(self.forge.state.issue_comments(repo, issue.number))})
@@ -104,7 +104,8 @@ class GiteaShapes:
         html_url = f"{self.forge.url}/{repo.full_name}/pulls/{pull.number}"
         return _from_schema("PullRequest", {
             "id": pull.id, "number": pull.number, "title": pull.title, "body": pull.body, "state": pull.state,
-            "merged": pull.merged, "user": self.user(pull.author), "head": branch(pull.head, pull.head_repo or repo.full_name),
+            "merged": pull.merged, "user": self.user(pull.author), "updated_at": repo.issues[pull.number].updated_at,
+            "head": branch(pull.head, pull.head_repo or repo.full_name),
             "base": branch(pull.base, repo.full_name),
             "html_url": html_url, "url": html_url})
 

@@ -50,7 +50,7 @@ class GitHubShapes:
     def issue(self, repo: Repo, issue: Issue) -> dict:
         kind = "pull" if issue.is_pull else "issues"
         values = {"id": issue.id, "number": issue.number, "title": issue.title, "body": issue.body,
-                  "state": issue.state, "user": self.user(issue.author),
+                  "state": issue.state, "user": self.user(issue.author), "updated_at": issue.updated_at,
                   "labels": [self.label(repo.labels[name]) for name in issue.labels],
                   "html_url": f"{self.forge.url}/{repo.full_name}/{kind}/{issue.number}",
                   "url": f"{self.forge.api}/repos/{repo.full_name}/issues/{issue.number}",
@@ -87,6 +87,7 @@ class GitHubShapes:
         return _from_schema(schema, {
             "id": pull.id, "number": pull.number, "title": pull.title, "body": pull.body, "state": pull.state,
             "merged": pull.merged, "user": self.user(pull.author), "head": branch,
+            "updated_at": repo.issues[pull.number].updated_at,
             "base": {**branch, "ref": pull.base, "label": f"{repo.owner}:{pull.base}",
                      "sha": repo.branch_sha(pull.base) or "0" * 40},
             "html_url": f"{self.forge.url}/{repo.full_name}/pull/{pull.number}",

@@ -53,6 +53,7 @@ class Issue:
     labels: list[str] = field(default_factory=list)
     state: str = "open"
     is_pull: bool = False
+    updated_at: str = field(default_factory=now_iso)   # moved by every label and comment, as on the forges
 
 
 @dataclass
@@ -151,6 +152,7 @@ class State:
                 issue.labels.append(name)
             else:
                 issue.labels.remove(name)
+            issue.updated_at = now_iso()
             repo.label_events.append(LabelEvent(self.next_id(), issue.number, name, actor, added))
             return True
 
@@ -198,6 +200,8 @@ class State:
         with self.lock:
             comment = Comment(id=self.next_id(), repo=repo.full_name, number=number, body=body, author=author)
             self.comments[comment.id] = comment
+            if number in repo.issues:
+                repo.issues[number].updated_at = comment.created_at
             return comment
 
     def comments_since(self, repo: Repo, since: str | None) -> list[Comment]:
