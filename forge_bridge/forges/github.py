@@ -22,6 +22,7 @@ from forge_bridge.forges.base import (
     number_from_url,
 )
 from forge_bridge.models import IssueRef, RepoRef
+from forge_bridge.pacing import WriteBucket
 
 log = logging.getLogger(__name__)
 EVENT_SCAN_LIMIT = 300
@@ -45,8 +46,10 @@ class GitHubClient:
         # GithubRetry retries 5xx with backoff and waits out rate limits (403/429 with reset or Retry-After).
         retry = GithubRetry(total=RETRIES, backoff_factor=BACKOFF, max_rate_limit_wait=MAX_RATE_LIMIT_WAIT,
                             status_forcelist=[*range(500, 600), 429])
-        self._github = Github(auth=auth, base_url=api_url, retry=retry, seconds_between_writes=write_interval,
-                              seconds_between_requests=min(0.25, write_interval), timeout=TIMEOUT)
+        # Writes are spaced by our own bucket (a burst goes at once), not PyGithub's sleep before every write.
+        self._github = Github(auth=auth, base_url=api_url, retry=retry, seconds_between_writes=0,
+                              seconds_between_requests=0, timeout=TIMEOUT)
+        self._writes = WriteBucket(write_interval)
         self._api_url = api_url.rstrip("/")
         self._etags: dict[tuple, tuple[str, list[dict]]] = {}
 
@@ -80,6 +83,10 @@ class GitHubClient:
             return cached
         self._etags[key] = (answer_headers.get("etag", ""), data or [])
         return data or []
+
+    def _write(self, doing: str, fn, *args, **kwargs):
+        self._writes.wait()
+        return self._call(doing, fn, *args, **kwargs)
 
     def _call(self, doing: str, fn, *args, **kwargs):
         try:
@@ -128,20 +135,21 @@ class GitHubClient:
             if error.status != 404:
                 raise _error(error, "get label") from None
             try:
-                self._call("create label", self._repo(repo).create_label, name, color)
+                self._write("create label", self._repo(repo).create_label, name, color)
             except ForgeError as created:
                 if created.status != 422:  # 422: another worker created it a moment ago, which is what we want
                     raise
 
     def add_label(self, issue: IssueRef, name: str) -> None:
         # PyGithub's add_to_labels posts a bare array; the documented body is {"labels": [...]}.
-        self._call("add label", self._github.requester.requestJsonAndCheck, "POST",
+        self._write("add label", self._github.requester.requestJsonAndCheck, "POST",
                    f"/repos/{issue.repo.full_name}/issues/{issue.number}/labels", input={"labels": [name]})
 
     def _issue_lazy(self, issue: IssueRef):
         return self._repo(issue.repo).get_issue(issue.number)  # lazy: no GET until an attribute is read
 
     def remove_label(self, issue: IssueRef, name: str) -> None:
+        self._writes.wait()
         try:
             self._issue_lazy(issue).remove_from_labels(name)
         except GithubException as error:
@@ -153,11 +161,11 @@ class GitHubClient:
         return [CommentInfo(id=c.id, body=c.body or "", author=c.user.login) for c in comments]
 
     def create_comment(self, issue: IssueRef, body: str) -> int:
-        return self._call("create comment", self._issue_lazy(issue).create_comment, body).id
+        return self._write("create comment", self._issue_lazy(issue).create_comment, body).id
 
     def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None:
         # PATCH /repos/{owner}/{repo}/issues/comments/{id} without fetching the comment first.
-        self._call("edit comment", self._github.requester.requestJsonAndCheck, "PATCH",
+        self._write("edit comment", self._github.requester.requestJsonAndCheck, "PATCH",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}", input={"body": body})
 
     @staticmethod
@@ -174,7 +182,7 @@ class GitHubClient:
         return self._pull(pulls[0]) if pulls else None
 
     def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo:
-        pull = self._call("create pull request", self._repo(repo).create_pull, base=base, head=head,
+        pull = self._write("create pull request", self._repo(repo).create_pull, base=base, head=head,
                           title=title, body=body)
         return self._pull(pull)
 
@@ -216,6 +224,7 @@ class GitHubClient:
         return out
 
     def delete_branch(self, repo: RepoRef, branch: str) -> None:
+        self._writes.wait()
         try:
             self._github.requester.requestJsonAndCheck(
                 "DELETE", f"/repos/{repo.full_name}/git/refs/heads/{quote(branch, safe='/')}")
@@ -224,7 +233,7 @@ class GitHubClient:
                 raise _error(error, "delete branch") from None
 
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
-        self._call("add reaction", self._github.requester.requestJsonAndCheck, "POST",
+        self._write("add reaction", self._github.requester.requestJsonAndCheck, "POST",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}/reactions", input={"content": content})
 
     def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
@@ -237,12 +246,12 @@ class GitHubClient:
         return {"url": url, "content_type": "json", "secret": secret, "insecure_ssl": "0"}
 
     def create_hook(self, repo: RepoRef, *, url: str, secret: str, events: tuple[str, ...]) -> int:
-        hook = self._call("create webhook", self._repo(repo).create_hook, "web", self._hook_config(url, secret),
+        hook = self._write("create webhook", self._repo(repo).create_hook, "web", self._hook_config(url, secret),
                           list(events), True)
         return hook.id
 
     def update_hook(self, repo: RepoRef, hook_id: int, *, url: str, secret: str, events: tuple[str, ...]) -> None:
         # PATCH without fetching the hook first; `events` replaces the list, `config` the settings.
-        self._call("update webhook", self._github.requester.requestJsonAndCheck, "PATCH",
+        self._write("update webhook", self._github.requester.requestJsonAndCheck, "PATCH",
                    f"/repos/{repo.full_name}/hooks/{hook_id}",
                    input={"config": self._hook_config(url, secret), "events": list(events), "active": True})

@@ -1,0 +1,35 @@
+"""Space a forge's writes without delaying a burst: a token bucket that lets a task's handful of writes (labels,
+the status comment, a reaction) go at once and holds sustained writing to one per `interval`.
+
+GitHub's guidance on secondary rate limits is about sustained bulk writes (about one a second); a fixed sleep
+before every write, as PyGithub's `seconds_between_writes` does, made each task wait several seconds before its
+agent started."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+BURST = 10
+
+
+class WriteBucket:
+    def __init__(self, interval: float, *, burst: int = BURST, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval, self.burst, self.clock, self.sleep = interval, burst, clock, sleep
+        self.tokens, self.stamp = float(burst), clock()
+        self.lock = threading.Lock()
+
+    def wait(self) -> float:
+        """Take one write's token, sleeping until there is one; returns how long it slept."""
+        if self.interval <= 0:
+            return 0.0
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) / self.interval)
+            self.stamp = now
+            self.tokens -= 1
+            pause = max(0.0, -self.tokens * self.interval)
+        if pause:
+            self.sleep(pause)
+        return pause
