@@ -45,19 +45,15 @@ def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str)
         return Admission("ignored", f"the event is {age / 86400:.0f} days old, older than a delivery is remembered "
                                     f"({CLAIM_TTL // 86400} days): a replayed delivery is refused")
     claims = [f"delivery:{endpoint}:{event.delivery}", f"event:{meaning_key(event)}"]
-    for taken, claim in enumerate(claims):
-        if not store.claim(claim):
-            for earlier in claims[:taken]:
-                store.release_quietly(earlier)
-            return Admission("duplicate", "this event was already received")
-    known = store.known_labels(event.issue) if event.kind is EventKind.LABELS_CHANGED else None
-    if event.kind is EventKind.LABELS_CHANGED:
-        store.remember_labels(event.issue, event.labels)
+    labels = event.labels if event.kind is EventKind.LABELS_CHANGED else None
+    claimed, known = store.admit_event(claims, event.issue, labels)   # one round trip
+    if not claimed:
+        return Admission("duplicate", "this event was already received")
     decision = decide(event, settings, known_labels=known)
     if isinstance(decision, Skip):
         return Admission("ignored", decision.reason)
     try:
-        queue.enqueue_event(store.conn, event.to_json())
+        queue.enqueue_event(store.conn, event.to_json())   # one more: RQ's job and its place in the queue
     except RedisError:
         for claim in claims:  # so the forge's redelivery is not taken for a duplicate
             store.release_quietly(claim)

@@ -65,9 +65,12 @@ def connect(url: str, *, socket_timeout: float | None = None, retries: int = 2) 
 
 
 def enqueue_event(conn: Redis, event_json: str) -> str:
-    job = Queue(EVENTS_QUEUE, connection=conn).enqueue(
-        "jobs.tasks.handle_event", event_json, job_timeout=EVENT_JOB_TIMEOUT, failure_ttl=FAILURE_TTL,
-        retry=EVENT_RETRY)
+    """The job and its place in the queue in one round trip (RQ writes both into the pipeline it is given)."""
+    with conn.pipeline() as pipe:
+        job = Queue(EVENTS_QUEUE, connection=conn).enqueue(
+            "jobs.tasks.handle_event", event_json, job_timeout=EVENT_JOB_TIMEOUT, failure_ttl=FAILURE_TTL,
+            retry=EVENT_RETRY, pipeline=pipe)
+        pipe.execute()
     return job.id
 
 

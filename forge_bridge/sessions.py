@@ -32,6 +32,23 @@ return 1
 """
 
 # Release a lock only when we still hold it, so an expired holder never frees someone else's lock.
+# KEYS: the claims, then the issue's labels key. ARGV: how many claims, their life, the labels to remember ("" for
+# none), the labels' life.
+_ADMIT_EVENT = """
+local count = tonumber(ARGV[1])
+for i = 1, count do
+  if not redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
+    for j = 1, i - 1 do redis.call('DEL', KEYS[j]) end
+    return {0, false}
+  end
+end
+local known = false
+if ARGV[3] ~= '' then
+  known = redis.call('GET', KEYS[count + 1])
+  redis.call('SET', KEYS[count + 1], ARGV[3], 'EX', ARGV[4])
+end
+return {1, known}
+"""
 _EXTEND_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -54,6 +71,7 @@ class Store:
     """Every record the bridge keeps, under the `fb:` prefix."""
 
     def __init__(self, conn: Redis) -> None:
+        self._admit = conn.register_script(_ADMIT_EVENT)
         self.conn = conn
 
     # tasks
@@ -184,6 +202,15 @@ class Store:
         self.conn.set(f"{PREFIX}:cursor:{name}", value)
 
     # atomic primitives
+    def admit_event(self, claims: list[str], issue: IssueRef | str, labels: tuple[str, ...] | None) -> tuple[
+            bool, tuple[str, ...] | None]:
+        """One round trip for the webhook's hot path: claim every key (all or none) and, for a label change,
+        read the labels known before and remember the new ones. (claimed, labels known before)."""
+        keys = [f"{PREFIX}:claim:{key}" for key in claims] + [f"{PREFIX}:labels:{issue}"]
+        remembered = json.dumps(sorted(labels)) if labels is not None else ""
+        claimed, known = self._admit(keys=keys, args=[len(claims), CLAIM_TTL, remembered, CLAIM_TTL * 8])
+        return bool(claimed), tuple(json.loads(known)) if known else None
+
     def claim(self, key: str, *, ttl: int = CLAIM_TTL) -> bool:
         """True for the first caller only: how deliveries and events are made exactly-once."""
         return bool(self.conn.set(f"{PREFIX}:claim:{key}", "1", nx=True, ex=ttl))

@@ -12,4 +12,5 @@ bp.before_request(require_ui_token)
 @bp.get("/metrics")
 def scrape():
     bridge = current_app.extensions["forge_bridge"]
+    metrics.PENDING.flush(bridge.conn)   # this process's own counts are current; others' are at most a second old
     return Response(metrics.render(bridge.conn, bridge.settings), mimetype=CONTENT_TYPE_LATEST)

