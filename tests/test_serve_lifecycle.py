@@ -106,3 +106,24 @@ def _comment_payload(github, body: str) -> dict:
     payload["repository"]["owner"]["login"] = "alice"
     payload["comment"]["body"] = body
     return payload
+
+
+def test_ctrl_c_in_a_terminal_stops_everything_in_order(github, tmp_path):
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group, not to serve alone: the embedded server
+    must still stop last, after every worker that uses it."""
+    from helpers import healthy
+
+    bridge = Bridge(tmp_path / "bridge", [github])
+    environ = {**os.environ, TOKEN_ENV: "t", SECRET_ENV: SECRET}
+    for _ in range(2):
+        with open(bridge.log, "ab") as log:   # a process group of its own, as a shell gives a foreground job
+            serve = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(bridge.config), "serve"],
+                                     cwd=bridge.root, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for(lambda: healthy(bridge.url), timeout=60, what="serve")
+        wait_for(lambda: b"Listening on forge-bridge-events" in bridge.log.read_bytes(), timeout=30, what="workers")
+        tree = descendants(serve.pid)
+        os.killpg(serve.pid, signal.SIGINT)
+        assert serve.wait(timeout=40) == 0
+        assert [pid for pid in tree if alive(pid)] == [] and not embedded.answers(bridge.data_dir)
+    assert _quiet(bridge.log.read_text()) == []
