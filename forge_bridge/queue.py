@@ -23,7 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
 from rq.rate_limit import RateLimit, RateLimitRegistry
 
@@ -138,6 +138,8 @@ class BridgeWorker(Worker):
         if self.housekeeping is not None:
             try:
                 self.housekeeping()
+            except StopRequested:   # a stop (SIGTERM) that arrived meanwhile: RQ's way out of its loop
+                raise
             except Exception:  # housekeeping must never take a worker down
                 log.exception("worker housekeeping failed")
 

@@ -127,3 +127,18 @@ def test_ctrl_c_in_a_terminal_stops_everything_in_order(github, tmp_path):
         assert serve.wait(timeout=40) == 0
         assert [pid for pid in tree if alive(pid)] == [] and not embedded.answers(bridge.data_dir)
     assert _quiet(bridge.log.read_text()) == []
+
+
+def test_a_stop_during_housekeeping_ends_the_worker_instead_of_being_logged_and_ignored(conn):
+    import pytest
+    from rq.exceptions import StopRequested
+
+    from forge_bridge import queue
+
+    def housekeeping():
+        raise StopRequested()   # what RQ's SIGTERM handler raises wherever the worker is
+
+    worker = queue.BridgeWorker([queue.EVENTS_QUEUE], connection=conn)
+    worker.housekeeping = housekeeping
+    with pytest.raises(StopRequested):
+        worker.run_maintenance_tasks()
