@@ -55,11 +55,12 @@ def main() -> None:
         created, tasks = [], []
         for n in range(RUNS):
             checkout = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(RepoRef("h", "o", "r"), n + 1)))
-            created.append(timed(lambda c=checkout: worktrees.ensure_worktree(c, branch=f"b/{n}", base="main")))
+            branch = f"b/{n}"
+            created.append(timed(lambda c=checkout, b=branch: worktrees.ensure_worktree(c, branch=b, base="main")))
 
-            def task(c=checkout) -> None:   # a later task on the same worktree, with a no-op agent
+            def task(c=checkout, b=branch) -> None:   # a later task on the same worktree, with a no-op agent
                 worktrees.sync_mirror(mirror, str(origin), env)
-                worktrees.ensure_worktree(c, branch=f"b/{n}", base="main")
+                worktrees.ensure_worktree(c, branch=b, base="main")
                 before = worktrees.head(c)
                 c.restore()
                 worktrees.commit_leftovers(c, "nothing", author="bench")

@@ -85,7 +85,7 @@ def measure(kind: str, issues: int) -> None:
                 [answer] = forge.add_label(repo, issue, "kugetsu:todo")
                 answered = time.time()
                 assert answer.status_code == 202, answer.text
-                wait_for(lambda: ref in _started(record), timeout=120, interval=0.01, what=f"agent for {ref}")
+                wait_for(lambda ref=ref: ref in _started(record), timeout=120, interval=0.01, what=f"agent for {ref}")
                 pickups.append(_started(record)[ref] - answered)
             p50 = statistics.median(pickups)
             print(f"{kind}: pickup p50 {p50:.3f} s, first {pickups[0]:.3f} s, max {max(pickups):.3f} s over {issues} "

@@ -54,7 +54,8 @@ def test_a_hostile_agent_cannot_make_the_bridge_git_run_its_code_or_push_elsewhe
 
     for issue in (first, second):
         github.add_label(repo, issue, "kugetsu:todo")
-        wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what=f"issue {issue.number}")
+        wait_for(lambda issue=issue: _settled(github, repo, issue, "kugetsu:review"), timeout=90,
+                 what=f"issue {issue.number}")
 
     assert sorted(p.name for p in traps.glob("ran-*")) == []   # no hook, fsmonitor or filter ever ran
     seen = json.loads((traps / "seen.json").read_text())      # its parent's environment holds no secret
