@@ -38,7 +38,17 @@ def role(pid: int) -> str:
     return " ".join(words[2:4]) if len(words) > 3 and words[1] == "-m" else " ".join(words[:2])[-40:]
 
 
+FORGES = {"github": '[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n',
+          "gitea": '[[forges]]\nname = "gitea"\nkind = "gitea"\nurl = "https://git.example.com"\n'}
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--forges", nargs="+", choices=sorted(FORGES), default=sorted(FORGES),
+                        help="the forge kinds configured (a worker preloads each kind's client)")
+    args = parser.parse_args()
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     time.sleep(1)   # an interpreter's resident size once started (nothing to poll for)
     baseline = rss_mb(idle.pid)
@@ -50,8 +60,7 @@ def main() -> None:
         port = free_port()
         config = root / "forge-bridge.toml"
         config.write_text(f'data_dir = "{root / "data"}"\nbind = "127.0.0.1:{port}"\nworkers = 2\n'
-                          '[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
-                          '[[forges]]\nname = "gitea"\nkind = "gitea"\nurl = "https://git.example.com"\n')
+                          + "".join(FORGES[kind] for kind in args.forges))
         serve = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(config), "serve"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
         try:
