@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 
 from flask import Flask
 from redis import Redis
@@ -20,8 +21,8 @@ class Bridge:
     settings: Settings
     conn: Redis
 
-    @property
-    def store(self) -> Store:
+    @cached_property
+    def store(self) -> Store:   # one per app: a Store registers its Lua scripts once, not per request
         return Store(self.conn)
 
 

@@ -1,7 +1,7 @@
 """POST /webhooks/<forge>: verify, decide and enqueue in milliseconds; every forge API call happens in a job."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from redis.exceptions import RedisError
 
 from forge_bridge import metrics
@@ -23,8 +23,7 @@ bp = Blueprint("webhooks", __name__)
 
 @bp.after_request
 def count_delivery(response):
-    name = (request.view_args or {}).get("name", "")
-    status = (response.get_json(silent=True) or {}).get("status", "unknown") if response.is_json else ""
+    name, status = (request.view_args or {}).get("name", ""), g.get("delivery_status", "")
     if name in ENDPOINTS and status:   # counted in this process, written to Redis in the background
         metrics.count_soon(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name, status)
     return response
@@ -35,6 +34,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def answer(status: str, code: int, *, delivery: str = "", reason: str = ""):
+    g.delivery_status = status   # for the count: no need to read the answer back
     return jsonify(status=status, delivery=delivery, reason=reason), code
 
 
