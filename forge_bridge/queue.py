@@ -26,6 +26,8 @@ from rq import Callback, Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
 from rq.rate_limit import RateLimit, RateLimitRegistry
+from rq.scripts import _build_hset_args
+from rq.utils import now
 
 log = logging.getLogger(__name__)
 EVENTS_QUEUE = "forge-bridge-events"   # intake: authorize, label, comment; short forge API jobs
@@ -72,6 +74,35 @@ def enqueue_event(conn: Redis, event_json: str) -> str:
             retry=EVENT_RETRY, pipeline=pipe)
         pipe.execute()
     return job.id
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """An RQ job for another module's Lua script to write in the same round trip as its own keys: the hash
+    fields exactly as RQ lays them out (its own unique enqueue writes the same `_build_hset_args`, then
+    pushes the id), the queue's list to push the id on and the set of known queues. rq is pinned (==3.0.0)."""
+    id: str
+    key: str
+    queue_key: str
+    queues_key: str
+    fields: list
+
+
+_event_queues: dict[Redis, Queue] = {}   # one per connection: it remembers the server's version (one INFO)
+
+
+def prepare_event_job(conn: Redis, event_json: str) -> PreparedJob:
+    """The intake job for one event, as `enqueue_event` would make it, built without any I/O but the first
+    call's version check. RQ's worker runs it like any other (tests/test_webhook_queue.py)."""
+    queue = _event_queues.get(conn)
+    if queue is None:
+        queue = _event_queues[conn] = Queue(EVENTS_QUEUE, connection=conn)
+    job = queue.create_job("jobs.tasks.handle_event", args=(event_json,), timeout=EVENT_JOB_TIMEOUT,
+                           failure_ttl=FAILURE_TTL, retry=EVENT_RETRY)
+    job.redis_server_version = queue.get_redis_server_version()   # what RQ's own enqueue sets before saving
+    job.origin, job.enqueued_at = queue.name, now()
+    return PreparedJob(id=job.id, key=job.key, queue_key=queue.key, queues_key=Queue.redis_queues_keys,
+                       fields=_build_hset_args(job))
 
 
 @dataclass(frozen=True)

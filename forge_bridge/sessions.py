@@ -7,11 +7,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from redis import Redis
 from redis.exceptions import RedisError, WatchError
 
 from forge_bridge.models import IssueRef, RepoRef, Session, Task, TaskAction, TaskState
+
+if TYPE_CHECKING:
+    from forge_bridge.queue import PreparedJob
 
 PREFIX = "fb"
 RECENT_KEY = f"{PREFIX}:tasks:recent"
@@ -32,14 +36,16 @@ return 1
 """
 
 # Release a lock only when we still hold it, so an expired holder never frees someone else's lock.
-# KEYS: the claims, then the issue's labels key. ARGV: how many claims, their life, the labels to remember ("" for
-# none), the labels' life.
+# Admit a webhook delivery in one round trip. KEYS: the claims, the issue's labels key, then (when a job is given)
+# the job's hash, its queue's list and RQ's set of queues. ARGV: how many claims, their life, the labels to remember
+# ("" for none), the labels' life, when to enqueue ("" never | "*" always | a label: only when this change added
+# it, the rule of triggers.label_added for forges that send label sets), the job id, the queue key, its fields.
 _ADMIT_EVENT = """
 local count = tonumber(ARGV[1])
 for i = 1, count do
   if not redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
     for j = 1, i - 1 do redis.call('DEL', KEYS[j]) end
-    return {0, false}
+    return {0, false, 0}
   end
 end
 local known = false
@@ -47,7 +53,18 @@ if ARGV[3] ~= '' then
   known = redis.call('GET', KEYS[count + 1])
   redis.call('SET', KEYS[count + 1], ARGV[3], 'EX', ARGV[4])
 end
-return {1, known}
+local function has(json, label)
+  for _, name in ipairs(cjson.decode(json)) do if name == label then return true end end
+  return false
+end
+local when = ARGV[5]
+if when == '' or (when ~= '*' and not (has(ARGV[3], when) and not (known and has(known, when)))) then
+  return {1, known, 0}
+end
+redis.call('HSET', KEYS[count + 2], unpack(ARGV, 8))
+redis.call('RPUSH', KEYS[count + 3], ARGV[6])
+redis.call('SADD', KEYS[count + 4], ARGV[7])
+return {1, known, 1}
 """
 _EXTEND_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -202,14 +219,22 @@ class Store:
         self.conn.set(f"{PREFIX}:cursor:{name}", value)
 
     # atomic primitives
-    def admit_event(self, claims: list[str], issue: IssueRef | str, labels: tuple[str, ...] | None) -> tuple[
-            bool, tuple[str, ...] | None]:
-        """One round trip for the webhook's hot path: claim every key (all or none) and, for a label change,
-        read the labels known before and remember the new ones. (claimed, labels known before)."""
+    def admit_event(self, claims: list[str], issue: IssueRef | str, labels: tuple[str, ...] | None, *,
+                    job: PreparedJob | None = None, when: str = "*") -> tuple[bool, tuple[str, ...] | None, bool]:
+        """One round trip for the webhook's hot path: claim every key (all or none); for a label change, read
+        the labels known before and remember the new ones; then write `job` and push it on its queue — always
+        (`when` = "*"), or only when the change added the label `when` names. (claimed, labels known before,
+        queued)."""
         keys = [f"{PREFIX}:claim:{key}" for key in claims] + [f"{PREFIX}:labels:{issue}"]
         remembered = json.dumps(sorted(labels)) if labels is not None else ""
-        claimed, known = self._admit(keys=keys, args=[len(claims), CLAIM_TTL, remembered, CLAIM_TTL * 8])
-        return bool(claimed), tuple(json.loads(known)) if known else None
+        args = [len(claims), CLAIM_TTL, remembered, CLAIM_TTL * 8]
+        if job is None:
+            args += ["", "", ""]
+        else:
+            keys += [job.key, job.queue_key, job.queues_key]
+            args += [when, job.id, job.queue_key, *job.fields]
+        claimed, known, queued = self._admit(keys=keys, args=args)
+        return bool(claimed), tuple(json.loads(known)) if known else None, bool(queued)
 
     def claim(self, key: str, *, ttl: int = CLAIM_TTL) -> bool:
         """True for the first caller only: how deliveries and events are made exactly-once."""

@@ -103,6 +103,17 @@ def test_an_unrelated_gitea_label_change_starts_nothing(web, conn):
     assert events_queued(conn) == 1
 
 
+def test_a_gitea_todo_label_removed_and_added_again_starts_again(web, conn):
+    """The "added" rule for label sets runs inside the admission script: against the set known before."""
+    with_todo = GITEA_LABELS.replace(b'"priority/high"', b'"kugetsu:todo"')
+    assert post_gitea(web, with_todo, "u-1") == (202, "queued")
+    without = GITEA_LABELS.replace(b'"updated_at": "', b'"updated_at": "1', 1)
+    assert post_gitea(web, without, "u-2") == (200, "ignored")
+    again = with_todo.replace(b'"updated_at": "', b'"updated_at": "2', 1)
+    assert post_gitea(web, again, "u-3") == (202, "queued")
+    assert events_queued(conn) == 2
+
+
 def test_the_poller_does_not_hand_over_a_comment_the_webhook_brought(web, conn, redis_url):
     assert post_github(web, "d-1") == (202, "queued")
     settings = settings_from_dict({"redis_url": redis_url, "forges": [
