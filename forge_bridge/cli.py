@@ -60,14 +60,14 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "worker")
     import jobs.tasks
-    from forge_bridge.lifecycle import collect_garbage
+    from forge_bridge.lifecycle import housekeeping
     from forge_bridge.sessions import Store
 
     jobs.tasks.configure(settings)  # every forked job inherits these
     preload(settings.forges)
     conn = queue.connect(settings.redis_url)
     sandbox.announce(settings.agent, conn)
-    queue.work(conn, burst=args.burst, housekeeping=lambda: collect_garbage(settings, Store(conn)))
+    queue.work(conn, burst=args.burst, housekeeping=lambda: housekeeping(settings, Store(conn)))
     return 0
 
 

@@ -1,6 +1,8 @@
-"""Safe destroy: the worktree goes only when nothing would be lost (or with --force); the session is archived."""
+"""Worktrees over time: safe destroy (only when nothing would be lost, or with --force; the session is archived),
+garbage collection, and the spare worktrees made ahead of need."""
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,8 @@ from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient
 from forge_bridge.models import IssueRef
 from forge_bridge.sessions import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,3 +83,23 @@ def collect_garbage(settings: Settings, store: Store) -> list[Path]:
         with worktrees.mirror_lock(mirror):
             worktrees.git("worktree", "prune", cwd=mirror)
     return removed
+
+
+def prepare_spares(data_dir: Path) -> list[Path]:
+    """Give every repository that has had a task its next spare worktree (see worktrees.spare_dir); a mirror
+    that cannot make one is logged and skipped."""
+    made = []
+    for mirror in sorted((data_dir / "mirrors").glob("*.git")):
+        try:
+            with worktrees.mirror_lock(mirror):
+                if worktrees.prepare_spare(mirror):
+                    made.append(worktrees.spare_dir(mirror))
+        except (worktrees.GitError, OSError) as error:
+            log.warning("no spare worktree for %s: %s", mirror.name, error)
+    return made
+
+
+def housekeeping(settings: Settings, store: Store) -> None:
+    """A worker's periodic work on its host, between jobs."""
+    collect_garbage(settings, store)
+    prepare_spares(settings.data_dir)

@@ -129,6 +129,12 @@ def worktree_dir(data_dir: Path, issue: IssueRef) -> Path:
     return _inside(data_dir, data_dir / "worktrees" / issue.dir_name)
 
 
+def spare_dir(mirror: Path) -> Path:
+    """The repository's spare worktree: checked out ahead of time, so a new issue's worktree is a rename and a
+    checkout of what changed since, not of every file (a 20,000-file checkout takes seconds)."""
+    return mirror.parent.parent / "spares" / mirror.name.removesuffix(".git")
+
+
 def log_path(data_dir: Path, issue: IssueRef, task_id: str) -> Path:
     folder = _inside(data_dir, data_dir / "logs" / issue.dir_name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,21 +194,66 @@ def exclude_agent_files(mirror: Path) -> None:
 
 
 def ensure_worktree(checkout: Checkout, *, branch: str, base: str) -> None:
-    """The issue's worktree on its branch: reused when present (its links restored), else from the branch or
-    from the base."""
+    """The issue's worktree on its branch: reused when present (its links restored), else the repository's spare
+    moved into place, else a new one — from the branch or from the base. Call under the mirror lock."""
     mirror, worktree = checkout.mirror, checkout.worktree
     exclude_agent_files(mirror)
+    want_spare(mirror, base)
     if worktree.is_dir() and checkout.gitdir.is_dir():
         checkout.restore()
         return
     git("worktree", "prune", cwd=mirror)
     worktree.parent.mkdir(parents=True, exist_ok=True)
     if _has_ref(mirror, f"refs/heads/{branch}"):
-        git("worktree", "add", "--quiet", str(worktree), branch, cwd=mirror)
-    elif _has_ref(mirror, f"refs/remotes/origin/{branch}"):
-        git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{branch}", cwd=mirror)
+        switch, add = [branch], [str(worktree), branch]
     else:
-        git("worktree", "add", "--quiet", "-b", branch, str(worktree), f"origin/{base}", cwd=mirror)
+        start = f"origin/{branch}" if _has_ref(mirror, f"refs/remotes/origin/{branch}") else f"origin/{base}"
+        switch, add = ["-B", branch, start], ["-b", branch, str(worktree), start]
+    if _take_spare(checkout):
+        git("checkout", "--quiet", *switch, checkout=checkout)
+    else:
+        git("worktree", "add", "--quiet", *add, cwd=mirror)
+
+
+def _take_spare(checkout: Checkout) -> bool:
+    """Rename the spare and its git directory to the issue's names (what `git worktree move` does, but under the
+    name the bridge derives the git directory from); the files keep their index entries, so the checkout that
+    follows touches only what differs."""
+    spare = spare_dir(checkout.mirror)
+    try:
+        admin = Path((spare / ".git").read_text().removeprefix("gitdir:").strip())
+    except OSError:
+        return False
+    if admin.parent != checkout.mirror / "worktrees" or not admin.is_dir() or checkout.gitdir.exists():
+        return False
+    spare.rename(checkout.worktree)
+    admin.rename(checkout.gitdir)
+    checkout.restore()
+    return True
+
+
+SPARE_BASE = "forge-bridge-spare-base"   # in the mirror: which branch its spare is checked out from
+
+
+def want_spare(mirror: Path, base: str) -> None:
+    (mirror / SPARE_BASE).write_text(base)
+
+
+def prepare_spare(mirror: Path) -> bool:
+    """Check out the repository's next spare, when it has none (worker housekeeping, between jobs, so no agent
+    waits for it). Call under the mirror lock. True when one was made."""
+    spare, wanted = spare_dir(mirror), mirror / SPARE_BASE
+    if (spare / ".git").is_file() or not wanted.is_file():
+        return False
+    base = wanted.read_text().strip()
+    if not _has_ref(mirror, f"refs/remotes/origin/{base}"):
+        return False
+    if spare.exists():
+        shutil.rmtree(spare)
+    git("worktree", "prune", cwd=mirror)
+    spare.parent.mkdir(parents=True, exist_ok=True)
+    git("worktree", "add", "--quiet", "--detach", str(spare), f"origin/{base}", cwd=mirror)
+    return True
 
 
 def catch_up(checkout: Checkout, branch: str) -> None:

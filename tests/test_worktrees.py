@@ -101,3 +101,98 @@ def test_a_stale_worktree_catches_up_with_the_pushed_branch(tmp_path):
     worktrees.sync_mirror(b.mirror, str(origin), worktrees.git_env(str(origin), ""))
     worktrees.catch_up(b, "kugetsu/4-x")
     assert (tree_b / "a.txt").read_text() == "from a"
+
+
+def _commit_to(origin: Path, tmp_path: Path, branch: str, name: str, text: str) -> str:
+    """A commit made on the forge's side (by someone else), on `branch`."""
+    work = tmp_path / f"clone-{name}"
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(origin), str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "checkout", "-q", "-B", branch], check=True)
+    (work / name).write_text(text)
+    subprocess.run(["git", "-C", str(work), "add", name], check=True)
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", name],
+                   check=True)
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin", branch], check=True)
+    return subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def _status(checkout: worktrees.Checkout) -> str:
+    return worktrees.git("status", "--porcelain", checkout=checkout)
+
+
+def test_a_new_issue_takes_the_spare_worktree_checked_out_ahead(tmp_path):
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    repo = RepoRef("h.example", "o", "r")
+    mirror, env = worktrees.mirror_dir(data, repo), worktrees.git_env(str(origin), "")
+    first = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 1)))
+    worktrees.sync_mirror(mirror, str(origin), env)
+    assert not worktrees.prepare_spare(mirror)          # no task yet: nothing says which branch to check out
+    worktrees.ensure_worktree(first, branch="kugetsu/1-a", base="main")
+    spare = worktrees.spare_dir(mirror)
+    assert worktrees.prepare_spare(mirror) and (spare / "f").read_text() == "1"
+    assert not worktrees.prepare_spare(mirror)          # one is enough
+    # The base moves on after the spare was made; a new issue's worktree still starts from the latest base.
+    latest = _commit_to(origin, tmp_path, "main", "newer", "2")
+    worktrees.sync_mirror(mirror, str(origin), env)
+    second = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 2)))
+    worktrees.ensure_worktree(second, branch="kugetsu/2-b", base="main")
+    assert not spare.exists()
+    assert second.gitdir.is_dir() and (second.worktree / ".git").read_text() == f"gitdir: {second.gitdir}\n"
+    assert worktrees.head(second) == latest and (second.worktree / "newer").read_text() == "2"
+    assert worktrees.git("rev-parse", "--abbrev-ref", "HEAD", checkout=second) == "kugetsu/2-b"
+    assert _status(second) == ""
+    (second.worktree / "g").write_text("work")
+    assert worktrees.commit_leftovers(second, "work", author="bot")
+    worktrees.push(second, "kugetsu/2-b", str(origin), env)
+    assert worktrees.head(first) != worktrees.head(second)   # the first issue's worktree is its own
+    listed = worktrees.git("worktree", "list", "--porcelain", cwd=mirror)
+    assert str(second.worktree) in listed and str(spare) not in listed
+
+
+def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    repo = RepoRef("h.example", "o", "r")
+    mirror, env = worktrees.mirror_dir(data, repo), worktrees.git_env(str(origin), "")
+    worktrees.sync_mirror(mirror, str(origin), env)
+    worktrees.ensure_worktree(worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 1))),
+                              branch="kugetsu/1-a", base="main")
+    worktrees.prepare_spare(mirror)
+    pushed = _commit_to(origin, tmp_path, "kugetsu/7-x", "elsewhere", "from another host")
+    worktrees.sync_mirror(mirror, str(origin), env)
+    seventh = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 7)))
+    worktrees.ensure_worktree(seventh, branch="kugetsu/7-x", base="main")
+    assert worktrees.head(seventh) == pushed and (seventh.worktree / "elsewhere").exists()
+    assert not worktrees.spare_dir(mirror).exists()
+
+
+def test_a_spare_whose_link_points_elsewhere_is_not_taken(tmp_path):
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    repo = RepoRef("h.example", "o", "r")
+    mirror, env = worktrees.mirror_dir(data, repo), worktrees.git_env(str(origin), "")
+    worktrees.sync_mirror(mirror, str(origin), env)
+    worktrees.ensure_worktree(worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 1))),
+                              branch="kugetsu/1-a", base="main")
+    worktrees.prepare_spare(mirror)
+    (worktrees.spare_dir(mirror) / ".git").write_text(f"gitdir: {tmp_path / 'elsewhere'}\n")
+    second = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 2)))
+    worktrees.ensure_worktree(second, branch="kugetsu/2-b", base="main")
+    assert worktrees.spare_dir(mirror).exists() and (second.worktree / "f").read_text() == "1"
+    assert _status(second) == ""
+
+
+def test_housekeeping_makes_each_repositorys_spare_and_skips_a_broken_mirror(tmp_path, caplog):
+    from forge_bridge.lifecycle import prepare_spares
+
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    good, broken = RepoRef("h.example", "o", "good"), RepoRef("h.example", "o", "broken")
+    for repo in (good, broken):
+        mirror = worktrees.mirror_dir(data, repo)
+        worktrees.sync_mirror(mirror, str(origin), worktrees.git_env(str(origin), ""))
+        worktrees.ensure_worktree(worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 1))),
+                                  branch="kugetsu/1-a", base="main")
+    broken_spare = worktrees.spare_dir(worktrees.mirror_dir(data, broken))
+    broken_spare.parent.mkdir(parents=True)
+    broken_spare.symlink_to(tmp_path / "seed" / "f")   # in the way, and never followed or removed
+    assert prepare_spares(data) == [worktrees.spare_dir(worktrees.mirror_dir(data, good))]
+    assert "no spare worktree for h.example-o-broken.git" in caplog.text
+    assert (tmp_path / "seed" / "f").read_text() == "1"
