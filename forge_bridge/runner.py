@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,11 +48,14 @@ class Runner:
         had_pull = bool(session.pull_request_number)   # the run that opens it says its piece in the body
         try:
             issue = self.client.get_issue(ref)
+            # "Running" is said alongside the start, not before it: the agent never waits for forge writes.
+            saying = threading.Thread(target=self.report_running, args=(task, ref, session, issue.labels, log_file),
+                                      name=f"report-{task.id}", daemon=True)
+            saying.start()
             try:
-                self.report(ref, session, issue.labels, log_file)
-            except ForgeError as error:  # saying "running" is not worth failing the run for
-                log.warning("could not report task %s running on %s: %s", task.id, ref, error)
-            self.execute(task, session, issue, ref, log_file)
+                self.execute(task, session, issue, ref, log_file)
+            finally:
+                saying.join()   # before the final report, which must come after it on the forge
         except EXPECTED_FAILURES as error:
             task.state, task.outcome = TaskState.FAILED, str(error)
             log.warning("task %s for %s failed: %s", task.id, ref, error)
@@ -160,6 +164,15 @@ class Runner:
         session.pull_request_url, session.pull_request_number = pull.url, pull.number
         self.store.save_session(session)
         self.store.link_pull(ref.repo, pull.number, ref)
+
+    def report_running(self, task: Task, ref: IssueRef, session: Session, labels: tuple[str, ...],
+                       log_file: Path) -> None:
+        try:
+            self.report(ref, session, labels, log_file)
+        except ForgeError as error:  # saying "running" is not worth failing the run for
+            log.warning("could not report task %s running on %s: %s", task.id, ref, error)
+        except Exception:   # nor is a bug in saying it: the run goes on, the final report says how it ended
+            log.exception("reporting task %s running on %s failed", task.id, ref)
 
     def report(self, ref: IssueRef, session: Session, labels: tuple[str, ...], log_file: Path) -> None:
         Reporter(self.client, self.settings, self.store).report(ref, session, self.store.tasks(session.task_ids),

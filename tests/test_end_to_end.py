@@ -58,6 +58,24 @@ def test_label_webhook_opens_pull_request(forge, start_bridge):
     assert bridge.stop() == 0
 
 
+def test_the_agent_starts_while_the_forge_is_still_taking_the_running_report(github, start_bridge):
+    """Nothing a forge write waits for may delay the agent: with the status comment's edit held by a slow
+    forge, the agent still starts and does its work; the report lands once the forge answers."""
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([github])
+    slow = github.hold("PATCH", "/issues/comments/")   # the runner's "running" report edits the status comment
+    try:
+        github.add_label(repo, issue, "kugetsu:todo")
+        worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
+        # well inside the 30 s after which the forge client gives up on the held write by itself
+        wait_for(lambda: (worktree / "AGENT_WORK.md").exists(), timeout=15, what="the agent's work")
+        assert slow.held >= 1 and "kugetsu:running" not in github.labels_of(repo, issue)
+    finally:
+        slow.release()
+    _assert_reviewed(github, repo, issue, bridge)
+
+
 def test_polling_only_without_any_webhook_secret(forge, start_bridge):
     repo = forge.create_repo("alice", "widgets")
     issue = forge.create_issue(repo, TITLE, BODY)

@@ -21,6 +21,9 @@ from fakeforge.openapi import SPECS
 from fakeforge.state import Issue, Repo, RepoHook, State
 
 
+HOLD_LIMIT = 60.0   # a held request goes on by itself after this, so a failing test never hangs the server
+
+
 @dataclass
 class Hook:
     url: str
@@ -37,6 +40,19 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     body: dict | list = field(default_factory=lambda: {"message": "Service Unavailable"})
     method: str = ""
+
+
+@dataclass
+class Hold:
+    """Requests matching `method` and containing `path` wait until `release()` (a forge slow to write)."""
+
+    method: str
+    path: str
+    released: threading.Event = field(default_factory=threading.Event)
+    held: int = 0
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass
@@ -63,6 +79,7 @@ class FakeForge:
     exchanges: list[Exchange] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)
     rate_limit_headers: dict[str, str] = field(default_factory=dict)   # sent with every answer when set
 
     def __post_init__(self) -> None:
@@ -155,7 +172,16 @@ class FakeForge:
         body = {"message": "Service Unavailable"} if body is None else body
         self.faults.append(Fault(count, status, path, headers or {}, body, method))
 
+    def hold(self, method: str, path: str) -> Hold:
+        hold = Hold(method, path)
+        self.holds.append(hold)
+        return hold
+
     def _inject_fault(self):
+        for hold in list(self.holds):
+            if request.method == hold.method and hold.path in request.path and not hold.released.is_set():
+                hold.held += 1
+                hold.released.wait(HOLD_LIMIT)
         with self.state.lock:
             for fault in self.faults:
                 if fault.count > 0 and fault.path in request.path and fault.method in ("", request.method):
