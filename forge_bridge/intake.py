@@ -165,12 +165,11 @@ class Intake:
         session.task_ids.append(task.id)
         session.archived = False
         self.store.save_session(session)
-        try:
-            self.report(ref, session, labels)
-        finally:
-            # Queued even when the forge would not take the report: the work is never lost, and the
-            # runner (which starts after this, so it sees the status comment id) reports again.
-            self.scheduler.submit(task.id, str(ref))
+        # Handed to the agents first: the agent never waits for the report's forge writes, and the work is never
+        # lost when the forge will not take them. The runner's own report waits for this lock, which
+        # every caller of this holds, so it comes after this one on the forge.
+        self.scheduler.submit(task.id, str(ref))
+        self.report(ref, session, labels)
         return task
 
     # steering work

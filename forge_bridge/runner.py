@@ -49,7 +49,7 @@ class Runner:
         try:
             issue = self.client.get_issue(ref)
             # "Running" is said alongside the start, not before it: the agent never waits for forge writes.
-            saying = threading.Thread(target=self.report_running, args=(task, ref, session, issue.labels, log_file),
+            saying = threading.Thread(target=self.report_running, args=(task, ref, session, log_file),
                                       name=f"report-{task.id}", daemon=True)
             saying.start()
             try:
@@ -165,10 +165,15 @@ class Runner:
         self.store.save_session(session)
         self.store.link_pull(ref.repo, pull.number, ref)
 
-    def report_running(self, task: Task, ref: IssueRef, session: Session, labels: tuple[str, ...],
-                       log_file: Path) -> None:
+    def report_running(self, task: Task, ref: IssueRef, session: Session, log_file: Path) -> None:
+        """Under the issue's lock, so after the intake's report of this task (which may still be writing when the
+        agent starts), with the status comment it made and the labels it left."""
         try:
-            self.report(ref, session, labels, log_file)
+            with self.store.issue_lock(ref):
+                stored = self.store.session(ref)
+                if stored is not None and not session.status_comment_id:
+                    session.status_comment_id, session.status_digest = stored.status_comment_id, stored.status_digest
+                self.report(ref, session, self.client.get_issue(ref).labels, log_file)
         except ForgeError as error:  # saying "running" is not worth failing the run for
             log.warning("could not report task %s running on %s: %s", task.id, ref, error)
         except Exception:   # nor is a bug in saying it: the run goes on, the final report says how it ended

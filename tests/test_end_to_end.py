@@ -58,13 +58,16 @@ def test_label_webhook_opens_pull_request(forge, start_bridge):
     assert bridge.stop() == 0
 
 
-def test_the_agent_starts_while_the_forge_is_still_taking_the_running_report(github, start_bridge):
-    """Nothing a forge write waits for may delay the agent: with the status comment's edit held by a slow
-    forge, the agent still starts and does its work; the report lands once the forge answers."""
+@pytest.mark.parametrize("method, path", [("POST", "/issues/1/comments"), ("PATCH", "/issues/comments/")],
+                         ids=["queued report", "running report"])
+def test_the_agent_starts_while_the_forge_is_still_taking_a_report(method, path, github, start_bridge):
+    """Nothing a forge write waits for may delay the agent: with the status comment's creation (the intake's
+    "queued") or its edit (the runner's "running") held by a slow forge, the agent still starts and does its
+    work; the reports land once the forge answers, in order, as one status comment."""
     repo = github.create_repo("alice", "widgets")
     issue = github.create_issue(repo, TITLE, BODY)
-    bridge = start_bridge([github])
-    slow = github.hold("PATCH", "/issues/comments/")   # the runner's "running" report edits the status comment
+    bridge = start_bridge([github], settings={"workers": "2"})   # the default: intake and agent side by side
+    slow = github.hold(method, path)
     try:
         github.add_label(repo, issue, "kugetsu:todo")
         worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
