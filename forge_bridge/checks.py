@@ -1,5 +1,5 @@
 """`forge-bridge check`: what is wrong before anything runs — the agent's program, each forge reached with its
-token, the bot's permission on each repository, and how each forge takes events."""
+token (or as its GitHub App), the bot's permission on each repository, and how each forge takes events."""
 from __future__ import annotations
 
 import re
@@ -80,7 +80,37 @@ def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, 
     return settings.insecure_no_signature, f"{forge.name}: webhook secret missing (set ${forge.webhook_secret_env})"
 
 
+def check_app(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, str]]:
+    """A GitHub App: its signed token taken (`GET /app`), then each configured repository's installation and a
+    token minted for it — every failure one line saying what to fix."""
+    from forge_bridge.forges.github_app import GitHubApp
+
+    app = GitHubApp(forge.api_url, forge.app_id, forge.private_key, installation_id=forge.installation_id)
+    try:
+        login = app.login()
+    except ForgeError as error:
+        yield False, f"{forge.name}: {error}"
+        return
+    yield True, f"{forge.name}: reached {forge.api_url} as GitHub App {forge.app_id}, acting as {login}"
+    if forge.bot_login and login != forge.bot_login:
+        yield False, f"{forge.name}: the App acts as {login}, but bot_login is {forge.bot_login}"
+    repos, patterns = settings.concrete_repos(forge)
+    for pattern in patterns:
+        yield True, f"{forge.name}: {pattern} is a pattern; its repositories are not checked"
+    for repo in repos:
+        try:
+            installation = app.find_installation(repo)
+            app.token(installation)
+        except ForgeError as error:
+            yield False, f"{forge.name}: {repo.full_name}: {error}"
+            continue
+        yield True, f"{forge.name}: {repo.full_name}: the App is installed (installation {installation}); token minted"
+
+
 def check_forge(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, str]]:
+    if forge.is_app:
+        yield from check_app(settings, forge)
+        return
     client = make_client(forge)
     try:
         login = client.whoami()

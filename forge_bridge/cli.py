@@ -9,9 +9,10 @@ import time
 from functools import cache
 from pathlib import Path
 
-from forge_bridge import embedded, queue, sandbox
+from forge_bridge import app_reach, embedded, queue, sandbox
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_url, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
+from forge_bridge.forges.identity import with_bot_logins
 from forge_bridge.supervisor import Stopping, Supervisor, raise_on_signals, received_environ
 
 log = logging.getLogger("forge_bridge")
@@ -53,6 +54,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     bind = args.bind or (f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else settings.bind)
     if warning := check_exposure(settings, bind):
         log.warning(warning)
+    settings = with_bot_logins(settings, queue.connect(settings.redis_url))
     run_gunicorn(create_app(settings), bind=bind)
     return 0
 
@@ -63,9 +65,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.lifecycle import housekeeping
     from forge_bridge.sessions import Store
 
-    jobs.tasks.configure(settings)  # every forked job inherits these
     preload(settings.forges)
     conn = queue.connect(settings.redis_url)
+    settings = with_bot_logins(settings, conn)
+    jobs.tasks.configure(settings)  # every forked job inherits these
+    app_reach.survey(settings, conn)
     sandbox.announce(settings.agent, conn)
     queue.work(conn, burst=args.burst, housekeeping=lambda: housekeeping(settings, Store(conn)))
     return 0
@@ -76,6 +80,7 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.poller import Poller
 
     conn = queue.connect(settings.redis_url)
+    settings = with_bot_logins(settings, conn)
     client_for = cache(lambda name: make_client(settings.forge(name), conn=conn))
     poller = Poller(settings, conn, client_for)
     if args.once:
@@ -110,6 +115,7 @@ def _operator_intake(settings: Settings, ref_text: str, role: str):
     if forge is None:
         raise UsageError(f"no configured forge serves {ref.repo.host}")
     conn = queue.connect(redis_url)
+    settings = with_bot_logins(settings, conn)
     intake = Intake(settings, Store(conn), make_client(forge, conn=conn),
                     queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout))
     event = ForgeEvent(forge=forge.name, kind=EventKind.COMMENT, issue=ref, sender=getpass.getuser(), source="cli")

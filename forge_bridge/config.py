@@ -53,9 +53,16 @@ class ForgeConfig:
     bot_login: str = ""
     api_url: str = ""
     write_interval: float = 1.0   # GitHub asks for about a second between writes (secondary rate limits)
+    # A GitHub App instead of token_env: its id, its private key (the PEM in a variable, or a file), and
+    # optionally the installation (found per repository otherwise).
+    app_id: int = 0
+    private_key_env: str = ""
+    private_key_file: str = ""
+    installation_id: int = 0
     # Read from the environment variables named above when the configuration is loaded; never shown.
     token_value: str = field(default="", repr=False, compare=False)
     secret_value: str = field(default="", repr=False, compare=False)
+    private_key_value: str = field(default="", repr=False, compare=False)
 
     @property
     def host(self) -> str:
@@ -63,6 +70,20 @@ class ForgeConfig:
 
     def token(self) -> str:
         return self.token_value
+
+    @property
+    def is_app(self) -> bool:
+        return bool(self.app_id)
+
+    def private_key(self) -> str:
+        """The App's PEM: from its variable, or read from its file now (a key file can be rotated in place)."""
+        if self.private_key_value or not self.private_key_file:
+            return self.private_key_value
+        try:
+            return Path(self.private_key_file).read_text()
+        except OSError as error:
+            raise ConfigError(f"forge {self.name!r}: cannot read private_key_file {self.private_key_file}: "
+                              f"{error.strerror}") from None
 
     def webhook_secret(self) -> bytes:
         return self.secret_value.encode()
@@ -197,7 +218,7 @@ def _check_scoped(settings: Settings) -> None:
 
 
 _SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "forges", "repos", "source", "ui_token"}
-_FORGE_KEYS = {f.name for f in fields(ForgeConfig)}
+_FORGE_KEYS = {f.name for f in fields(ForgeConfig) if not f.name.endswith("_value")}
 _REPO_KEYS = {f.name for f in fields(RepoConfig)}
 _AGENT_KEYS = {f.name for f in fields(AgentConfig)}
 
@@ -273,12 +294,41 @@ def _forge(table: dict, index: int, source: str, environ: dict[str, str]) -> For
     token_env, secret_env = table.get("token_env", ""), table.get("webhook_secret_env", "")
     default_interval = 1.0 if kind is ForgeKind.GITHUB else 0.0
     interval = parse_duration(table.get("write_interval", default_interval), where=f"{source}: {where}write_interval")
+    app = _app_keys(table, kind, where=f"{source}: {where}", base=Path(source).parent)
     return ForgeConfig(
         name=table["name"], kind=kind, url=url, api_url=api_url, token_env=token_env, webhook_secret_env=secret_env,
         write_interval=interval,
         bot_login=table.get("bot_login", ""), token_value=environ.get(token_env, "") if token_env else "",
         secret_value=environ.get(secret_env, "") if secret_env else "",
+        private_key_value=environ.get(app.get("private_key_env", ""), "") if app.get("private_key_env") else "",
+        **app,
     )
+
+
+def _app_keys(table: dict, kind: ForgeKind, *, where: str, base: Path) -> dict[str, Any]:
+    """A GitHub App's keys, checked: an id, exactly one private key source, and no token beside them."""
+    keys = ("app_id", "private_key_env", "private_key_file", "installation_id")
+    if not any(key in table for key in keys):
+        return {}
+    if kind is not ForgeKind.GITHUB:
+        raise ConfigError(f"{where}app_id: GitHub Apps are a GitHub feature; a {kind.value} forge uses token_env")
+    for key in ("app_id", "installation_id"):
+        value = table.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (key == "app_id" and not value):
+            raise ConfigError(f"{where}{key} must be a positive whole number (the App's settings page shows it), "
+                              f"got {value!r}")
+    if table.get("token_env"):
+        raise ConfigError(f"{where}token_env and app_id: authenticate with one of them, not both")
+    sources = [key for key in ("private_key_env", "private_key_file") if table.get(key)]
+    if len(sources) != 1:
+        raise ConfigError(f"{where}app_id needs exactly one of private_key_env (the PEM itself) or private_key_file")
+    for key in sources:
+        if not isinstance(table[key], str):
+            raise ConfigError(f"{where}{key} must be a string")
+    found = {key: table[key] for key in keys if key in table}
+    if "private_key_file" in found:   # relative to the configuration file, like a path a user writes next to it
+        found["private_key_file"] = str((base / found["private_key_file"]).expanduser())
+    return found
 
 
 def _default_api_url(kind: ForgeKind, url: str) -> str:

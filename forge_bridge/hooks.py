@@ -96,6 +96,14 @@ def install(settings: Settings, forge: ForgeConfig, client: ForgeClient, *, publ
         yield True, f"{forge.name}: no webhook secret (webhook_secret_env); polling only, no hooks installed"
         return
     repos, patterns = settings.concrete_repos(forge)
+    if forge.is_app:   # the App's own webhook (set on the App) brings every installed repository's events
+        yield True, f"{forge.name}: GitHub App {forge.app_id}: events come through the App's webhook; none installed"
+        for repo in repos:
+            try:
+                yield from _ensure_labels(settings, forge, client, repo, dry_run=dry_run)
+            except ForgeError as error:
+                yield False, f"{forge.name}: {repo.full_name}: {_explain(error)}"
+        return
     for pattern in patterns:
         yield True, f"{forge.name}: {pattern} is a pattern; name each repository to install its hook"
     url, events = hook_url(public_url, forge), HOOK_EVENTS[forge.kind]

@@ -32,10 +32,10 @@ def _refusal(store: Store, client: ForgeClient, ref: IssueRef, settings: Setting
     worktree = worktrees.worktree_dir(settings.data_dir, ref)
     if session.worktree and worktree.exists():
         repo = client.get_repo(ref.repo)
-        forge = settings.forge(session.forge)
         checkout = worktrees.Checkout(worktrees.mirror_dir(settings.data_dir, ref.repo), worktree)
         with worktrees.mirror_lock(checkout.mirror):
-            worktrees.sync_mirror(checkout.mirror, repo.clone_url, worktrees.git_env(repo.clone_url, forge.token()))
+            worktrees.sync_mirror(checkout.mirror, repo.clone_url,
+                                  worktrees.git_env(repo.clone_url, client.git_token(ref.repo)))
             checkout.restore()
         return worktrees.unpushed_work(checkout)
     return ""

@@ -1,5 +1,5 @@
 """What the operator sees, in one place: agent slots, the queue, running and recent tasks with their log tails,
-sessions, the poller, and each forge's API quota — for the status page and `forge-bridge status`."""
+sessions, the poller, each forge's API quota and what its GitHub App reaches — for the status page and `forge-bridge status`."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from forge_bridge import agents, metrics, queue, redact, sandbox, worktrees
+from forge_bridge import agents, app_reach, metrics, queue, redact, sandbox, worktrees
 from forge_bridge.config import Settings
 from forge_bridge.models import Task, TaskState
 from forge_bridge.poller import STATE_KEY
@@ -42,4 +42,4 @@ def overview(conn: Redis, settings: Settings) -> dict[str, Any]:
             "queues": queue.queue_depths(conn), "running": running, "queued": queued,
             "recent": [task_view(t) for t in tasks if t.state.finished][:SHOWN_RECENT],
             "sessions": [asdict(s) for s in sessions if s is not None], "poller": poller, "quota": quota,
-            "warnings": sandbox.warnings(conn)}
+            "warnings": sandbox.warnings(conn), "apps": app_reach.reach(conn, settings)}

@@ -17,9 +17,19 @@ def secret_values(settings: Settings, environ: Mapping[str, str] | None = None) 
     environ = os.environ if environ is None else environ
     values = [settings.ui_token, *(f.token() for f in settings.forges),
               *(f.webhook_secret().decode() for f in settings.forges),
+              *(line for f in settings.forges if f.is_app for line in _key_lines(f)),
               *(environ.get(name, "") for name in settings.agent.pass_env)]
     # Longest first, so a secret that contains another is replaced whole.
     return sorted({v for v in values if len(v) >= MIN_LENGTH}, key=len, reverse=True)
+
+
+def _key_lines(forge) -> list[str]:
+    """A GitHub App key's body lines: a key is seldom printed whole, but any line of it gives it away."""
+    try:
+        pem = forge.private_key()
+    except ValueError:   # an unreadable key file: nothing of it can leak either
+        return []
+    return [line.strip() for line in pem.splitlines() if line.strip() and not line.startswith("-----")]
 
 
 def redact(text: str, values: list[str]) -> str:

@@ -84,7 +84,6 @@ class Runner:
     def execute(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, log_file: Path) -> None:
         forge = self.settings.forge(task.forge)
         repo = self.client.get_repo(ref.repo)
-        env = worktrees.git_env(repo.clone_url, forge.token())
         mirror = worktrees.mirror_dir(self.settings.data_dir, ref.repo)
         worktree = worktrees.worktree_dir(self.settings.data_dir, ref)
         checkout = worktrees.Checkout(mirror, worktree)
@@ -92,7 +91,7 @@ class Runner:
         session.worktree = str(worktree)
         self.store.save_session(session)
         with worktrees.mirror_lock(mirror):
-            worktrees.sync_mirror(mirror, repo.clone_url, env)
+            self.with_git_token(ref, lambda env: worktrees.sync_mirror(mirror, repo.clone_url, env), repo.clone_url)
             worktrees.ensure_worktree(checkout, branch=session.branch, base=repo.default_branch)
             worktrees.catch_up(checkout, session.branch)
         before = worktrees.head(checkout)
@@ -109,7 +108,8 @@ class Runner:
         if task.state is TaskState.SUCCEEDED:
             with worktrees.mirror_lock(mirror):
                 checkout.restore()
-                worktrees.push(checkout, session.branch, repo.clone_url, env)
+                self.with_git_token(ref, lambda env: worktrees.push(checkout, session.branch, repo.clone_url, env),
+                                    repo.clone_url)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
 
     def judge(self, task: Task, result: agents.AgentResult) -> None:
@@ -164,6 +164,17 @@ class Runner:
         session.pull_request_url, session.pull_request_number = pull.url, pull.number
         self.store.save_session(session)
         self.store.link_pull(ref.repo, pull.number, ref)
+
+    def with_git_token(self, ref: IssueRef, step: Callable[[dict[str, str]], None], clone_url: str) -> None:
+        """A git step against the forge with a token asked for just now (a GitHub App's expire within the hour,
+        and a run can take longer); refused for its credentials, it is tried once more with a renewed one."""
+        try:
+            step(worktrees.git_env(clone_url, self.client.git_token(ref.repo)))
+        except GitError as error:
+            if not worktrees.refused_credentials(error):
+                raise
+            self.client.renew_git_token()
+            step(worktrees.git_env(clone_url, self.client.git_token(ref.repo)))
 
     def report_running(self, task: Task, ref: IssueRef, session: Session, log_file: Path) -> None:
         """Under the issue's lock, so after the intake's report of this task (which may still be writing when the

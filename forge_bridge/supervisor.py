@@ -126,10 +126,10 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def secret_names(settings: Settings) -> set[str]:
-    """The variables that hold the bridge's secrets: forge tokens, webhook secrets, the UI token."""
+    """The variables that hold the bridge's secrets: forge tokens, GitHub App keys, webhook secrets, the UI token."""
     names = {settings.ui_token_env, REDIS_URL_ENV}
     for forge in settings.forges:
-        names |= {forge.token_env, forge.webhook_secret_env} - {""}
+        names |= {forge.token_env, forge.webhook_secret_env, forge.private_key_env} - {""}
     return names
 
 

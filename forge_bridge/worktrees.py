@@ -295,6 +295,15 @@ def commit_leftovers(checkout: Checkout, message: str, *, author: str) -> bool:
     return True
 
 
+# What git prints when the forge turned its credentials away (GitHub, Gitea, git's own HTTP client).
+_REFUSED = re.compile(r"Authentication failed|returned error: 40[13]|Invalid username or password|could not read "
+                      r"Username", re.IGNORECASE)
+
+
+def refused_credentials(error: GitError) -> bool:
+    return bool(_REFUSED.search(str(error)))
+
+
 def push(checkout: Checkout, branch: str, clone_url: str, env: dict[str, str]) -> None:
     """To the forge's clone URL itself: no remote, pushurl or insteadOf an agent set can send it elsewhere."""
     git("push", "--quiet", clone_url, f"HEAD:refs/heads/{branch}", checkout=checkout, env=env)

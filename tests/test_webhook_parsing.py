@@ -12,6 +12,7 @@ from helpers import FIXTURES, SECRET
 from forge_bridge.models import EventKind, ForgeEvent, ForgeKind
 from forge_bridge.webhooks import BadSignature, DeliveryHeaders, Ignored, Malformed, parse_delivery, read_headers
 from forge_bridge.webhooks.delivery import signature_matches, verify_signature
+from forge_bridge.webhooks.github import InstallationChange
 
 GITEA_EVENTS = {  # file -> (X-Gitea-Event, X-Gitea-Event-Type), from gitea/SOURCE.md
     "issues.opened.json": ("issues", "issues"), "issues.label_updated.json": ("issues", "issue_label"),
@@ -35,7 +36,7 @@ def _parse(kind: ForgeKind, event: str, path: Path, event_type: str = "") -> For
 @pytest.mark.parametrize("path", _github_files(), ids=lambda p: p.name)
 def test_every_github_fixture_parses_or_is_ignored_with_a_reason(path):
     parsed = _parse(ForgeKind.GITHUB, path.name.split(".")[0], path)
-    assert isinstance(parsed, (ForgeEvent, Ignored))
+    assert isinstance(parsed, (ForgeEvent, Ignored, InstallationChange))
     if isinstance(parsed, Ignored):
         assert parsed.reason
 
@@ -46,6 +47,18 @@ def test_every_gitea_fixture_parses_or_is_ignored_with_a_reason(name, kind):
     event, event_type = GITEA_EVENTS[name]
     parsed = _parse(kind, event, FIXTURES / "gitea" / name, event_type)
     assert isinstance(parsed, (ForgeEvent, Ignored))
+
+
+@pytest.mark.parametrize(("path", "added", "removed", "gone"), [
+    ("installation.created.json", ("Codertocat/Hello-World",), (), False),
+    ("installation.deleted.json", (), ("octocat/Hello-World",), True),
+    ("derived/installation_repositories.added.json", ("Codertocat/Spoon-Knife",), ("Codertocat/Hello-World",), False),
+])
+def test_a_github_app_installation_event_names_the_repositories_gained_and_lost(path, added, removed, gone):
+    event = path.removeprefix("derived/").split(".")[0]
+    parsed = _parse(ForgeKind.GITHUB, event, FIXTURES / "github" / path)
+    assert isinstance(parsed, InstallationChange) and parsed.installation > 0
+    assert (parsed.added, parsed.removed, parsed.gone) == (added, removed, gone)
 
 
 def test_github_labeled_names_the_added_label():

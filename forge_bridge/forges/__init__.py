@@ -43,7 +43,12 @@ def _client(forge: ForgeConfig) -> ForgeClient:
     if forge.kind is ForgeKind.GITHUB:
         from forge_bridge.forges.github import GitHubClient
 
-        return GitHubClient(forge.api_url, forge.token(), write_interval=forge.write_interval)
+        app = None
+        if forge.is_app:
+            from forge_bridge.forges.github_app import GitHubApp
+
+            app = GitHubApp(forge.api_url, forge.app_id, forge.private_key, installation_id=forge.installation_id)
+        return GitHubClient(forge.api_url, forge.token(), app=app, write_interval=forge.write_interval)
     # Imported lazily: gitea-api-client takes about 1.5 s to import, which only Gitea users should pay.
     from forge_bridge.forges.gitea import GiteaClient
 

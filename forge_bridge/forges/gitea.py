@@ -56,10 +56,16 @@ T = TypeVar("T")
 class GiteaClient:
     supports_reactions = True
     def __init__(self, api_url: str, token: str) -> None:
-        self._config = Configuration(host=api_url)
+        self._config, self._token = Configuration(host=api_url), token
         if token:
             self._config.api_key = {"AuthorizationHeaderToken": token}
             self._config.api_key_prefix = {"AuthorizationHeaderToken": "token"}
+
+    def git_token(self, repo: RepoRef) -> str:
+        return self._token
+
+    def renew_git_token(self) -> None:
+        """Nothing to renew: a Gitea token lives until its owner revokes it."""
 
     def _run(self, doing: str, call: Callable[[IssueApi, RepositoryApi], Awaitable[T]]) -> T:
         """One call, retried with backoff on 429, 5xx and transport errors (honouring Retry-After)."""

@@ -21,6 +21,7 @@ from forge_bridge.forges.base import (
     RepoInfo,
     number_from_url,
 )
+from forge_bridge.forges.github_app import GitHubApp
 from forge_bridge.models import IssueRef, RepoRef
 from forge_bridge.pacing import WriteBucket
 
@@ -40,44 +41,81 @@ def _error(error: GithubException, doing: str) -> ForgeError:
 
 
 class GitHubClient:
+    """With a token, one identity for every repository; with a GitHub App, each repository's installation (its
+    tokens minted and renewed by `app`)."""
     supports_reactions = True
-    def __init__(self, api_url: str, token: str, *, write_interval: float = 1.0) -> None:
-        auth = Auth.Token(token) if token else None
+
+    def __init__(self, api_url: str, token: str = "", *, app: GitHubApp | None = None,
+                 write_interval: float = 1.0) -> None:
+        self._api_url, self._app, self._token = api_url.rstrip("/"), app, token
+        self._githubs: dict[int, Github] = {}   # per installation (App)
+        self._github = self._build(Auth.Token(token) if token else None)
+        self._last = self._github   # whose rate-limit headers were seen last
+        self._writes = WriteBucket(write_interval)
+        self._etags: dict[tuple, tuple[str, list[dict]]] = {}
+
+    def _build(self, auth: Auth.Auth | None) -> Github:
         # GithubRetry retries 5xx with backoff and waits out rate limits (403/429 with reset or Retry-After).
         retry = GithubRetry(total=RETRIES, backoff_factor=BACKOFF, max_rate_limit_wait=MAX_RATE_LIMIT_WAIT,
                             status_forcelist=[*range(500, 600), 429])
         # Writes are spaced by our own bucket (a burst goes at once), not PyGithub's sleep before every write.
-        self._github = Github(auth=auth, base_url=api_url, retry=retry, seconds_between_writes=0,
-                              seconds_between_requests=0, timeout=TIMEOUT)
-        self._writes = WriteBucket(write_interval)
-        self._api_url = api_url.rstrip("/")
-        self._etags: dict[tuple, tuple[str, list[dict]]] = {}
+        return Github(auth=auth, base_url=self._api_url, retry=retry, seconds_between_writes=0,
+                      seconds_between_requests=0, timeout=TIMEOUT)
+
+    def _gh(self, repo: RepoRef) -> Github:
+        """The client that acts on `repo`: the token's, or the App installation's that covers it."""
+        if self._app is None:
+            return self._github
+        installation = self._app.installation_for(repo)
+        if installation not in self._githubs:
+            self._githubs[installation] = self._build(self._app.auth(installation))
+        self._last = self._githubs[installation]
+        return self._last
+
+    def _requester(self, repo: RepoRef):
+        return self._gh(repo).requester
+
+    def git_token(self, repo: RepoRef) -> str:
+        """What git sends for `repo` (fetch and push): the token, or a live installation token."""
+        if self._app is None:
+            return self._token
+        try:
+            return self._app.token_for(repo)
+        except ForgeError:
+            raise
+        except Exception as error:   # PyGithub's own errors, so a task says what went wrong
+            raise ForgeError(f"GitHub: cannot get a token for {repo.full_name}: {error}") from None
+
+    def renew_git_token(self) -> None:
+        """git was refused: the cached installation tokens may be revoked; the next one is minted anew."""
+        if self._app is not None:
+            self._app.forget_tokens()
 
     def _repo(self, repo: RepoRef) -> Repository:
         """A lazy repository: no GET until an attribute is read (what get_issue() does for issues)."""
-        return Repository(self._github.requester, url=f"{self._api_url}/repos/{repo.full_name}")
+        return Repository(self._requester(repo), url=f"{self._api_url}/repos/{repo.full_name}")
 
     def quota(self) -> tuple[int, int] | None:
         """(remaining, limit) from the last answer's rate-limit headers, when GitHub sent them."""
-        remaining, limit = self._github.requester.rate_limiting
+        remaining, limit = self._last.requester.rate_limiting
         return (remaining, limit) if limit > 0 else None
 
     def _pace(self) -> None:
         """Slow down before the limit: with little quota left, spread what remains until the reset."""
-        remaining, limit = self._github.requester.rate_limiting
+        remaining, limit = self._last.requester.rate_limiting
         if limit <= 0 or remaining > limit * SLOW_DOWN_BELOW:
             return
-        wait = (self._github.requester.rate_limiting_resettime - time.time()) / max(remaining, 1)
+        wait = (self._last.requester.rate_limiting_resettime - time.time()) / max(remaining, 1)
         if wait > 0:
             log.info("GitHub quota low (%d of %d left); pausing %.1fs", remaining, limit, min(wait, MAX_PACE))
             time.sleep(min(wait, MAX_PACE))
 
-    def _conditional_list(self, doing: str, path: str, params: dict) -> list[dict]:
+    def _conditional_list(self, doing: str, repo: RepoRef, path: str, params: dict) -> list[dict]:
         """GET with If-None-Match: an unchanged answer (304) costs no quota, and the last one is reused."""
         key = (path, tuple(sorted(params.items())))
         etag, cached = self._etags.get(key, ("", None))
         headers = {"If-None-Match": etag} if etag and cached is not None else {}
-        answer_headers, data = self._call(doing, self._github.requester.requestJsonAndCheck, "GET", path,
+        answer_headers, data = self._call(doing, self._requester(repo).requestJsonAndCheck, "GET", path,
                                           parameters=params, headers=headers)
         if data is None and cached is not None:
             return cached
@@ -90,7 +128,13 @@ class GitHubClient:
 
     def _call(self, doing: str, fn, *args, **kwargs):
         try:
-            result = fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except GithubException as error:
+                if error.status != 401 or self._app is None:
+                    raise
+                self._app.forget_tokens()   # a cached installation token GitHub no longer takes: renew it, once
+                result = fn(*args, **kwargs)
             self._pace()
             return result
         except GithubException as error:
@@ -103,11 +147,13 @@ class GitHubClient:
             raise ForgeError(f"GitHub: {doing} failed: {type(error).__name__}") from None
 
     def whoami(self) -> str:
+        if self._app is not None:   # an installation token cannot read /user; the App's login is its slug's
+            return self._app.login()
         _, data = self._call("get the token's user", self._github.requester.requestJsonAndCheck, "GET", "/user")
         return data["login"]
 
     def get_repo(self, repo: RepoRef) -> RepoInfo:
-        info = self._call("get repository", self._github.get_repo, repo.full_name)
+        info = self._call("get repository", lambda: self._gh(repo).get_repo(repo.full_name))
         return RepoInfo(clone_url=info.clone_url, default_branch=info.default_branch)
 
     @staticmethod
@@ -121,7 +167,7 @@ class GitHubClient:
 
     def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
         """The poller's question, asked conditionally: an unchanged repository costs no quota."""
-        raw = self._conditional_list("list issues", f"/repos/{repo.full_name}/issues",
+        raw = self._conditional_list("list issues", repo, f"/repos/{repo.full_name}/issues",
                                      {"state": "open", "labels": label, "per_page": 100})
         return [IssueInfo(number=i["number"], title=i["title"], body=i.get("body") or "",
                           labels=tuple(lab["name"] for lab in i.get("labels", [])), state=i["state"],
@@ -142,7 +188,7 @@ class GitHubClient:
 
     def add_label(self, issue: IssueRef, name: str) -> None:
         # PyGithub's add_to_labels posts a bare array; the documented body is {"labels": [...]}.
-        self._write("add label", self._github.requester.requestJsonAndCheck, "POST",
+        self._write("add label", self._requester(issue.repo).requestJsonAndCheck, "POST",
                    f"/repos/{issue.repo.full_name}/issues/{issue.number}/labels", input={"labels": [name]})
 
     def _issue_lazy(self, issue: IssueRef):
@@ -165,7 +211,7 @@ class GitHubClient:
 
     def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None:
         # PATCH /repos/{owner}/{repo}/issues/comments/{id} without fetching the comment first.
-        self._write("edit comment", self._github.requester.requestJsonAndCheck, "PATCH",
+        self._write("edit comment", self._requester(repo).requestJsonAndCheck, "PATCH",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}", input={"body": body})
 
     @staticmethod
@@ -188,7 +234,7 @@ class GitHubClient:
 
     def permission(self, repo: RepoRef, user: str) -> str:
         try:
-            _, data = self._github.requester.requestJsonAndCheck(
+            _, data = self._requester(repo).requestJsonAndCheck(
                 "GET", f"/repos/{repo.full_name}/collaborators/{user}/permission")
         except GithubException as error:
             if error.status in (403, 404):
@@ -211,7 +257,7 @@ class GitHubClient:
         return self._call("list issue events", scan)
 
     def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]:
-        raw = self._conditional_list("list repository comments", f"/repos/{repo.full_name}/issues/comments", {
+        raw = self._conditional_list("list repository comments", repo, f"/repos/{repo.full_name}/issues/comments", {
             "since": since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "sort": "created",
             "direction": "asc", "per_page": 100})
         out = []
@@ -226,14 +272,14 @@ class GitHubClient:
     def delete_branch(self, repo: RepoRef, branch: str) -> None:
         self._writes.wait()
         try:
-            self._github.requester.requestJsonAndCheck(
+            self._requester(repo).requestJsonAndCheck(
                 "DELETE", f"/repos/{repo.full_name}/git/refs/heads/{quote(branch, safe='/')}")
         except GithubException as error:
             if error.status not in (404, 422):  # already gone
                 raise _error(error, "delete branch") from None
 
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
-        self._write("add reaction", self._github.requester.requestJsonAndCheck, "POST",
+        self._write("add reaction", self._requester(repo).requestJsonAndCheck, "POST",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}/reactions", input={"content": content})
 
     def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
@@ -252,6 +298,6 @@ class GitHubClient:
 
     def update_hook(self, repo: RepoRef, hook_id: int, *, url: str, secret: str, events: tuple[str, ...]) -> None:
         # PATCH without fetching the hook first; `events` replaces the list, `config` the settings.
-        self._write("update webhook", self._github.requester.requestJsonAndCheck, "PATCH",
+        self._write("update webhook", self._requester(repo).requestJsonAndCheck, "PATCH",
                    f"/repos/{repo.full_name}/hooks/{hook_id}",
                    input={"config": self._hook_config(url, secret), "events": list(events), "active": True})

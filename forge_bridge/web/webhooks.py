@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 from redis.exceptions import RedisError
 
-from forge_bridge import metrics
+from forge_bridge import app_reach, metrics
 from forge_bridge.admission import admit
 from forge_bridge.config import Settings
 from forge_bridge.models import ForgeEvent, ForgeKind
@@ -17,6 +17,7 @@ from forge_bridge.webhooks import (
     read_headers,
     verify_signature,
 )
+from forge_bridge.webhooks.github import InstallationChange
 
 bp = Blueprint("webhooks", __name__)
 
@@ -98,6 +99,11 @@ def receive(name: str):
     if isinstance(parsed, Ignored):
         return answer("ignored", 200, delivery=delivery, reason=parsed.reason)
     try:
+        if isinstance(parsed, InstallationChange):   # a GitHub App gained or lost repositories: noted, no job
+            app_reach.record(bridge.conn, forge_name, parsed)
+            return answer("recorded", 200, delivery=delivery,
+                          reason=f"installation {parsed.installation}: {len(parsed.added)} added, "
+                                 f"{len(parsed.removed)} removed")
         return _decide_and_enqueue(bridge, parsed, name)
     except RedisError as error:
         return answer("unavailable", 503, delivery=delivery, reason=f"queue unavailable: {type(error).__name__}")

@@ -1,10 +1,12 @@
-"""Parse GitHub deliveries (issues, issue_comment, pull_request, pull_request_review) into ForgeEvents."""
+"""Parse GitHub deliveries (issues, issue_comment, pull_request, pull_request_review) into ForgeEvents, and a GitHub
+App's installation events into the repositories it gained or lost."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from forge_bridge.models import EventKind, ForgeEvent
-from forge_bridge.webhooks.errors import Ignored
+from forge_bridge.webhooks.errors import Ignored, Malformed
 from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields, updated_at
 
 
@@ -63,6 +65,44 @@ def _review(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
     )
 
 
+@dataclass(frozen=True)
+class InstallationChange:
+    """What a GitHub App can reach changed: repositories added to or removed from one installation."""
+    installation: int
+    account: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    gone: bool            # the whole installation was deleted or suspended: all its repositories are out of reach
+
+
+def _names(payload: dict, key: str) -> tuple[str, ...]:
+    repos = payload.get(key) or []
+    if not isinstance(repos, list):
+        raise Malformed(f"{key} is not a list")
+    return tuple(field(repo, "full_name") for repo in repos if isinstance(repo, dict))
+
+
+def _installation(payload: dict, **ctx: str) -> InstallationChange | Ignored:
+    action = field(payload, "action")
+    common = dict(installation=field(payload, "installation.id", int),
+                  account=field(payload, "installation.account.login", default=""))
+    if action in ("deleted", "suspend"):
+        return InstallationChange(**common, added=(), removed=_names(payload, "repositories"), gone=True)
+    if action in ("created", "unsuspend", "new_permissions_accepted"):
+        return InstallationChange(**common, added=_names(payload, "repositories"), removed=(), gone=False)
+    return Ignored(f"installation action {action!r} is not acted on")
+
+
+def _installation_repositories(payload: dict, **ctx: str) -> InstallationChange | Ignored:
+    if field(payload, "action") not in ("added", "removed"):
+        return Ignored(f"installation_repositories action {field(payload, 'action')!r} is not acted on")
+    return InstallationChange(installation=field(payload, "installation.id", int),
+                              account=field(payload, "installation.account.login", default=""),
+                              added=_names(payload, "repositories_added"),
+                              removed=_names(payload, "repositories_removed"), gone=False)
+
+
 PARSERS = {"issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
-           "pull_request_review": _review}
+           "pull_request_review": _review, "installation": _installation,
+           "installation_repositories": _installation_repositories}
 

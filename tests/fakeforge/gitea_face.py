@@ -70,7 +70,7 @@ class GiteaShapes:
     def repo(self, repo: Repo) -> dict:
         return _from_schema("Repository", {
             "id": repo.id, "name": repo.name, "full_name": repo.full_name, "owner": self.user(repo.owner),
-            "clone_url": str(repo.bare), "default_branch": repo.default_branch,
+            "clone_url": self.forge.clone_url(repo), "default_branch": repo.default_branch,
             "html_url": f"{self.forge.url}/{repo.full_name}"})
 
     def issue(self, repo: Repo, issue: Issue) -> dict:

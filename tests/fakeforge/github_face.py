@@ -44,7 +44,7 @@ class GitHubShapes:
     def repo(self, repo: Repo) -> dict:
         return _from_schema("full-repository", {
             "id": repo.id, "name": repo.name, "full_name": repo.full_name, "owner": self.user(repo.owner),
-            "clone_url": str(repo.bare), "default_branch": repo.default_branch,
+            "clone_url": self.forge.clone_url(repo), "default_branch": repo.default_branch,
             "html_url": f"{self.forge.url}/{repo.full_name}", "url": f"{self.forge.api}/repos/{repo.full_name}"})
 
     def issue(self, repo: Repo, issue: Issue) -> dict:

@@ -16,7 +16,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from fakeforge import gitea_face, github_face
+from fakeforge import gitea_face, github_app, github_face
 from fakeforge.openapi import SPECS
 from fakeforge.state import Issue, Repo, RepoHook, State
 
@@ -81,6 +81,9 @@ class FakeForge:
     faults: list[Fault] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)
     rate_limit_headers: dict[str, str] = field(default_factory=dict)   # sent with every answer when set
+    git_http: bool = False         # serve git over HTTP (as GitHub does) instead of handing out the bare path
+    apps: github_app.AppSide = field(default_factory=github_app.AppSide)   # GitHub Apps (the github kind)
+    git_refusals: int = 0
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,13 @@ class FakeForge:
 
         @app.before_request
         def authenticate():
-            if request.headers.get("Authorization", "") != f"token {self.token}":
+            if self.is_git_request():
+                return None   # git over HTTP checks its own credentials (Basic auth)
+            if self.kind == "github":
+                refused = github_app.authorize(self)
+                if refused is not None:
+                    return refused
+            elif request.headers.get("Authorization", "") != f"token {self.token}":
                 return jsonify(message="Bad credentials"), 401
             return self._inject_fault()
 
@@ -137,6 +146,8 @@ class FakeForge:
             return jsonify(message="fake forge crashed"), 500
 
         self.face.register(app, self)
+        if self.kind == "github":
+            github_app.register(app, self)
         return app
 
     def _conditional(self, response: Response) -> Response:
@@ -150,7 +161,17 @@ class FakeForge:
         response.headers.update(self.rate_limit_headers)
         return response
 
+    @staticmethod
+    def is_git_request() -> bool:
+        return ".git/" in request.path and not request.path.startswith(("/api/v3/", "/api/v1/"))
+
+    def clone_url(self, repo) -> str:
+        """Git over smart HTTP when `git_http` is set (credentials checked as GitHub does), else the bare path."""
+        return f"{self.url}/{repo.full_name}.git" if self.git_http else str(repo.bare)
+
     def _check(self, response: Response) -> None:
+        if self.is_git_request():
+            return   # git's own protocol, not the REST API the description covers
         path = request.path.removeprefix(self.face.PREFIX) if self.kind == "github" else request.path
         template = self.spec.template_for(path)
         self.exchanges.append(Exchange(request.method, path, response.status_code))
