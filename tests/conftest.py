@@ -99,7 +99,14 @@ def bridge_config(data_dir: Path, port: int, forges: list[FakeForge], *, agent_a
     lines += ["", "[agent]", *(f"{key} = {value}" for key, value in agent_keys.items())]
     for forge in forges:
         lines += ["", "[[forges]]", f'name = "{forge.kind}"', f'kind = "{forge.kind}"', f'url = "{forge.url}"',
-                  f'token_env = "{TOKEN_ENV}"', f'bot_login = "{forge.bot_login}"', 'write_interval = 0']
+                  'write_interval = 0']
+        if forge.bridge_app is None:
+            lines += [f'token_env = "{TOKEN_ENV}"', f'bot_login = "{forge.bot_login}"']
+        else:   # the bridge acts as this GitHub App: its id and key file; its login comes from GET /app
+            key = data_dir.parent / f"app-{forge.bridge_app.id}.pem"
+            key.write_text(forge.bridge_app.private_key)
+            key.chmod(0o600)
+            lines += [f"app_id = {forge.bridge_app.id}", f'private_key_file = "{key}"']
         lines += [f'webhook_secret_env = "{SECRET_ENV}"'] if webhook_secret else []
         lines += ["", "[[repos]]", f'forge = "{forge.kind}"',
                   f'name = "{"alice/widgets" if poll else "alice/*"}"', f"poll = {str(poll).lower()}"]

@@ -84,6 +84,7 @@ class FakeForge:
     git_http: bool = False         # serve git over HTTP (as GitHub does) instead of handing out the bare path
     apps: github_app.AppSide = field(default_factory=github_app.AppSide)   # GitHub Apps (the github kind)
     git_refusals: int = 0
+    bridge_app: github_app.FakeApp | None = None   # set: tests' bridges authenticate as this App, not a token
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,207 @@
+"""GitHub Apps against the fake GitHub's App side (real RS256 JWTs, installations, expiring installation tokens):
+PyGithub's own App client agrees with the fake; the bridge's App mints, caches, renews and explains."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from fakeforge.github_app import new_private_key
+from github import Auth, Github, GithubException, GithubIntegration
+from helpers import SECRET, wait_for
+
+from forge_bridge.forges.github import GitHubClient
+from forge_bridge.forges.github_app import RENEW_BEFORE, AppError, GitHubApp
+from forge_bridge.models import IssueRef, RepoRef
+
+
+def _repo_ref(github, repo) -> RepoRef:
+    return RepoRef(f"127.0.0.1:{github.port}", repo.owner, repo.name)
+
+
+@pytest.fixture
+def installed(github):
+    """An App installed on alice/widgets (not on alice/other)."""
+    repo = github.create_repo("alice", "widgets")
+    github.create_repo("alice", "other")
+    app = github.apps.create_app("kugetsu")
+    github.apps.install(app, "alice", [repo])
+    return app, repo
+
+
+def test_pygithubs_own_app_client_is_happy_with_the_fake(github, installed):
+    app, repo = installed
+    integration = GithubIntegration(auth=Auth.AppAuth(app.id, app.private_key), base_url=github.api)
+    assert integration.get_app().slug == "kugetsu"
+    installation = integration.get_repo_installation("alice", "widgets")
+    token = integration.get_access_token(installation.id)
+    assert token.token.startswith("ghs_") and token.expires_at is not None
+    assert Github(auth=Auth.Token(token.token), base_url=github.api).get_repo("alice/widgets").name == "widgets"
+    with pytest.raises(GithubException) as refused:   # an installation reaches only its repositories
+        Github(auth=Auth.Token(token.token), base_url=github.api).get_repo("alice/other").name
+    assert refused.value.status == 403
+    github.apps.clock_offset = 7200   # two hours on: the token has expired
+    with pytest.raises(GithubException) as expired:
+        Github(auth=Auth.Token(token.token), base_url=github.api).get_repo("alice/widgets").name
+    assert expired.value.status == 401
+
+
+def test_tokens_are_cached_per_installation_and_renewed_before_they_expire(github, installed):
+    app, repo = installed
+    ours = GitHubApp(github.api, app.id, lambda: app.private_key)
+    ref = _repo_ref(github, repo)
+    assert ours.login() == "kugetsu[bot]"
+    first = ours.token_for(ref)
+    assert ours.token_for(ref) == first and github.apps.minted == 1   # cached
+    app.token_life = RENEW_BEFORE - 10                                # tokens now too short-lived to keep
+    ours.forget_tokens()
+    second = ours.token_for(ref)
+    assert ours.token_for(ref) != second and github.apps.minted == 3  # renewed on every use
+
+
+def test_the_api_client_renews_a_token_github_no_longer_takes(github, installed):
+    app, repo = installed
+    issue = github.create_issue(repo, "Fix it")
+    client = GitHubClient(github.api, app=GitHubApp(github.api, app.id, lambda: app.private_key), write_interval=0)
+    ref = IssueRef(_repo_ref(github, repo), issue.number)
+    assert client.get_issue(ref).title == "Fix it"
+    github.apps.tokens.clear()   # revoked (or expired early) on GitHub's side
+    assert client.get_issue(ref).title == "Fix it"
+    assert github.apps.minted == 2
+    assert client.whoami() == "kugetsu[bot]"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bad key", "refused the App's signed token"),
+    ("wrong app id", "refused the App's signed token"),
+    ("clock behind", "clock"),
+    ("not a pem", "not a PEM file"),
+    ("no key", "no private key"),
+])
+def test_each_app_misconfiguration_is_one_clear_error(github, installed, case, expected):
+    app, _ = installed
+    key, app_id = app.private_key, app.id
+    if case == "bad key":
+        key = new_private_key()
+    elif case == "wrong app id":
+        app_id = 999_999
+    elif case == "clock behind":
+        github.apps.clock_offset = -3600   # GitHub's clock an hour behind ours: our JWT is "issued in the future"
+    elif case == "not a pem":
+        key = "ghp_this-is-a-token-not-a-key"
+    elif case == "no key":
+        key = ""
+    with pytest.raises(AppError) as error:
+        GitHubApp(github.api, app_id, lambda: key).login()
+    assert expected in str(error.value)
+    assert len(key) < 80 or key[40:80] not in str(error.value)   # never a piece of the key
+
+
+def test_an_app_not_installed_on_a_repository_says_so(github, installed):
+    app, _ = installed
+    other = RepoRef(f"127.0.0.1:{github.port}", "alice", "other")
+    with pytest.raises(AppError) as error:
+        GitHubApp(github.api, app.id, lambda: app.private_key).token_for(other)
+    assert error.value.status == 404
+    assert str(error.value).startswith(f"GitHub App {app.id} is not installed on alice/other")
+
+
+def _app_forge(github, *, token_life: float = 3600.0):
+    """The fake GitHub serving git over HTTP, with an App installed on alice/widgets that the bridge acts as."""
+    github.git_http, github.bot_login = True, "kugetsu[bot]"
+    repo = github.create_repo("alice", "widgets")
+    app = github.apps.create_app("kugetsu", token_life=token_life)
+    github.apps.install(app, "alice", [repo])
+    github.bridge_app = app
+    return app, repo
+
+
+def test_serve_as_a_github_app_fetches_pushes_and_opens_the_pull_request(github, start_bridge, tmp_path):
+    """Tokens minted for the installation carry the API and git over HTTP; one revoked while the agent works is
+    renewed when the push is refused, and the work lands."""
+    _, repo = _app_forge(github)
+    issue = github.create_issue(repo, "Fix the emoji names")
+    record = tmp_path / "agent.record"
+    bridge = start_bridge([github], agent_args=["--record", str(record), "--sleep", "2"])
+    [answer] = github.add_label(repo, issue, "kugetsu:todo")
+    assert answer.status_code == 202
+    wait_for(lambda: record.exists() and "start" in record.read_text(), timeout=60, what="the agent to start")
+    github.apps.tokens.clear()   # GitHub revokes every token while the agent works
+    wait_for(lambda: repo.pulls, timeout=60, what="the pull request")
+    [pull] = repo.pulls.values()
+    assert pull.head == "kugetsu/1-fix-the-emoji-names"
+    assert github.git_refusals >= 1 and github.apps.minted >= 2
+    pushed = subprocess.run(["git", "show", f"{pull.head}:AGENT_WORK.md"], cwd=repo.bare, capture_output=True,
+                            text=True, check=True).stdout
+    assert pushed.startswith("Fix the emoji names")
+    wait_for(lambda: "kugetsu:review" in github.labels_of(repo, issue), timeout=30, what="the review label")
+    # The App's own comment never triggers it (its login comes from GET /app, no bot_login configured).
+    github.comment(repo, issue, "/kugetsu retry", author="kugetsu[bot]")
+    github.comment(repo, issue, "/kugetsu status", author="alice")
+    wait_for(lambda: any("/kugetsu status" == c for c in github.comments_of(repo, issue)) and
+             bridge.redis.llen("rq:queue:forge-bridge-events") == 0, timeout=30, what="intake to settle")
+    assert len(bridge.redis.keys("fb:task:*")) == 1
+    token_free = bridge.data_dir.rglob("*")
+    pem = github.bridge_app.private_key.splitlines()[1]
+    assert not any(pem in path.read_text(errors="ignore") for path in token_free
+                   if path.is_file() and path.stat().st_size < 2_000_000)
+
+
+def test_installation_events_and_a_missing_installation_show_on_the_page_and_in_check(github, start_bridge):
+    app, repo = _app_forge(github)
+    github.create_repo("alice", "elsewhere")   # configured below, but the App is not installed there
+    bridge = start_bridge([github], settings={"workers": "1"})
+    bridge.stop()   # again, with concrete repositories, which the worker asks GitHub about at start
+    config = bridge.config.read_text().replace('name = "alice/*"', 'name = "alice/widgets"')
+    bridge.config.write_text(config + '\n[[repos]]\nforge = "github"\nname = "alice/elsewhere"\n')
+    bridge.start()
+    checked = subprocess.run([sys.executable, "-m", "forge_bridge", "--config", str(bridge.config), "check"],
+                             capture_output=True, text=True, env={**os.environ})
+    lines = checked.stdout.splitlines()
+    assert any(f"acting as kugetsu[bot]" in line for line in lines), checked.stdout
+    assert any("alice/widgets: the App is installed" in line for line in lines), checked.stdout
+    assert any(f"alice/elsewhere: GitHub App {app.id} is not installed on alice/elsewhere" in line
+               for line in lines), checked.stdout
+    assert checked.returncode != 0
+    body = json.dumps({"action": "added", "installation": {"id": 5001, "account": {"login": "alice"}},
+                       "repository_selection": "selected",
+                       "repositories_added": [{"id": 1, "name": "extra", "full_name": "alice/extra", "private": False}],
+                       "repositories_removed": [], "sender": {"login": "alice", "type": "User"}}).encode()
+    answer = requests.post(f"{bridge.url}/webhooks/github", data=body, headers={
+        "X-GitHub-Event": "installation_repositories", "X-GitHub-Delivery": "inst-1",
+        "Content-Type": "application/json", "X-Hub-Signature-256": "sha256=" + hmac.new(
+            SECRET.encode(), body, hashlib.sha256).hexdigest()}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["status"] == "recorded"
+    def shown() -> str | None:
+        page = requests.get(bridge.url, timeout=10).text
+        return page if "alice/extra" in page and 'class="reach">alice/widgets' in page else None
+
+    page = wait_for(shown, timeout=30, what="the App's reach on the status page")
+    assert f"alice/elsewhere: GitHub App {app.id} is not installed on alice/elsewhere" in page
+
+
+def test_a_task_whose_app_key_stops_working_fails_saying_why(github, start_bridge, tmp_path):
+    app, repo = _app_forge(github)
+    issue = github.create_issue(repo, "Fix the emoji names")
+    record = tmp_path / "agent.record"
+    bridge = start_bridge([github], agent_args=["--record", str(record), "--sleep", "2"])
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: record.exists() and "start" in record.read_text(), timeout=60, what="the agent to start")
+    app.private_key = new_private_key()   # the App's key rotated on GitHub: the bridge's no longer signs for it
+    github.apps.tokens.clear()
+
+    def outcome() -> str:
+        for key in bridge.redis.keys("fb:task:*"):
+            task = json.loads(bridge.redis.get(key))
+            if task["state"] == "failed":
+                return task["outcome"]
+        return ""
+
+    said = wait_for(outcome, timeout=60, what="the task to fail")
+    assert f"GitHub App {app.id}: GitHub refused the App's signed token" in said and "private key" in said
+    assert not repo.pulls
