@@ -238,6 +238,22 @@ def cmd_hooks(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_github_app(settings: Settings, args: argparse.Namespace) -> int:
+    from forge_bridge import app_setup
+
+    public_url = check_http_url(args.url, where="--url") if args.url else settings.public_url
+    if not public_url:
+        raise UsageError("github-app create needs the bridge's public URL: --url https://bridge.example.com "
+                         f"(or public_url in {settings.source})")
+    forge = app_setup.github_forge(settings, args.forge or "")
+    created = app_setup.run_setup(settings, public_url=public_url, org=args.org or "", name=args.name,
+                                  bind=args.bind or settings.bind, forge_name=forge.name)
+    print(f"Created GitHub App {created.slug} (id {created.id}); its key and webhook secret are in "
+          f"{created.folder} (mode 0600). Configuration:\n")
+    print(app_setup.configuration_lines(forge, created), flush=True)
+    return 0
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.checks import run_checks
 
@@ -311,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument("--url", help="the bridge's public URL (default: public_url of the configuration)")
     hooks.add_argument("--dry-run", action="store_true", help="say what install would change, change nothing")
     hooks.set_defaults(run=cmd_hooks)
+    github_app = sub.add_parser("github-app", help="set up a GitHub App for the bridge (GitHub's manifest flow)")
+    github_app.add_argument("action", choices=["create"])
+    github_app.add_argument("--url", help="the bridge's public URL, where GitHub sends the browser back "
+                                          "(default: public_url of the configuration)")
+    github_app.add_argument("--org", help="create the App in this organization (default: your account)")
+    github_app.add_argument("--name", default="forge-bridge", help="the App's name on GitHub (unique there)")
+    github_app.add_argument("--forge", help="the configured GitHub forge (GitHub Enterprise); default github.com")
+    github_app.add_argument("--bind", help="listen here while it runs (default: bind of the configuration)")
+    github_app.set_defaults(run=cmd_github_app)
     stop = sub.add_parser("stop", help="cancel an issue's queued tasks and stop its running agent")
     stop.add_argument("issue_ref")
     stop.set_defaults(run=cmd_stop)

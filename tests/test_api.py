@@ -84,6 +84,12 @@ def test_health_and_webhooks_never_need_the_ui_token(redis_url):
                                                                 "X-GitHub-Delivery": "d"}).status_code == 200
 
 
+def test_the_github_app_setup_routes_are_not_part_of_the_running_bridge(redis_url):
+    client = _app(redis_url, "")   # only `forge-bridge github-app create` serves them, while it runs
+    assert client.get("/setup/github-app").status_code == 404
+    assert client.get("/setup/github-app/callback", query_string={"code": "c", "state": "s"}).status_code == 404
+
+
 def test_metrics_in_prometheus_format(redis_url, seeded, conn):
     client = _app(redis_url)
     client.post("/webhooks/github", data=b"{}", headers={"X-GitHub-Event": "star", "X-GitHub-Delivery": "d"})

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import os
+import re
 import subprocess
 import sys
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -205,3 +208,65 @@ def test_a_task_whose_app_key_stops_working_fails_saying_why(github, start_bridg
     said = wait_for(outcome, timeout=60, what="the task to fail")
     assert f"GitHub App {app.id}: GitHub refused the App's signed token" in said and "private key" in said
     assert not repo.pulls
+
+
+@pytest.mark.parametrize("org", ["", "acme"])
+def test_github_app_create_runs_githubs_manifest_flow(github, tmp_path, org):
+    from conftest import free_port
+
+    port, data = free_port(), tmp_path / "data"
+    public = f"http://127.0.0.1:{port}"
+    config = tmp_path / "forge-bridge.toml"
+    config.write_text(f'data_dir = "{data}"\n[[forges]]\nname = "ghe"\nkind = "github"\nurl = "{github.url}"\n'
+                      'token_env = "UNSET_TOKEN"\n')
+    command = [sys.executable, "-m", "forge_bridge", "--config", str(config), "github-app", "create", "--url", public,
+               "--bind", f"127.0.0.1:{port}", "--name", "fb-test", *(["--org", org] if org else [])]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def page() -> str | None:
+            try:
+                return requests.get(f"{public}/setup/github-app", timeout=5).text
+            except requests.ConnectionError:
+                return None
+
+        form = wait_for(page, timeout=30, what="the setup page")
+        action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', form)[1])
+        manifest = json.loads(html.unescape(re.search(r'name="manifest" value="([^"]+)"', form)[1]))
+        where = f"organizations/{org}/settings/apps/new" if org else "settings/apps/new"
+        assert action.startswith(f"{github.url}/{where}?state=")
+        assert manifest["name"] == "fb-test" and manifest["url"] == public
+        assert manifest["hook_attributes"]["url"] == f"{public}/webhooks/github"
+        assert manifest["redirect_url"] == f"{public}/setup/github-app/callback"
+        assert manifest["default_permissions"] == {"contents": "write", "issues": "write", "pull_requests": "write",
+                                                   "metadata": "read", "checks": "read", "statuses": "read"}
+        assert set(manifest["default_events"]) == {"issues", "issue_comment", "pull_request", "pull_request_review",
+                                                   "pull_request_review_comment", "check_suite", "status"}
+        state = parse_qs(urlsplit(action).query)["state"][0]
+        forged = requests.get(f"{public}/setup/github-app/callback", params={"code": "x", "state": "forged"},
+                              timeout=10)
+        assert forged.status_code == 400   # an answer not for this page is turned away; the command waits on
+        created = github.apps.expect_manifest("code-123", "fb-test")   # the user pressed "Create" on GitHub
+        done = requests.get(f"{public}/setup/github-app/callback", params={"code": "code-123", "state": state},
+                            timeout=10)
+        assert done.status_code == 200 and "fb-test" in done.text
+        out, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out
+    folder = data / "github-app"
+    key, secret = folder / "private-key.pem", folder / "webhook-secret"
+    assert key.read_text() == created.private_key and secret.read_text() == created.webhook_secret
+    assert (key.stat().st_mode & 0o777, secret.stat().st_mode & 0o777) == (0o600, 0o600)
+    assert created.private_key.splitlines()[1] not in out   # the key itself is never printed
+    with pytest.raises(requests.ConnectionError):          # the setup routes are gone with the command
+        requests.get(f"{public}/setup/github-app", timeout=5)
+    # The printed lines are a working configuration once the App is installed.
+    repo = github.create_repo("alice", "widgets")
+    github.apps.install(created, "alice", [repo])
+    lines = out[out.index("[[forges]]"):]
+    working = tmp_path / "app.toml"
+    working.write_text(f'data_dir = "{data}"\n{lines}\n[[repos]]\nforge = "ghe"\nname = "alice/widgets"\n')
+    checked = subprocess.run([sys.executable, "-m", "forge_bridge", "--config", str(working), "check"],
+                             capture_output=True, text=True, env={**os.environ, "GITHUB_WEBHOOK_SECRET": "s" * 20})
+    assert "acting as fb-test[bot]" in checked.stdout and "alice/widgets: the App is installed" in checked.stdout, \
+        checked.stdout + checked.stderr
