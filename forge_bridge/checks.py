@@ -104,6 +104,11 @@ def check_app(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, st
         except ForgeError as error:
             yield False, f"{forge.name}: {repo.full_name}: {error}"
             continue
+        if forge.installation_id and installation != forge.installation_id:
+            yield False, (f"{forge.name}: {repo.full_name}: installation_id is {forge.installation_id}, but the App "
+                          f"reaches this repository through installation {installation}; leave installation_id "
+                          "out to find each repository's own")
+            continue
         yield True, f"{forge.name}: {repo.full_name}: the App is installed (installation {installation}); token minted"
 
 

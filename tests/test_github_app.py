@@ -144,7 +144,7 @@ def test_serve_as_a_github_app_fetches_pushes_and_opens_the_pull_request(github,
     assert pushed.startswith("Fix the emoji names")
     wait_for(lambda: "kugetsu:review" in github.labels_of(repo, issue), timeout=30, what="the review label")
     # The App's own comment never triggers it (its login comes from GET /app, no bot_login configured).
-    github.comment(repo, issue, "/kugetsu retry", author="kugetsu[bot]")
+    github.comment(repo, issue, "/kugetsu start again", author="kugetsu[bot]")
     github.comment(repo, issue, "/kugetsu status", author="alice")
     wait_for(lambda: any("/kugetsu status" == c for c in github.comments_of(repo, issue)) and
              bridge.redis.llen("rq:queue:forge-bridge-events") == 0, timeout=30, what="intake to settle")
@@ -171,6 +171,11 @@ def test_installation_events_and_a_missing_installation_show_on_the_page_and_in_
     assert any(f"alice/elsewhere: GitHub App {app.id} is not installed on alice/elsewhere" in line
                for line in lines), checked.stdout
     assert checked.returncode != 0
+    hooks = subprocess.run([sys.executable, "-m", "forge_bridge", "--config", str(bridge.config), "hooks", "install",
+                            "--url", "https://bridge.example.com"], capture_output=True, text=True,
+                           env={**os.environ, "FAKE_WEBHOOK_SECRET": SECRET})
+    assert f"GitHub App {app.id}: events come through the App's webhook; none installed" in hooks.stdout, hooks.stdout
+    assert not repo.hooks and "kugetsu:todo" in repo.labels   # no repository hook; the labels are made
     body = json.dumps({"action": "added", "installation": {"id": 5001, "account": {"login": "alice"}},
                        "repository_selection": "selected",
                        "repositories_added": [{"id": 1, "name": "extra", "full_name": "alice/extra", "private": False}],

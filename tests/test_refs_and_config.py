@@ -83,6 +83,9 @@ def test_allowlist_patterns_and_exclusions():
     assert not settings.repo_allowed("g", "other/kugetsu")
 
 
+GH = {"name": "gh", "kind": "github", "url": "https://github.com"}
+
+
 @pytest.mark.parametrize(("raw", "message"), [
     ({"workers": 0}, "workers: must be at least 1"),
     ({"task_timeout": "soon"}, "task_timeout: expected a duration"),
@@ -98,6 +101,14 @@ def test_allowlist_patterns_and_exclusions():
     ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea or forgejo"),
     ({"repos": [{"forge": "nope", "name": "a/b"}]}, "names no configured forge"),
     ({"public_url": "bridge.example.com"}, "public_url must look like https://"),
+    ({"forges": [{**GH, "app_id": "abc", "private_key_env": "K"}]}, "app_id must be a positive whole number"),
+    ({"forges": [{**GH, "app_id": 0, "private_key_env": "K"}]}, "app_id must be a positive whole number"),
+    ({"forges": [{**GH, "app_id": 5}]}, "needs exactly one of private_key_env"),
+    ({"forges": [{**GH, "app_id": 5, "private_key_env": "K", "private_key_file": "k.pem"}]}, "exactly one of"),
+    ({"forges": [{**GH, "app_id": 5, "private_key_env": "K", "token_env": "T"}]}, "token_env and app_id"),
+    ({"forges": [{**GH, "app_id": 5, "private_key_env": "K", "installation_id": -1}]}, "installation_id must be"),
+    ({"forges": [{**GH, "kind": "gitea", "app_id": 5, "private_key_env": "K"}]}, "GitHub Apps are a GitHub feature"),
+    ({"forges": [{**GH, "token_value": "x"}]}, "unknown key"),
 ])
 def test_configuration_mistakes_are_explained(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -115,3 +126,22 @@ def test_allow_users_are_scoped_to_a_forge_when_several_are_configured():
     assert settings.user_allowed("home", "Alice") and not settings.user_allowed("github", "alice")
     alone = settings_from_dict({"allow_users": ["alice"], "forges": forges[:1]}, source="t.toml", environ={})
     assert alone.user_allowed("github", "alice")   # one forge: the plain form means that forge
+
+
+def test_a_github_app_key_is_read_from_its_file_next_to_the_configuration_and_redacted(tmp_path: Path):
+    from forge_bridge.redact import redact, secret_values
+
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretsecretline1\nAnotherLineOfTheKeyBody2\n" \
+          "-----END RSA PRIVATE KEY-----\n"
+    (tmp_path / "app.pem").write_text(pem)
+    config = tmp_path / "forge-bridge.toml"
+    config.write_text('[[forges]]\nname = "gh"\nkind = "github"\nurl = "https://github.com"\napp_id = 42\n'
+                      'private_key_file = "app.pem"\ninstallation_id = 7\n')
+    forge = load_settings(config, environ={}).forges[0]
+    assert (forge.is_app, forge.app_id, forge.installation_id) == (True, 42, 7)
+    assert forge.private_key() == pem and forge.private_key_file == str(tmp_path / "app.pem")
+    assert redact("oops: AnotherLineOfTheKeyBody2", secret_values(load_settings(config, environ={}), {})) == \
+        "oops: [redacted]"
+    (tmp_path / "app.pem").unlink()
+    with pytest.raises(ConfigError, match="cannot read private_key_file"):
+        forge.private_key()
