@@ -166,7 +166,7 @@ def test_installation_events_and_a_missing_installation_show_on_the_page_and_in_
     checked = subprocess.run([sys.executable, "-m", "forge_bridge", "--config", str(bridge.config), "check"],
                              capture_output=True, text=True, env={**os.environ})
     lines = checked.stdout.splitlines()
-    assert any(f"acting as kugetsu[bot]" in line for line in lines), checked.stdout
+    assert any("acting as kugetsu[bot]" in line for line in lines), checked.stdout
     assert any("alice/widgets: the App is installed" in line for line in lines), checked.stdout
     assert any(f"alice/elsewhere: GitHub App {app.id} is not installed on alice/elsewhere" in line
                for line in lines), checked.stdout
