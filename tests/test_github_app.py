@@ -275,3 +275,24 @@ def test_github_app_create_runs_githubs_manifest_flow(github, tmp_path, org):
                              capture_output=True, text=True, env={**os.environ, "GITHUB_WEBHOOK_SECRET": "s" * 20})
     assert "acting as fb-test[bot]" in checked.stdout and "alice/widgets: the App is installed" in checked.stdout, \
         checked.stdout + checked.stderr
+
+
+def test_git_over_http_takes_only_a_live_installation_token(github, installed):
+    from forge_bridge import worktrees
+
+    app, repo = installed
+    github.git_http, app.token_life = True, 5   # tokens that live five seconds
+    ours = GitHubApp(github.api, app.id, lambda: app.private_key)
+    url = f"{github.url}/alice/widgets.git"
+
+    def ls_remote(token: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "ls-remote", url], env=worktrees.git_env(url, token), capture_output=True,
+                              text=True, timeout=30)
+
+    token = ours.token_for(_repo_ref(github, repo))
+    assert "refs/heads/main" in ls_remote(token).stdout
+    github.apps.clock_offset = 10   # GitHub's clock passes the five seconds
+    refused = ls_remote(token)
+    assert refused.returncode != 0 and worktrees.refused_credentials(worktrees.GitError(refused.stderr))
+    fresh = ours.token_for(_repo_ref(github, repo))   # a five-second token is never kept: a new one each time
+    assert fresh != token and "refs/heads/main" in ls_remote(fresh).stdout
