@@ -236,9 +236,11 @@ def _wait(process: subprocess.Popen, timeout: float, should_stop: Callable[[], s
 def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], timeout: float,
               log: Path, agent: AgentConfig, should_stop: Callable[[], str] = lambda: "",
               on_start: Callable[[int], None] = lambda pid: None,
-              on_session: Callable[[str], None] | None = None) -> AgentResult:
+              on_session: Callable[[str], None] | None = None,
+              on_lines: Callable[[list[str]], str] | None = None) -> AgentResult:
     """Run one agent to its end. `on_session` hears the session id the moment the output names it, so it is
-    stored even if the worker dies before the agent ends."""
+    stored even if the worker dies before the agent ends; `on_lines` reads the output as it comes (every half
+    second) and may answer why the agent must stop (its budget), which then ends it like a cancel."""
     offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         try:
@@ -251,7 +253,7 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
             return AgentResult(exit_code=None, timed_out=False, verdict=Verdict(failure=why))
         on_start(process.pid)
         threading.Thread(target=_feed_stdin, args=(process, prompt), daemon=True).start()
-        watch = _SessionWatch(agent, log, offset, on_session)
+        watch = _Watch(agent, log, offset, on_session, on_lines)
         ended = _wait(process, timeout, lambda: watch.poll() or should_stop())
         _kill_group(process)  # after a timeout or cancel, and after a normal exit too: no leftovers
         process.wait()
@@ -264,13 +266,15 @@ def run_agent(argv: list[str], *, prompt: str, cwd: Path, env: dict[str, str], t
 
 
 @dataclass
-class _SessionWatch:
-    """Reads the agent's output while it runs, only what is new each time, until it names its session."""
+class _Watch:
+    """Reads the agent's output while it runs, only what is new each time: until it names its session, and
+    throughout when `on_lines` reads it too."""
 
     agent: AgentConfig
     log: Path
     offset: int
     on_session: Callable[[str], None] | None
+    on_lines: Callable[[list[str]], str] | None = None
     done: bool = False
     partial: bytes = b""
 
@@ -278,9 +282,14 @@ class _SessionWatch:
         self.done = self.on_session is None or not reports_sessions(self.agent)
 
     def poll(self) -> str:
+        if self.done and self.on_lines is None:
+            return ""
+        lines = self._new_lines()
+        if not lines:
+            return ""
         if not self.done:
-            self.found(judge(self.agent, self._new_lines()).session_id)
-        return ""
+            self.found(judge(self.agent, lines).session_id)
+        return self.on_lines(lines) if self.on_lines is not None else ""
 
     def _new_lines(self) -> list[str]:
         with open(self.log, "rb") as handle:

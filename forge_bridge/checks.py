@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
-from forge_bridge import agents, sandbox
+from forge_bridge import agents, sandbox, streams
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
 
@@ -21,6 +21,8 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
         yield False, "no forge is configured"
     yield check_agent(settings)
     yield check_sandbox(settings)
+    if settings.budget.any:
+        yield check_budget(settings)
     for forge in settings.forges:
         yield check_webhook_secret(settings, forge)
         yield from check_forge(settings, forge)
@@ -68,6 +70,22 @@ def check_sandbox(settings: Settings) -> tuple[bool | None, str]:
     if chosen == "none":
         return True, "sandbox none: agents run unconfined (the bridge's git is protected all the same)"
     return True, f"sandbox bwrap: agents run confined; their HOME is {sandbox.agent_home(settings)}"
+
+
+def check_budget(settings: Settings) -> tuple[bool | None, str]:
+    """None (a warning) when the agent's output cannot say what a budget needs to know."""
+    limits, agent = settings.budget, settings.agent
+    dollars = bool(limits.task_usd or limits.issue_usd or limits.repo_daily_usd)
+    blind = []
+    if dollars and not streams.reports_cost(agent):
+        how = " (set agent.cost = \"json:<key>\")" if agent.preset == "command" else ""
+        blind.append(f"its runs are not limited by dollars: {agent.preset} reports no cost{how}")
+    if limits.task_tokens and not streams.reports_tokens(agent):
+        how = " (set agent.tokens = \"json:<key>\")" if agent.preset == "command" else ""
+        blind.append(f"task_tokens does not apply: {agent.preset} reports no tokens{how}")
+    if blind:
+        return None, "budget: " + "; ".join(blind)
+    return True, "budget: the agent reports what the budget needs"
 
 
 def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, str]:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from forge_bridge.config import MAX_BUDGET, ConfigError, budget_amount
+
 HTML_COMMENT_RE = re.compile(r"<!--.*?(-->|$)", re.S)
 FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
 QUOTE_RE = re.compile(r"^[ \t]{0,3}>")
@@ -19,6 +21,7 @@ class Verb(StrEnum):
     RETRY = "retry"
     STATUS = "status"
     DESTROY = "destroy"
+    BUDGET = "budget"
     HELP = "help"
 
 
@@ -28,6 +31,7 @@ class Command:
     message: str = ""
     force: bool = False
     mention: bool = False        # came from `@bot …` rather than the command word
+    amount: float | None = None  # budget: the issue's new limit in USD (None: just show the spend)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ def grammar(command: str, bot_login: str) -> str:
             f"- `{command} retry`: run the last failed, timed-out or cancelled task again\n"
             f"- `{command} status`: refresh the status comment\n"
             f"- `{command} destroy [--force]`: remove the issue's worktree (safely, unless --force)\n"
+            f"- `{command} budget [usd]`: show what this issue and its repository spent; with an amount, set this "
+            f"issue's limit (repository admins; 0: no limit)\n"
             f"- `{command} help`: this list")
 
 
@@ -76,6 +82,19 @@ def _rest(first: str, following: list[str]) -> str:
     return "\n".join([first, *following]).strip()[:MAX_MESSAGE]
 
 
+def _budget_command(args: str, *, command: str) -> Command | Reply:
+    words = args.split()
+    if not words:
+        return Command(Verb.BUDGET)
+    try:
+        if len(words) > 1:
+            raise ConfigError("one amount")
+        return Command(Verb.BUDGET, amount=budget_amount(words[0], where="the amount"))
+    except ConfigError:
+        return Reply(f"`{command} budget` takes one amount in USD from 0 (no limit) to {MAX_BUDGET:,.0f}, like "
+                     f"`{command} budget 5`.")
+
+
 def _verb_command(word: str, args: str, following: list[str], *, command: str, bot_login: str) -> Command | Reply:
     if not word:
         return Reply(grammar(command, bot_login))
@@ -92,6 +111,8 @@ def _verb_command(word: str, args: str, following: list[str], *, command: str, b
         if any(a != "--force" for a in extra):
             return Reply(f"`{command} destroy` takes only `--force`.")
         return Command(verb, force=bool(extra))
+    if verb is Verb.BUDGET:
+        return _budget_command(args, command=command)
     message = _rest(args, following) if verb in (Verb.START, Verb.CONTINUE) else ""
     if verb is Verb.CONTINUE and not message:
         return Reply(f"`{command} continue` needs a message: `{command} continue <what to do next>`.")

@@ -112,6 +112,8 @@ class AgentConfig:
     session_id: str = "none"
     summary: str = "none"
     success: str = "exit"          # command: "exit" (exit code and commits) or "json:<key>" of its final JSON line
+    cost: str = "none"             # command: "json:<key>" holding the run's cost so far in USD (latest counts)
+    tokens: str = "none"           # command: "json:<key>" holding the run's tokens so far (latest counts)
     pass_env: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()   # appended to a preset's argv (a model, a permission mode…)
     max_turns: int = 0             # claude: --max-turns (0: the CLI's own default)
@@ -124,6 +126,41 @@ class AgentConfig:
     def preassigned_session(self) -> bool:
         """Whether the bridge picks the session id (a uuid) before the first run."""
         return self.preset == "claude" or (self.preset == "command" and self.session_id == "uuid")
+
+
+MAX_BUDGET = 1_000_000.0   # USD: more than any real limit; a larger one is a typo (1e308), not a budget
+MAX_TOKENS = 10 ** 11      # tokens, likewise
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Spending limits; 0 means no limit."""
+    task_usd: float = 0.0          # one task's runs together
+    task_tokens: int = 0
+    issue_usd: float = 0.0         # all tasks of one issue
+    repo_daily_usd: float = 0.0    # all tasks of one repository in a UTC day
+
+    @property
+    def any(self) -> bool:
+        return bool(self.task_usd or self.task_tokens or self.issue_usd or self.repo_daily_usd)
+
+
+def budget_amount(value: Any, *, where: str, whole: bool = False) -> float:
+    """A limit as a user may write it: a finite, non-negative number no larger than MAX_BUDGET (MAX_TOKENS for a
+    whole number of tokens)."""
+    most = MAX_TOKENS if whole else MAX_BUDGET
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().lstrip("$"))
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")) or not 0 <= value <= most \
+            or (whole and value != int(value)):
+        kind = "whole number" if whole else "number"
+        raise ConfigError(f"{where} must be a {kind} from 0 (no limit) to {most:,.0f}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -146,6 +183,7 @@ class Settings:
     public_url: str = ""             # where forges reach the web app; `hooks install` points webhooks there
     ui_public: bool = False          # listen beyond loopback without ui_token (the page and API open to all)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     forges: tuple[ForgeConfig, ...] = ()
     repos: tuple[RepoConfig, ...] = ()
     source: str = "(defaults)"
@@ -217,7 +255,7 @@ def _check_scoped(settings: Settings) -> None:
                                   f"\"{sorted(names)[0]}:{entry}\") when several forges are configured")
 
 
-_SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "forges", "repos", "source", "ui_token"}
+_SCALAR_KEYS = {f.name for f in fields(Settings)} - {"agent", "budget", "forges", "repos", "source", "ui_token"}
 _FORGE_KEYS = {f.name for f in fields(ForgeConfig) if not f.name.endswith("_value")}
 _REPO_KEYS = {f.name for f in fields(RepoConfig)}
 _AGENT_KEYS = {f.name for f in fields(AgentConfig)}
@@ -360,6 +398,7 @@ def _agent(table: dict, source: str) -> AgentConfig:
     session_id = _spec(table, "session_id", ("uuid", "none"), source)
     summary = _spec(table, "summary", ("none",), source)
     success = _spec(table, "success", ("exit",), source, default="exit")
+    cost, tokens = _spec(table, "cost", ("none",), source), _spec(table, "tokens", ("none",), source)
     pass_env, extra_args = table.get("pass_env", []), table.get("extra_args", [])
     if not isinstance(pass_env, list) or not all(isinstance(name, str) for name in pass_env):
         raise ConfigError(f"{source}: agent.pass_env must be a list of variable names")
@@ -374,12 +413,24 @@ def _agent(table: dict, source: str) -> AgentConfig:
                                               for p in paths):
         raise ConfigError(f"{source}: agent.sandbox_paths must be a list of absolute paths")
     return AgentConfig(
-        preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success,
+        preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success, cost=cost,
+        tokens=tokens,
         pass_env=tuple(pass_env), extra_args=tuple(extra_args), sandbox=sandbox,
         home=str(Path(home).expanduser()) if home else "", sandbox_paths=tuple(str(Path(p).expanduser()) for p in paths),
         max_turns=_non_negative(table, "max_turns", int, source),
         max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )
+
+
+def _budget(table: Any, source: str) -> BudgetConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: budget must be a table ([budget])")
+    _reject_unknown(table, {f.name for f in fields(BudgetConfig)}, where="budget.", source=source)
+    amounts = {key: budget_amount(value, where=f"{source}: budget.{key}", whole=key == "task_tokens")
+               for key, value in table.items()}
+    if "task_tokens" in amounts:
+        amounts["task_tokens"] = int(amounts["task_tokens"])
+    return BudgetConfig(**amounts)
 
 
 def _spec(table: dict, key: str, words: tuple[str, ...], source: str, *, default: str = "none") -> str:
@@ -402,7 +453,7 @@ def _non_negative(table: dict, key: str, kind: type, source: str) -> Any:
 def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None = None) -> Settings:
     """Validate a parsed TOML document (plus environment overrides) into Settings."""
     environ = dict(os.environ) if environ is None else environ
-    _reject_unknown(raw, _SCALAR_KEYS | {"agent", "forges", "repos"}, where="", source=source)
+    _reject_unknown(raw, _SCALAR_KEYS | {"agent", "budget", "forges", "repos"}, where="", source=source)
     scalars = {k: v for k, v in raw.items() if k in _SCALAR_KEYS}
     scalars.update(_env_overrides(environ))
     values = {k: _coerce_scalar(k, v, source=source) for k, v in scalars.items()}
@@ -413,7 +464,7 @@ def settings_from_dict(raw: dict, *, source: str, environ: dict[str, str] | None
     repos = tuple(_repo(t, i, set(names), source) for i, t in enumerate(raw.get("repos", [])))
     ui_token = environ.get(values.get("ui_token_env", Settings.ui_token_env), "")
     settings = Settings(**values, agent=_agent(raw.get("agent", {}), source), forges=forges, repos=repos,
-                        source=source, ui_token=ui_token)
+                        source=source, ui_token=ui_token, budget=_budget(raw.get("budget", {}), source))
     _check_scoped(settings)
     return settings
 

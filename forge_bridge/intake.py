@@ -6,13 +6,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from forge_bridge import redact, worktrees
+from forge_bridge import budget, redact, worktrees
 from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.lifecycle import safe_destroy
 from forge_bridge.models import EventKind, ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
-from forge_bridge.queue import Scheduler
+from forge_bridge.line import Line
+from forge_bridge.queue import Scheduler, slots_in_use
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import CLAIM_TTL, Store
@@ -105,7 +106,8 @@ class Intake:
 
     def act(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
         handlers = {Verb.START: self.start, Verb.CONTINUE: self.continue_, Verb.STOP: self.stop,
-                    Verb.RETRY: self.retry, Verb.STATUS: self.refresh, Verb.DESTROY: self.destroy}
+                    Verb.RETRY: self.retry, Verb.STATUS: self.refresh, Verb.DESTROY: self.destroy,
+                    Verb.BUDGET: self.budget}
         with self.store.issue_lock(ref):
             return handlers[command.verb](command, event, ref)
 
@@ -193,6 +195,25 @@ class Intake:
         self.report(ref, session, self.client.get_issue(ref).labels, force=True)
         return "status refreshed"
 
+    def budget(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        """`budget`: what the issue and its repository spent, against their limits; `budget <usd>`: this issue's
+        own limit, which only a repository admin (or the operator, from the command line) may set."""
+        ledger = budget.Ledger(self.store.conn)
+        if command.amount is None:
+            self.client.create_comment(ref, budget.describe(ledger.spend(self.settings.budget, ref),
+                                                            ref.repo.full_name))
+            return "answered: budget"
+        if event.source != "cli" and self.client.permission(ref.repo, event.sender) != "admin":
+            self.client.create_comment(event.issue, f"@{event.sender} only repository admins can set this issue's "
+                                                    "budget.")
+            return f"denied: {event.sender} may not set the budget"
+        ledger.set_issue_limit(ref, command.amount)
+        spend = ledger.spend(self.settings.budget, ref)
+        self.client.create_comment(ref, f"@{event.sender} set this issue's budget to "
+                                        f"{budget.money(command.amount) if command.amount else 'no limit'}. "
+                                        f"{budget.describe(spend, ref.repo.full_name)}")
+        return f"budget set to {command.amount}"
+
     def destroy(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
         outcome = safe_destroy(self.settings, self.store, self.client, ref, force=command.force)
         self.client.create_comment(ref, outcome.message)
@@ -247,5 +268,17 @@ class Intake:
         log_tail = redact.log_tail(self.settings, worktrees.log_path(self.settings.data_dir, ref, tasks[-1].id)) \
             if tasks else ""
         Reporter(self.client, self.settings, self.store).report(ref, session, tasks, labels=labels,
-                                                                log_tail=log_tail, force=force)
+                                                                log_tail=log_tail, force=force,
+                                                                waiting=self.where_it_stands(ref, tasks))
         self.store.save_session(session)
+
+    def where_it_stands(self, ref: IssueRef, tasks: list[Task]) -> str:
+        """For the issue's first queued task, its place in the line for agent slots."""
+        queued = [task for task in tasks if task.state is TaskState.QUEUED]
+        if not queued:
+            return ""
+        issue_line, order = self.scheduler.waiting(str(ref)), self.scheduler.agent_line()
+        known = {task.id: task for task in self.store.tasks(list(dict.fromkeys([*order, *issue_line])))}
+        snapshot = Line(order, {**known, **{task.id: task for task in tasks}}, slots_in_use(self.store.conn),
+                        self.settings.max_concurrent_agents)
+        return snapshot.stands(queued[0], issue_line)

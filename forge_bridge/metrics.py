@@ -22,6 +22,8 @@ from forge_bridge.sessions import PREFIX, Store
 DELIVERIES = f"{PREFIX}:metrics:deliveries"
 FORGE_CALLS = f"{PREFIX}:metrics:forge_calls"
 QUOTA = f"{PREFIX}:metrics:quota"
+AGENT_COST = f"{PREFIX}:metrics:agent_cost"
+AGENT_TOKENS = f"{PREFIX}:metrics:agent_tokens"
 RUN_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 TASK_WINDOW = 1000   # tasks by state and run times are over the most recent ones
 
@@ -30,6 +32,18 @@ def count(conn: Redis, key: str, *labels: str) -> None:
     """Best effort: a metric must never fail the work it measures."""
     try:
         conn.hincrby(key, "|".join(labels), 1)
+    except RedisError:
+        pass
+
+
+def add_usage(conn: Redis, forge: str, repo: str, preset: str, *, cost: float, tokens: int) -> None:
+    """A run's spend, by forge, repository and preset. Best effort, like every count."""
+    field = "|".join((forge, repo, preset))
+    try:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.hincrbyfloat(AGENT_COST, field, cost)
+            pipe.hincrby(AGENT_TOKENS, field, tokens)
+            pipe.execute()
     except RedisError:
         pass
 
@@ -142,6 +156,15 @@ class BridgeCollector:
         yield GaugeMetricFamily("forge_bridge_agent_slots_limit", "max_concurrent_agents",
                                 value=self.settings.max_concurrent_agents)
         yield from self._forge_api()
+        yield from self._usage()
+
+    def _usage(self) -> Iterator[Any]:
+        for key, name, what in ((AGENT_COST, "forge_bridge_agent_cost_usd", "Agents' reported cost in USD"),
+                                (AGENT_TOKENS, "forge_bridge_agent_tokens", "Agents' reported tokens")):
+            family = CounterMetricFamily(name, what, labels=["forge", "repository", "preset"])
+            for labels, value in _pairs(self.conn, key):
+                family.add_metric(labels, value)
+            yield family
 
     def _tasks(self) -> Iterator[Any]:
         store = Store(self.conn)

@@ -137,6 +137,13 @@ class Scheduler:
     def waiting(self, issue: str) -> list[str]:
         return [raw.decode() for raw in self.conn.lrange(self.line_key(issue), 0, -1)]
 
+    def agent_line(self) -> list[str]:
+        """Task ids in the order they get an agent slot: those let through (running, or about to start), then
+        those the rate limiter holds back, oldest first. Only heads of their issues' lines are ever here."""
+        registry = RateLimitRegistry(AGENT_SLOTS, connection=self.conn)
+        ids = [*registry.get_allowed_job_ids(), *registry.get_rate_limited_job_ids()]
+        return [job_id.split("-")[1] for job_id in ids if job_id.startswith("task-") and job_id.count("-") == 2]
+
     def cancel(self, task_id: str) -> None:
         """Take a task's queued agent run off RQ (and out of the rate limiter's waiting set)."""
         job_id = self.conn.get(f"fb:job:{task_id}")

@@ -90,10 +90,10 @@ def issue_state(tasks: list[Task], session: Session) -> str:
     return "failed"
 
 
-def render_status(session: Session, tasks: list[Task], *, state: str, log_tail: str) -> str:
+def render_status(session: Session, tasks: list[Task], *, state: str, log_tail: str, waiting: str = "") -> str:
     return _ENV.get_template("status_comment.md.j2").render(
         marker=STATUS_MARKER, session=session, tasks=tasks, state=state, summaries_shown=SUMMARIES_SHOWN,
-        emoji=STATE_EMOJI.get(state, ""), log_tail=log_tail.strip())
+        emoji=STATE_EMOJI.get(state, ""), log_tail=log_tail.strip(), waiting=waiting)
 
 
 def render_pull_comment(task: Task, *, number: int, subjects: list[str], status_url: str) -> str:
@@ -115,11 +115,12 @@ class Reporter:
     store: Store
 
     def report(self, issue: IssueRef, session: Session, tasks: list[Task], *, labels: tuple[str, ...],
-               log_tail: str = "", force: bool = False) -> str:
-        """Status comment first, label last: whoever sees the label change finds the comment current."""
+               log_tail: str = "", force: bool = False, waiting: str = "") -> str:
+        """Status comment first, label last: whoever sees the label change finds the comment current.
+        `waiting`: where the issue's queued task stands (see line.Line.stands)."""
         state = issue_state(tasks, session)
-        self.publish_status(issue, session, render_status(session, tasks, state=state, log_tail=log_tail),
-                            force=force)
+        self.publish_status(issue, session, render_status(session, tasks, state=state, log_tail=log_tail,
+                                                          waiting=waiting), force=force)
         self.set_state_label(issue, state, current=labels)
         return state
 

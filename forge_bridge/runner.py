@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forge_bridge import agents, worktrees
+from forge_bridge import agents, budget, worktrees
 from forge_bridge.agents import AgentConfigError
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
@@ -23,7 +23,11 @@ from forge_bridge.redact import log_tail, redact, secret_values
 from forge_bridge.worktrees import GitError
 
 log = logging.getLogger(__name__)
-EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError)
+class BudgetSpent(RuntimeError):
+    """The task's issue or repository has spent its budget: the task fails before its agent starts."""
+
+
+EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError, BudgetSpent)
 SHUTDOWN = "shutdown"       # the worker is stopping: the task goes back to the head of its line
 CANCELLED = "cancelled"
 WORKER_GONE = "worker gone"
@@ -47,6 +51,7 @@ class Runner:
         log_file = worktrees.log_path(self.settings.data_dir, ref, task.id)
         had_pull = bool(session.pull_request_number)   # the run that opens it says its piece in the body
         try:
+            self.check_budget(ref)
             issue = self.client.get_issue(ref)
             # "Running" is said alongside the start, not before it: the agent never waits for forge writes.
             saying = threading.Thread(target=self.report_running, args=(task, ref, session, log_file),
@@ -112,12 +117,22 @@ class Runner:
                                     repo.clone_url)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
 
+    def check_budget(self, ref: IssueRef) -> None:
+        spend = budget.Ledger(self.store.conn).spend(self.settings.budget, ref)
+        refused = budget.start_refused(spend, ref.repo.full_name)
+        if refused:
+            raise BudgetSpent(refused)
+
     def judge(self, task: Task, result: agents.AgentResult) -> None:
         """The task's end, from how the agent ended, what it said and the commits it left."""
+        over = result.stopped if result.stopped.startswith(budget.PREFIX) else \
+            budget.run_over_budget(self.settings.budget, task.cost_usd, task.tokens)
         if result.stopped == SHUTDOWN:
             task.state, task.outcome = TaskState.QUEUED, "interrupted by a shutdown; it will run again"
         elif result.stopped == CANCELLED:
             task.state, task.outcome = TaskState.CANCELLED, "stopped on request"
+        elif over:   # stopped by its meter, or (a quick agent) done before the meter read the line that passed it
+            task.state, task.outcome = TaskState.FAILED, over
         elif result.stopped:
             task.state, task.outcome = TaskState.FAILED, "the worker running it stopped"
         elif result.timed_out:

@@ -70,6 +70,17 @@ def _spec_value(lines: list[str], spec: str) -> str:
     return _last_value(list(json_events(lines)), spec.removeprefix("json:")) if spec.startswith("json:") else ""
 
 
+def _last_number(lines: list[str], spec: str) -> float:
+    """`json:<key>`: the last number that key held among the JSON lines (the run's total so far); else 0."""
+    if not spec.startswith("json:"):
+        return 0.0
+    key, found = spec.removeprefix("json:"), 0.0
+    for event in json_events(lines):
+        if key in event and _number(event[key]) >= 0:
+            found = _number(event[key])
+    return found
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"[0-9]+", text)[:3])
 
@@ -173,7 +184,8 @@ SUCCESS_WORDS = {"true", "ok", "success", "succeeded", "done"}
 def _command(agent: AgentConfig, lines: list[str]) -> Verdict:
     """A command agent: what its configuration says to read, and — with `success = "json:<key>"` — its final JSON
     line carrying that key decides, so a missing final line is a failure too."""
-    verdict = Verdict(_spec_value(lines, agent.session_id), _spec_value(lines, agent.summary))
+    verdict = Verdict(_spec_value(lines, agent.session_id), _spec_value(lines, agent.summary),
+                      cost_usd=_last_number(lines, agent.cost), tokens=int(_last_number(lines, agent.tokens)))
     if not agent.success.startswith("json:"):
         return verdict
     key = agent.success.removeprefix("json:")
@@ -196,3 +208,32 @@ def judge(agent: AgentConfig, lines: list[str]) -> Verdict:
 def reports_sessions(agent: AgentConfig) -> bool:
     """Whether the agent's output names its session (so it can be stored while the agent still runs)."""
     return agent.preset in NAMES_SESSIONS or (agent.preset == "command" and agent.session_id.startswith("json:"))
+
+
+def usage_so_far(agent: AgentConfig, lines: list[str]) -> tuple[float, int, frozenset[str]]:
+    """(cost in USD, tokens, which are the session's running totals) that a still-running agent's output has
+    reported: what its final verdict would say, except that Claude Code's tokens are summed from its
+    messages until its final result names the run's totals."""
+    verdict = judge(agent, lines)
+    if agent.preset != "claude" or verdict.tokens:
+        return verdict.cost_usd, verdict.tokens, verdict.running
+    tokens = 0
+    for event in json_events(lines):
+        message = event.get("message") if event.get("type") == "assistant" else None
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            tokens += int(_number(usage.get("input_tokens")) + _number(usage.get("output_tokens")))
+    return verdict.cost_usd, tokens, verdict.running
+
+
+REPORTS_COST = {"claude", "opencode", "aider"}            # Codex reports tokens only
+REPORTS_TOKENS = {"claude", "codex", "opencode", "aider"}
+
+
+def reports_cost(agent: AgentConfig) -> bool:
+    """Whether the agent's output says what it costs in dollars (`command`: only when configured to)."""
+    return agent.cost.startswith("json:") if agent.preset == "command" else agent.preset in REPORTS_COST
+
+
+def reports_tokens(agent: AgentConfig) -> bool:
+    return agent.tokens.startswith("json:") if agent.preset == "command" else agent.preset in REPORTS_TOKENS

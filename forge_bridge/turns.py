@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from forge_bridge import agents, sandbox, worktrees
+from forge_bridge import agents, budget, metrics, sandbox, worktrees
 from forge_bridge.config import AgentConfig, Settings
 from forge_bridge.forges import IssueInfo
 from forge_bridge.history import history_prompt, resume_obstacle
@@ -107,15 +107,26 @@ class Turns:
             task.host, task.agent_pid = socket.gethostname(), pid
             self.store.save_task(task)
 
+        limits = self.settings.budget
+        meter = budget.RunMeter(self.settings.agent, limits, task.cost_usd, task.tokens,
+                                dict(session.agent_totals) if turn.resumes else {}) \
+            if limits.task_usd or limits.task_tokens else None
         result = agents.run_agent(argv, prompt=turn.prompt, cwd=worktree, env=env,
                                   timeout=self.settings.task_timeout, log=log_file, agent=self.settings.agent,
                                   should_stop=self.stop_reason, on_start=started,
-                                  on_session=lambda found: self.remember_session(session, found))
+                                  on_session=lambda found: self.remember_session(session, found), on_lines=meter)
         cost, tokens = self.count_usage(session, result.verdict, resumed=turn.resumes)
         task.cost_usd += cost
         task.tokens += tokens
         task.turns += result.verdict.turns
+        self.book(task, ref, cost, tokens)
         return result
+
+    def book(self, task: Task, ref: IssueRef, cost: float, tokens: int) -> None:
+        """A run's spend, to its issue's and repository's budgets and to the metrics."""
+        budget.Ledger(self.store.conn).add(ref, cost)
+        metrics.add_usage(self.store.conn, task.forge, str(ref.repo), self.settings.agent.preset, cost=cost,
+                          tokens=tokens)
 
     def count_usage(self, session: Session, verdict: Verdict, *, resumed: bool) -> tuple[float, int]:
         """What this run cost. A CLI that reports the session's running totals on a resume is counted as the

@@ -127,6 +127,7 @@ class Bridge:
     agent: dict[str, str] = field(default_factory=dict)   # more [agent] keys, as TOML values
     webhook_secret: bool = True   # False: the forges take no webhooks (polling only)
     env: dict[str, str] = field(default_factory=dict)   # more environment for serve (and what pass_env hands on)
+    tables: str = ""   # more TOML, appended (a [budget] table…)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ class Bridge:
         self.config = self.root / "forge-bridge.toml"
         self.config.write_text(bridge_config(self.data_dir, self.port, self.forges, agent_args=self.agent_args,
                                              poll=self.poll, settings=self.settings, preset=self.preset,
-                                             agent=self.agent, webhook_secret=self.webhook_secret))
+                                             agent=self.agent, webhook_secret=self.webhook_secret) + self.tables)
         self.log = self.root / "serve.log"
         self.agent_state = self.root / "agent-state"   # the fake CLIs' session stores, as on this host
         self.process: subprocess.Popen | None = None

@@ -109,6 +109,15 @@ GH = {"name": "gh", "kind": "github", "url": "https://github.com"}
     ({"forges": [{**GH, "app_id": 5, "private_key_env": "K", "installation_id": -1}]}, "installation_id must be"),
     ({"forges": [{**GH, "kind": "gitea", "app_id": 5, "private_key_env": "K"}]}, "GitHub Apps are a GitHub feature"),
     ({"forges": [{**GH, "token_value": "x"}]}, "unknown key"),
+    ({"budget": {"task_usd": -1}}, "budget.task_usd must be a number from 0"),
+    ({"budget": {"issue_usd": "lots"}}, "budget.issue_usd must be a number"),
+    ({"budget": {"repo_daily_usd": 1e308}}, "budget.repo_daily_usd must be a number from 0"),
+    ({"budget": {"task_usd": float("nan")}}, "budget.task_usd must be a number from 0"),
+    ({"budget": {"task_usd": float("inf")}}, "budget.task_usd must be a number from 0"),
+    ({"budget": {"task_tokens": 2.5}}, "budget.task_tokens must be a whole number"),
+    ({"budget": {"task_dollars": 1}}, "unknown key budget.'task_dollars'"),
+    ({"budget": 5}, "budget must be a table"),
+    ({"agent": {"preset": "command", "argv": ["a"], "cost": "total"}}, "agent.cost must be json:<key> | none"),
 ])
 def test_configuration_mistakes_are_explained(raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -38,6 +38,8 @@ def main():
     parser.add_argument("--record", default="")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--ticks", type=int, default=0, help="print a numbered line every 0.3 s this many times")
+    parser.add_argument("--cost-per-tick", type=float, default=0.0,
+                        help="with each tick, also a JSON line {cost, tokens}: the run's totals so far")
     parser.add_argument("--sessions", default="", help="keep sessions in this folder; resuming an unknown one fails")
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
@@ -58,6 +60,9 @@ def main():
         time.sleep(args.sleep)
     for tick in range(args.ticks):
         print(f"tick {tick}", flush=True)
+        if args.cost_per_tick:
+            print(json.dumps({"cost": round(args.cost_per_tick * (tick + 1), 6), "tokens": 1000 * (tick + 1)}),
+                  flush=True)
         time.sleep(0.3)
     if args.mode == "spawn":
         child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
