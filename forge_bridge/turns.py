@@ -6,7 +6,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from forge_bridge import agents, budget, metrics, sandbox, worktrees
@@ -91,7 +91,7 @@ class Turns:
         values = {"prompt": turn.prompt, "session_id": session.agent_session_id, "issue_ref": str(ref),
                   "worktree": str(worktree), "branch": session.branch, "title": issue.title,
                   "message_file": str(message_file), "history_file": str(files / AIDER_HISTORY)}
-        argv = agents.build_argv(self.settings.agent, turn.action, values)
+        argv = agents.build_argv(self.priced_agent(task), turn.action, values)
         home = sandbox.agent_home(self.settings)
         env = agents.agent_env(self.settings.agent, {
             "HOME": str(home), "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
@@ -121,6 +121,14 @@ class Turns:
         task.turns += result.verdict.turns
         self.book(task, ref, cost, tokens)
         return result
+
+    def priced_agent(self, task: Task) -> AgentConfig:
+        """Claude Code says what a run cost only when it ends, so a task's dollar limit is also handed to it as
+        its own `--max-budget-usd` (what is left of it), unless one is configured."""
+        agent, limit = self.settings.agent, self.settings.budget.task_usd
+        if agent.preset != "claude" or not limit or agent.max_budget_usd:
+            return agent
+        return replace(agent, max_budget_usd=round(max(0.01, limit - task.cost_usd), 2))
 
     def book(self, task: Task, ref: IssueRef, cost: float, tokens: int) -> None:
         """A run's spend, to its issue's and repository's budgets and to the metrics."""

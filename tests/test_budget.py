@@ -207,3 +207,19 @@ def test_check_says_which_budgets_the_agent_cannot_be_held_to(agent, limits, exp
 
     ok, line = check_budget(Settings(agent=agent, budget=limits))
     assert ok is expected[0] and expected[1] in line and line.startswith("budget: ")
+
+
+def test_claude_code_is_handed_what_is_left_of_the_task_budget_as_its_own_limit():
+    from forge_bridge import agents
+    from forge_bridge.config import Settings
+    from forge_bridge.turns import Turns
+
+    task = _task("t", TaskState.RUNNING)
+    task.cost_usd = 0.2
+    turns = Turns(Settings(agent=AgentConfig(preset="claude"), budget=BudgetConfig(task_usd=0.5)), None, lambda: "")
+    argv = agents.build_argv(turns.priced_agent(task), TaskAction.START, {"prompt": "p", "session_id": "s"})
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.3"
+    configured = Settings(agent=AgentConfig(preset="claude", max_budget_usd=2), budget=BudgetConfig(task_usd=0.5))
+    assert Turns(configured, None, lambda: "").priced_agent(task).max_budget_usd == 2
+    assert Turns(Settings(agent=AgentConfig(preset="codex"), budget=BudgetConfig(task_usd=0.5)), None,
+                 lambda: "").priced_agent(task).max_budget_usd == 0
