@@ -178,6 +178,7 @@ class Settings:
     allow_users: tuple[str, ...] = ()
     allow_bots: tuple[str, ...] = ()
     delete_branch_on_merge: bool = False
+    keep_partial_work: bool = True   # a run that fails after changing files: commit WIP, push, open a draft
     insecure_no_signature: bool = False
     log_format: str = "text"
     public_url: str = ""             # where forges reach the web app; `hooks install` points webhooks there

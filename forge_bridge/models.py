@@ -191,6 +191,7 @@ class Session:
                                    # far in agent_session_id, for CLIs that report those on a resume
     pull_request_url: str = ""
     pull_request_number: int = 0
+    pull_request_draft: bool = False   # opened as a draft for partial work; made ready by the next success
     status_comment_id: int = 0
     status_digest: str = ""        # of the status comment's last text, so an unchanged status is not rewritten
     task_ids: list[str] = field(default_factory=list)

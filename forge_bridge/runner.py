@@ -28,6 +28,7 @@ class BudgetSpent(RuntimeError):
 
 
 EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError, BudgetSpent)
+PARTIAL_STATES = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)   # work that may be worth keeping
 SHUTDOWN = "shutdown"       # the worker is stopping: the task goes back to the head of its line
 CANCELLED = "cancelled"
 WORKER_GONE = "worker gone"
@@ -111,11 +112,51 @@ class Runner:
         task.commits = len(self.subjects)
         self.judge(task, result)
         if task.state is TaskState.SUCCEEDED:
-            with worktrees.mirror_lock(mirror):
-                checkout.restore()
-                self.with_git_token(ref, lambda env: worktrees.push(checkout, session.branch, repo.clone_url, env),
-                                    repo.clone_url)
+            self.push(checkout, session, ref, repo.clone_url)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
+            self.mark_ready(session, ref)
+        elif task.state in PARTIAL_STATES and self.settings.keep_partial_work:
+            self.keep_partial_work(task, session, issue, ref, checkout, before, repo)
+
+    def push(self, checkout: worktrees.Checkout, session: Session, ref: IssueRef, clone_url: str) -> None:
+        with worktrees.mirror_lock(checkout.mirror):
+            checkout.restore()
+            self.with_git_token(ref, lambda env: worktrees.push(checkout, session.branch, clone_url, env), clone_url)
+
+    def keep_partial_work(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef,
+                          checkout: worktrees.Checkout, before: str, repo) -> None:
+        """A run that ended badly after changing files: its work is committed (`WIP: …`), pushed, and shown in a
+        draft pull request, so nothing is lost and the next `continue` goes on from it."""
+        forge = self.settings.forge(task.forge)
+        try:
+            worktrees.commit_leftovers(checkout, f"WIP: {issue.title} (#{ref.number})\n\n{task.outcome}",
+                                       author=forge.bot_login or "forge-bridge")
+            self.subjects = worktrees.commit_subjects(checkout, before, worktrees.head(checkout))
+            if not self.subjects:
+                return
+            task.commits = len(self.subjects)
+            self.push(checkout, session, ref, repo.clone_url)
+            self.open_pull_request(task, session, issue, ref, repo.default_branch, draft=True)
+        except EXPECTED_FAILURES as error:   # keeping the work must not hide why the task failed
+            log.warning("could not keep the partial work of task %s on %s: %s", task.id, ref, error)
+            task.outcome += f"; its partial work could not be kept ({error})"
+            return
+        where = f"draft pull request #{session.pull_request_number}" if session.pull_request_draft else \
+            f"pull request #{session.pull_request_number}"
+        task.outcome += (f"; partial work kept: {task.commits} commit(s) pushed to {session.branch} ({where}); "
+                         "`/kugetsu continue <what next>` goes on from it")
+
+    def mark_ready(self, session: Session, ref: IssueRef) -> None:
+        """The draft that partial work opened is ready once a task succeeds on it."""
+        if not session.pull_request_draft or not session.pull_request_number:
+            return
+        try:
+            self.client.mark_ready(ref.repo, session.pull_request_number)
+        except ForgeError as error:
+            log.warning("could not mark pull request #%s of %s ready: %s", session.pull_request_number, ref, error)
+            return
+        session.pull_request_draft = False
+        self.store.save_session(session)
 
     def check_budget(self, ref: IssueRef) -> None:
         spend = budget.Ledger(self.store.conn).spend(self.settings.budget, ref)
@@ -162,7 +203,8 @@ class Runner:
         turns = Turns(self.settings, self.store, stop_reason=lambda: self.stop_reason(task))
         return turns.run(task, session, issue, ref, checkout, log_file, before)
 
-    def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str) -> None:
+    def open_pull_request(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, base: str, *,
+                          draft: bool = False) -> None:
         if session.pull_request_url:
             return  # the push updated it
         pull = self.client.find_open_pull(ref.repo, session.branch)
@@ -170,7 +212,8 @@ class Runner:
             body = f"Closes #{ref.number}\n\n{task.summary}".strip()
             try:
                 pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title,
-                                               body=body)
+                                               body=body, draft=draft)
+                session.pull_request_draft = draft
             except ForgeError as error:
                 # "A pull request already exists" (GitHub 422, Gitea 409) means someone opened it: adopt it.
                 pull = self.client.find_open_pull(ref.repo, session.branch) if error.status in (409, 422) else None

@@ -21,6 +21,7 @@ from gitea_api_client.models import (
     CreateLabelOption,
     CreatePullRequestOption,
     EditHookOption,
+    EditPullRequestOption,
     EditIssueCommentOption,
     EditReactionOption,
     IssueLabelsOption,
@@ -38,6 +39,7 @@ from forge_bridge.forges.base import (
 )
 from forge_bridge.models import IssueRef, RepoRef
 
+WIP_PREFIX = "WIP: "   # how Gitea and Forgejo mark a pull request as a draft
 PAGE_SIZE = 50  # Gitea's default cap on list responses
 RETRIES = 4          # 0.25 + 0.5 + 1 + 2 s; longer outages are the job-level retry's (queue.EVENT_RETRY)
 BACKOFF = 0.25
@@ -198,10 +200,21 @@ class GiteaClient:
                  and p.head.repo.full_name == p.base.repo.full_name == repo.full_name]
         return self._pull(pulls[0]) if pulls else None
 
-    def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo:
+    def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str,
+                    draft: bool = False) -> PullInfo:
+        """A draft is Gitea's and Forgejo's way: the title starts with `WIP:`."""
+        title = f"{WIP_PREFIX}{title}" if draft and not title.startswith(WIP_PREFIX) else title
         option = CreatePullRequestOption(head=head, base=base, title=title, body=body)
         return self._pull(self._run("create pull request",
                                     lambda _, r: r.repo_create_pull_request(repo.owner, repo.name, option)))
+
+    def mark_ready(self, repo: RepoRef, number: int) -> None:
+        """Drop the `WIP:` prefix of the title (nothing to do when someone already did)."""
+        pull = self._run("get pull request", lambda _, r: r.repo_get_pull_request(repo.owner, repo.name, number))
+        if not (pull.title or "").startswith(WIP_PREFIX):
+            return
+        option = EditPullRequestOption(title=pull.title.removeprefix(WIP_PREFIX).strip())
+        self._run("edit pull request", lambda _, r: r.repo_edit_pull_request(repo.owner, repo.name, number, option))
 
     def permission(self, repo: RepoRef, user: str) -> str:
         try:

@@ -227,10 +227,17 @@ class GitHubClient:
                            lambda: list(self._repo(repo).get_pulls(state="open", head=f"{repo.owner}:{branch}")))
         return self._pull(pulls[0]) if pulls else None
 
-    def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str) -> PullInfo:
+    def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str,
+                    draft: bool = False) -> PullInfo:
         pull = self._write("create pull request", self._repo(repo).create_pull, base=base, head=head,
-                          title=title, body=body)
+                          title=title, body=body, draft=draft)
         return self._pull(pull)
+
+    def mark_ready(self, repo: RepoRef, number: int) -> None:
+        """GitHub's REST API cannot undo a draft; its GraphQL mutation markPullRequestReadyForReview can."""
+        pull = self._call("get pull request", self._repo(repo).get_pull, number)
+        if pull.draft:
+            self._write("mark the pull request ready", pull.mark_ready_for_review)
 
     def permission(self, repo: RepoRef, user: str) -> str:
         try:

@@ -3,6 +3,7 @@
 
 Modes: commit (default), fail (exit 3 after printing), nocommit, hang (never ends), spawn (starts a child that
 would outlive it, then hangs). `--record FILE` appends a JSON line at start and end, for concurrency checks.
+`--leave FILE` writes FILE (uncommitted) as work in progress; `--fail-when WORD` fails when the prompt holds WORD.
 `--sessions DIR` keeps its sessions there, as a real agent keeps them on its host: resuming one that is not there
 fails before naming any session.
 """
@@ -38,6 +39,8 @@ def main():
     parser.add_argument("--record", default="")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--ticks", type=int, default=0, help="print a numbered line every 0.3 s this many times")
+    parser.add_argument("--leave", default="", help="write this file (uncommitted) before ending, as work in progress")
+    parser.add_argument("--fail-when", default="", help="fail (mode fail) when the prompt contains this word")
     parser.add_argument("--cost-per-tick", type=float, default=0.0,
                         help="with each tick, also a JSON line {cost, tokens}: the run's totals so far")
     parser.add_argument("--sessions", default="", help="keep sessions in this folder; resuming an unknown one fails")
@@ -64,6 +67,11 @@ def main():
             print(json.dumps({"cost": round(args.cost_per_tick * (tick + 1), 6), "tokens": 1000 * (tick + 1)}),
                   flush=True)
         time.sleep(0.3)
+    if args.fail_when and args.fail_when in prompt:
+        args.mode = "fail"
+    if args.leave:
+        with open(args.leave, "a") as out:
+            out.write(f"half done: {prompt.splitlines()[0] if prompt else ''}\n")
     if args.mode == "spawn":
         child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         print(json.dumps({"child_pid": child.pid}), flush=True)

@@ -96,8 +96,22 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
             if any(p.head == data["head"] and p.state == "open" for p in repo.pulls.values()):
                 return jsonify(exists[0]), exists[1]
             pull = state.create_pull(repo, title=data["title"], body=data.get("body") or "", head=data["head"],
-                                     base=data["base"], author=forge.bot_login)
+                                     base=data["base"], author=forge.bot_login, draft=bool(data.get("draft")))
         return jsonify(shapes.pull(repo, pull)), 201
+
+    @app.patch(f"{prefix}/repos/<owner>/<name>/pulls/<int:{pull_number}>")
+    def edit_pull(owner, name, **path):
+        repo = repo_or_404(state, owner, name)
+        pull = repo.pulls.get(path[pull_number])
+        if pull is None:
+            return jsonify(message="Not Found"), 404
+        data = request.get_json()
+        with state.lock:
+            if "title" in data:
+                pull.title = repo.issues[pull.number].title = data["title"]
+            if "body" in data:
+                pull.body = data["body"] or ""
+        return jsonify(shapes.pull(repo, pull)), 201 if forge.kind != "github" else 200
 
 
 def register_hooks(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, hook: str, not_admin: tuple[dict, int],

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 SPEC = SPECS["github"]
 PREFIX = "/api/v3"
-EXTRA_OPERATIONS: set[tuple[str, str]] = set()
+# GitHub's GraphQL endpoint is outside the REST description; the bridge uses one mutation of it.
+EXTRA_OPERATIONS: set[tuple[str, str]] = {("POST", "/api/graphql")}
 GITHUB_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read"}
 
 
@@ -86,7 +87,8 @@ class GitHubShapes:
                                                       "owner": self.user(repo.owner)})}
         return _from_schema(schema, {
             "id": pull.id, "number": pull.number, "title": pull.title, "body": pull.body, "state": pull.state,
-            "merged": pull.merged, "user": self.user(pull.author), "head": branch,
+            "merged": pull.merged, "user": self.user(pull.author), "head": branch, "draft": pull.draft,
+            "node_id": f"PR_{pull.id}",
             "updated_at": repo.issues[pull.number].updated_at,
             "base": {**branch, "ref": pull.base, "label": f"{repo.owner}:{pull.base}",
                      "sha": repo.branch_sha(pull.base) or "0" * 40},
@@ -94,7 +96,25 @@ class GitHubShapes:
             "url": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}"})
 
 
+def _graphql(forge: FakeForge):
+    """The one GraphQL mutation the bridge sends (PyGithub's mark_ready_for_review), answered as GitHub does."""
+    data = request.get_json()
+    query, variables = data.get("query", ""), data.get("variables") or {}
+    if "markPullRequestReadyForReview(input: $input)" not in query:
+        return jsonify(errors=[{"message": "the fake GitHub knows only markPullRequestReadyForReview"}]), 200
+    node = (variables.get("input") or {}).get("pullRequestId", "")
+    for repo in forge.state.repos.values():
+        for pull in repo.pulls.values():
+            if f"PR_{pull.id}" == node:
+                pull.draft = False
+                return jsonify(data={"markPullRequestReadyForReview": {
+                    "clientMutationId": None, "pullRequest": {"isDraft": False}}})
+    return jsonify(data=None, errors=[{"type": "NOT_FOUND", "message": f"Could not resolve to a node with the "
+                                                                       f"global id of '{node}'"}]), 200
+
+
 def register(app: Flask, forge: FakeForge) -> None:
+    app.add_url_rule("/api/graphql", "graphql", lambda: _graphql(forge), methods=["POST"])
     shapes, state = GitHubShapes(forge), forge.state
     _register_scans(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="pull_number", number="issue_number",

@@ -68,6 +68,8 @@ class Pull:
     state: str = "open"
     merged: bool = False
     head_repo: str = ""      # owner/name of the fork the head branch lives in ("": the repository itself)
+    draft: bool = False
+    reviewers: list[str] = field(default_factory=list)   # review requested from
 
 
 @dataclass
@@ -186,10 +188,11 @@ class State:
                 issue.labels.append(name)
             return issue
 
-    def create_pull(self, repo: Repo, *, title: str, body: str, head: str, base: str, author: str) -> Pull:
+    def create_pull(self, repo: Repo, *, title: str, body: str, head: str, base: str, author: str,
+                    draft: bool = False) -> Pull:
         with self.lock:
             pull = Pull(id=self.next_id(), number=self.next_number(repo), title=title, body=body, head=head,
-                        base=base, author=author)
+                        base=base, author=author, draft=draft)
             repo.pulls[pull.number] = pull
             # A pull request is an issue too: it has comments and labels under the same number.
             repo.issues[pull.number] = Issue(id=self.next_id(), number=pull.number, title=title, body=body,
