@@ -112,16 +112,31 @@ class Runner:
         task.commits = len(self.subjects)
         self.judge(task, result)
         if task.state is TaskState.SUCCEEDED:
-            self.push(checkout, session, ref, repo.clone_url)
+            self.push(task, checkout, session, ref, repo.clone_url)
             self.open_pull_request(task, session, issue, ref, repo.default_branch)
             self.mark_ready(session, ref)
         elif task.state in PARTIAL_STATES and self.settings.keep_partial_work:
             self.keep_partial_work(task, session, issue, ref, checkout, before, repo)
 
-    def push(self, checkout: worktrees.Checkout, session: Session, ref: IssueRef, clone_url: str) -> None:
+    def push(self, task: Task, checkout: worktrees.Checkout, session: Session, ref: IssueRef,
+             clone_url: str) -> None:
+        trailer = self.coauthor_trailer(task, ref)
         with worktrees.mirror_lock(checkout.mirror):
             checkout.restore()
+            if trailer:
+                worktrees.add_trailer(checkout, trailer)
             self.with_git_token(ref, lambda env: worktrees.push(checkout, session.branch, clone_url, env), clone_url)
+
+    def coauthor_trailer(self, task: Task, ref: IssueRef) -> str:
+        """Credit for the person whose trigger started the work ("" when the forge cannot say who they are)."""
+        if not task.requested_by or task.requested_by == self.settings.forge(task.forge).bot_login:
+            return ""
+        try:
+            who = self.client.coauthor(ref.repo, task.requested_by)
+        except ForgeError as error:
+            log.info("no Co-authored-by for %s on %s: %s", task.requested_by, ref, error)
+            return ""
+        return f"Co-authored-by: {who}" if who else ""
 
     def keep_partial_work(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef,
                           checkout: worktrees.Checkout, before: str, repo) -> None:
@@ -135,7 +150,7 @@ class Runner:
             if not self.subjects:
                 return
             task.commits = len(self.subjects)
-            self.push(checkout, session, ref, repo.clone_url)
+            self.push(task, checkout, session, ref, repo.clone_url)
             self.open_pull_request(task, session, issue, ref, repo.default_branch, draft=True)
         except EXPECTED_FAILURES as error:   # keeping the work must not hide why the task failed
             log.warning("could not keep the partial work of task %s on %s: %s", task.id, ref, error)
@@ -145,6 +160,15 @@ class Runner:
             f"pull request #{session.pull_request_number}"
         task.outcome += (f"; partial work kept: {task.commits} commit(s) pushed to {session.branch} ({where}); "
                          "`/kugetsu continue <what next>` goes on from it")
+
+    def request_review(self, task: Task, ref: IssueRef, number: int) -> None:
+        """The person whose trigger started the work reviews it, when the forge lets them (one log line if not)."""
+        if not task.requested_by or task.requested_by == self.settings.forge(task.forge).bot_login:
+            return
+        try:
+            self.client.request_review(ref.repo, number, task.requested_by)
+        except ForgeError as error:
+            log.info("could not ask %s to review pull request #%s of %s: %s", task.requested_by, number, ref, error)
 
     def mark_ready(self, session: Session, ref: IssueRef) -> None:
         """The draft that partial work opened is ready once a task succeeds on it."""
@@ -214,6 +238,7 @@ class Runner:
                 pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title,
                                                body=body, draft=draft)
                 session.pull_request_draft = draft
+                self.request_review(task, ref, pull.number)
             except ForgeError as error:
                 # "A pull request already exists" (GitHub 422, Gitea 409) means someone opened it: adopt it.
                 pull = self.client.find_open_pull(ref.repo, session.branch) if error.status in (409, 422) else None

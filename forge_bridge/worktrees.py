@@ -53,7 +53,7 @@ def git_env(clone_url: str = "", token: str = "") -> dict[str, str]:
 
 
 def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-        checkout: Checkout | None = None) -> str:
+        checkout: Checkout | None = None, input: str | None = None) -> str:
     """One git command. `checkout`: run in that worktree through the git directory the bridge made for it."""
     command = ["git", *args]
     env = dict(env or git_env())
@@ -61,7 +61,8 @@ def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         env.update(GIT_DIR=str(checkout.gitdir), GIT_WORK_TREE=str(checkout.worktree))
         cwd = checkout.worktree
     try:
-        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT)
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT,
+                              input=input)
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT}s") from None
     if done.returncode != 0:
@@ -293,6 +294,39 @@ def commit_leftovers(checkout: Checkout, message: str, *, author: str) -> bool:
     git("-c", f"user.name={author}", "-c", f"user.email={author}@users.noreply.invalid", "commit", "--quiet",
         "--no-verify", "-m", message, checkout=checkout)
     return True
+
+
+def _without_signature(header: list[str]) -> list[str]:
+    """A commit's header lines without a signature: a rewritten commit's old signature would not verify."""
+    kept, signing = [], False
+    for line in header:
+        if line.startswith(("gpgsig ", "gpgsig-sha256 ")):
+            signing = True
+            continue
+        if signing and line.startswith(" "):
+            continue
+        signing = False
+        kept.append(line)
+    return kept
+
+
+def add_trailer(checkout: Checkout, trailer: str) -> int:
+    """Add `trailer` (a `Co-authored-by:` line) to each commit not yet on the remote, oldest first, keeping their
+    trees, authors and dates; commits already pushed are never rewritten. How many were rewritten."""
+    commits = git("rev-list", "--reverse", "--topo-order", "HEAD", "--not", "--remotes=origin",
+                  checkout=checkout).split()
+    moved: dict[str, str] = {}
+    for sha in commits:
+        header, _, message = git("cat-file", "commit", sha, checkout=checkout).partition("\n\n")
+        lines = [f"parent {moved.get(line[7:], line[7:])}" if line.startswith("parent ") else line
+                 for line in _without_signature(header.split("\n"))]
+        if trailer not in message:
+            message = git("interpret-trailers", "--trailer", trailer, checkout=checkout, input=message + "\n")
+        moved[sha] = git("hash-object", "-t", "commit", "-w", "--stdin", checkout=checkout,
+                         input="\n".join(lines) + "\n\n" + message + "\n")
+    if commits:
+        git("update-ref", "HEAD", moved[commits[-1]], commits[-1], checkout=checkout)
+    return len(commits)
 
 
 # What git prints when the forge turned its credentials away (GitHub, Gitea, git's own HTTP client).

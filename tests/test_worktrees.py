@@ -196,3 +196,29 @@ def test_housekeeping_makes_each_repositorys_spare_and_skips_a_broken_mirror(tmp
     assert prepare_spares(data) == [worktrees.spare_dir(worktrees.mirror_dir(data, good))]
     assert "no spare worktree for h.example-o-broken.git" in caplog.text
     assert (tmp_path / "seed" / "f").read_text() == "1"
+
+
+def test_a_trailer_is_added_to_each_unpushed_commit_and_never_to_pushed_ones(tmp_path):
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    issue = IssueRef(RepoRef("h.example", "o", "r"), 3)
+    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
+    env = worktrees.git_env(str(origin), "")
+    worktrees.sync_mirror(checkout.mirror, str(origin), env)
+    worktrees.ensure_worktree(checkout, branch="kugetsu/3-x", base="main")
+    pushed_before = worktrees.head(checkout)
+    for name in ("a", "b"):
+        (checkout.worktree / name).write_text(name)
+        worktrees.commit_leftovers(checkout, f"add {name}\n\nBecause.", author="agent")
+    trailer = "Co-authored-by: Alice <7+alice@users.noreply.github.com>"
+    assert worktrees.add_trailer(checkout, trailer) == 2
+    log = worktrees.git("log", "--format=%s|%an|%(trailers:key=Co-authored-by,valueonly)", checkout=checkout)
+    lines = [line for line in log.splitlines() if line]
+    assert lines[:2] == ["add b|agent|Alice <7+alice@users.noreply.github.com>",
+                         "add a|agent|Alice <7+alice@users.noreply.github.com>"]
+    assert worktrees.git("rev-parse", "HEAD~2", checkout=checkout) == pushed_before   # the base is untouched
+    assert worktrees.git("status", "--porcelain", checkout=checkout) == ""
+    assert worktrees.add_trailer(checkout, trailer) == 2      # idempotent: no second trailer
+    assert worktrees.git("log", "-1", "--format=%B", checkout=checkout).count("Co-authored-by") == 1
+    worktrees.push(checkout, "kugetsu/3-x", str(origin), env)
+    worktrees.sync_mirror(checkout.mirror, str(origin), env)
+    assert worktrees.add_trailer(checkout, "Co-authored-by: Bob <b@example.com>") == 0   # all on the remote now

@@ -25,6 +25,7 @@ from gitea_api_client.models import (
     EditIssueCommentOption,
     EditReactionOption,
     IssueLabelsOption,
+    PullReviewRequestOptions,
 )
 
 from forge_bridge.forges.base import (
@@ -109,6 +110,24 @@ class GiteaClient:
             raise ForgeError(f"Gitea: get the token's user failed with {error.status}", status=error.status) from None
         except httpx.TransportError as error:
             raise ForgeError(f"Gitea: get the token's user failed: {type(error).__name__}") from None
+
+    def coauthor(self, repo: RepoRef, login: str) -> str:
+        """`Name <email>` for a Co-authored-by trailer: Gitea shows a user's email only when it may."""
+        async def user() -> Any:
+            async with ApiClient(self._config) as api:
+                return await UserApi(api).user_get(login)
+
+        try:
+            found = asyncio.run(user())
+        except (ApiException, httpx.TransportError) as error:
+            raise ForgeError(f"Gitea: get user {login} failed: {getattr(error, 'status', type(error).__name__)}",
+                             status=getattr(error, "status", None)) from None
+        return f"{found.full_name or found.login} <{found.email}>" if found.email else ""
+
+    def request_review(self, repo: RepoRef, number: int, login: str) -> None:
+        option = PullReviewRequestOptions(reviewers=[login])
+        self._run("request a review", lambda _, r: r.repo_create_pull_review_requests(repo.owner, repo.name, number,
+                                                                                       option))
 
     def get_repo(self, repo: RepoRef) -> RepoInfo:
         info = self._run("get repository", lambda i, r: r.repo_get(repo.owner, repo.name))

@@ -152,6 +152,16 @@ class GitHubClient:
         _, data = self._call("get the token's user", self._github.requester.requestJsonAndCheck, "GET", "/user")
         return data["login"]
 
+    def coauthor(self, repo: RepoRef, login: str) -> str:
+        """`Name <ID+login@users.noreply.github.com>`: the address GitHub credits to the account."""
+        _, data = self._call(f"get user {login}", self._requester(repo).requestJsonAndCheck, "GET",
+                             f"/users/{quote(login)}")
+        return f"{data.get('name') or login} <{data['id']}+{login}@users.noreply.github.com>"
+
+    def request_review(self, repo: RepoRef, number: int, login: str) -> None:
+        self._write("request a review", self._requester(repo).requestJsonAndCheck, "POST",
+                    f"/repos/{repo.full_name}/pulls/{number}/requested_reviewers", input={"reviewers": [login]})
+
     def get_repo(self, repo: RepoRef) -> RepoInfo:
         info = self._call("get repository", lambda: self._gh(repo).get_repo(repo.full_name))
         return RepoInfo(clone_url=info.clone_url, default_branch=info.default_branch)

@@ -112,6 +112,25 @@ class GiteaShapes:
 
 def register(app: Flask, forge: FakeForge) -> None:
     shapes, state = GiteaShapes(forge), forge.state
+
+    @app.get(f"{PREFIX}/users/<login>")
+    def get_user(login):
+        return jsonify(_from_schema("User", {**shapes.user(login), "email": forge.user_emails.get(login, ""),
+                                             "full_name": forge.user_names.get(login, "")}))
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:index>/requested_reviewers")
+    def request_reviewers(owner, name, index):
+        repo = repo_or_404(state, owner, name)
+        pull = repo.pulls.get(index)
+        if pull is None:
+            return jsonify(message="Not Found"), 404
+        wanted = request.get_json().get("reviewers") or []
+        if any(login not in repo.permissions or login == pull.author for login in wanted):
+            return jsonify(message="reviewer is not a collaborator"), 422
+        pull.reviewers += [login for login in wanted if login not in pull.reviewers]
+        return jsonify([_from_schema("PullReview", {"id": state.next_id(), "state": "REQUEST_REVIEW",
+                                                    "user": shapes.user(login), "pull_request_url": f"{forge.url}/"
+                                                    f"{repo.full_name}/pulls/{pull.number}"}) for login in wanted]), 201
     _register_scans(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="index", number="index", comment="id",
                     no_head=({"message": "head branch does not exist"}, 404),

@@ -113,8 +113,29 @@ def _graphql(forge: FakeForge):
                                                                        f"global id of '{node}'"}]), 200
 
 
+NOT_COLLABORATOR = ("Reviews may only be requested from collaborators. One or more of the users or teams you "
+                    "specified is not a collaborator of the {repo} repository.")
+
+
 def register(app: Flask, forge: FakeForge) -> None:
     app.add_url_rule("/api/graphql", "graphql", lambda: _graphql(forge), methods=["POST"])
+
+    @app.get(f"{PREFIX}/users/<login>")
+    def get_user(login):
+        user = GitHubShapes(forge).user(login)
+        return jsonify(_from_schema("public-user", {**user, "name": forge.user_names.get(login)}))
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:pull_number>/requested_reviewers")
+    def request_reviewers(owner, name, pull_number):
+        repo = repo_or_404(forge.state, owner, name)
+        pull = repo.pulls.get(pull_number)
+        if pull is None:
+            return jsonify(message="Not Found"), 404
+        wanted = request.get_json().get("reviewers") or []
+        if any(login not in repo.permissions or login == pull.author for login in wanted):
+            return jsonify(message=NOT_COLLABORATOR.format(repo=repo.full_name)), 422
+        pull.reviewers += [login for login in wanted if login not in pull.reviewers]
+        return jsonify(GitHubShapes(forge).pull(repo, pull, schema="pull-request-simple")), 201
     shapes, state = GitHubShapes(forge), forge.state
     _register_scans(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="pull_number", number="issue_number",

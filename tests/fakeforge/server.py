@@ -84,6 +84,8 @@ class FakeForge:
     git_http: bool = False         # serve git over HTTP (as GitHub does) instead of handing out the bare path
     apps: github_app.AppSide = field(default_factory=github_app.AppSide)   # GitHub Apps (the github kind)
     git_refusals: int = 0
+    user_names: dict[str, str] = field(default_factory=dict)    # a user's display name (GET /users/{login})
+    user_emails: dict[str, str] = field(default_factory=dict)   # Gitea: the email a user lets the API show
     bridge_app: github_app.FakeApp | None = None   # set: tests' bridges authenticate as this App, not a token
 
     def __post_init__(self) -> None:
