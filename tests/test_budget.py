@@ -173,13 +173,13 @@ def test_a_queued_task_says_where_it_stands_and_the_page_shows_the_line(github, 
     github.add_label(repo, first, "kugetsu:todo")
     wait_for(lambda: any(t["state"] == "running" for t in _task_records(bridge)), timeout=60, what="the first agent")
     github.add_label(repo, second, "kugetsu:todo")
-    wait_for(lambda: "1st in line · 1 of 1 agent slots busy" in _status(github, repo, second), timeout=30,
+    wait_for(lambda: "1st in line · 1 of 1 agent slots busy" in _status(github, repo, second), timeout=60,
              what="the second issue's place")
     github.add_label(repo, third, "kugetsu:todo")
-    wait_for(lambda: "2nd in line · 1 of 1 agent slots busy" in _status(github, repo, third), timeout=30,
+    wait_for(lambda: "2nd in line · 1 of 1 agent slots busy" in _status(github, repo, third), timeout=60,
              what="the third issue's place")
     github.comment(repo, first, "/kugetsu continue and then this")
-    wait_for(lambda: "waits for the running task of this issue" in _status(github, repo, first), timeout=30,
+    wait_for(lambda: "waits for the running task of this issue" in _status(github, repo, first), timeout=60,
              what="the continue waiting behind its issue's running task")
     page = requests.get(bridge.url, timeout=10).text
     line = re.findall(r'<li data-task="\w+">(\S+) — .*?<em class="stands">([^<]*)</em>', page)
@@ -190,7 +190,7 @@ def test_a_queued_task_says_where_it_stands_and_the_page_shows_the_line(github, 
     wait_for(lambda: "running" in github.labels_of(repo, second)[0] if github.labels_of(repo, second) else False,
              timeout=60, what="the second issue's agent")
     github.comment(repo, third, "/kugetsu status")
-    wait_for(lambda: "1st in line · 1 of 1 agent slots busy" in _status(github, repo, third), timeout=30,
+    wait_for(lambda: "1st in line · 1 of 1 agent slots busy" in _status(github, repo, third), timeout=60,
              what="the third issue's new place")
 
 

@@ -153,8 +153,9 @@ def test_claude_error_result_fails_the_task_despite_exit_zero(github, start_brid
     bridge = start_bridge([github], preset="claude")
     github.add_label(repo, issue, "kugetsu:todo")
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=90, what="the failed label")
-    assert repo.pulls == {}
-    assert "the agent reported: summary of error" in _status_comments(github, repo, issue)[0]
+    # The commit it made before reporting the error is kept, as partial work in a draft: nothing is merged-ready.
+    assert [pull.draft for pull in repo.pulls.values()] == [True]
+    assert "the agent reported: summary of error; partial work kept" in _status_comments(github, repo, issue)[0]
     assert uuid.UUID(_session(bridge, github))   # stored even though the run failed
 
 
