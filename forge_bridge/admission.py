@@ -50,7 +50,7 @@ def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str)
     # was not in the set known before; the script applies that rule itself (`when`).
     decision = decide(event, settings, known_labels=None)
     job = None if isinstance(decision, Skip) else queue.prepare_event_job(store.conn, event.to_json())
-    when = settings.label("todo") if isinstance(decision, StartFromLabel) and not event.label else "*"
+    when = decision.label if isinstance(decision, StartFromLabel) and not event.label else "*"
     claimed, known, queued = store.admit_event(claims, event.issue, labels, job=job, when=when)
     if not claimed:
         return Admission("duplicate", "this event was already received")

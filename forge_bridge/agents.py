@@ -141,6 +141,22 @@ def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]
     return [substitute(part, values) for part in template]
 
 
+def plan_argv(agent: AgentConfig, argv: list[str]) -> list[str]:
+    """The same run in the preset's read-only mode, for a plan: Claude Code `--permission-mode plan`, Codex
+    `--sandbox read-only`, opencode `--agent plan`, aider `--chat-mode ask` (each run against its real CLI by the
+    conformance suite). Other agents are told by FORGE_BRIDGE_MODE=plan."""
+    argv = list(argv)
+    if agent.preset == "claude" and "--permission-mode" in argv:
+        argv[argv.index("--permission-mode") + 1] = "plan"
+    elif agent.preset == "codex" and "workspace-write" in argv:
+        argv[argv.index("workspace-write")] = "read-only"
+    elif agent.preset == "opencode":
+        argv[COMMAND_WORDS["opencode"]:COMMAND_WORDS["opencode"]] = ["--agent", "plan"]
+    elif agent.preset == "aider":
+        argv[1:1] = ["--chat-mode", "ask"]
+    return argv
+
+
 def _limits(agent: AgentConfig) -> tuple[str, ...]:
     """Claude Code's own limits on a run, from the configuration."""
     if agent.preset != "claude":

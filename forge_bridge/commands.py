@@ -22,6 +22,8 @@ class Verb(StrEnum):
     STATUS = "status"
     DESTROY = "destroy"
     BUDGET = "budget"
+    PLAN = "plan"
+    APPROVE = "approve"
     HELP = "help"
 
 
@@ -51,6 +53,8 @@ def grammar(command: str, bot_login: str) -> str:
     return (f"Commands (at the start of a line):\n"
             f"- `{command} start [message]`: start the agent on this issue\n"
             f"- `{command} continue <message>`: continue the issue's session{mention}\n"
+            f"- `{command} plan [message]`: ask the agent for a plan only (read-only); nothing is pushed\n"
+            f"- `{command} approve [notes]`: carry out the plan, in the same session\n"
             f"- `{command} stop`: cancel the queued or running task\n"
             f"- `{command} retry`: run the last failed, timed-out or cancelled task again\n"
             f"- `{command} status`: refresh the status comment\n"
@@ -113,7 +117,7 @@ def _verb_command(word: str, args: str, following: list[str], *, command: str, b
         return Command(verb, force=bool(extra))
     if verb is Verb.BUDGET:
         return _budget_command(args, command=command)
-    message = _rest(args, following) if verb in (Verb.START, Verb.CONTINUE) else ""
+    message = _rest(args, following) if verb in (Verb.START, Verb.CONTINUE, Verb.PLAN, Verb.APPROVE) else ""
     if verb is Verb.CONTINUE and not message:
         return Reply(f"`{command} continue` needs a message: `{command} continue <what to do next>`.")
     return Command(verb, message=message)

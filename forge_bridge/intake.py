@@ -48,7 +48,7 @@ class Intake:
             return self.deny(event, ref)
         self.acknowledge(event)
         if isinstance(decision, StartFromLabel):
-            return self.start_from_label(event)
+            return self.start_from_label(event, decision)
         if isinstance(decision, Answer):
             self.client.create_comment(event.issue, decision.text)
             return "answered"
@@ -88,26 +88,26 @@ class Intake:
             log.warning("could not react to comment %s on %s: %s", event.comment_id, event.issue, error)
 
     # starting work
-    def start_from_label(self, event: ForgeEvent) -> str:
+    def start_from_label(self, event: ForgeEvent, decision: StartFromLabel) -> str:
         """The label is consumed under the issue's lock: whoever sees it first (webhook or poller)
         starts the task and removes it; everyone after finds it gone and starts nothing."""
-        todo = self.settings.label("todo")
+        label = decision.label
         with self.store.issue_lock(event.issue):
             issue = self.client.get_issue(event.issue)
-            if todo not in issue.labels:
-                return f"ignored: {todo} is no longer on the issue"
+            if label not in issue.labels:
+                return f"ignored: {label} is no longer on the issue"
             latest = self.store.latest_task(self.store.session(event.issue))
             if latest and not latest.state.finished:
-                self.client.remove_label(event.issue, todo)
+                self.client.remove_label(event.issue, label)
                 return "ignored: the issue already has a task in progress"
             task = self.enqueue_task(event.issue, event, TaskAction.START, f"{issue.title}\n\n{issue.body}".strip(),
-                                     labels=issue.labels)
+                                     labels=issue.labels, mode=decision.mode)
         return f"queued task {task.id}"
 
     def act(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
         handlers = {Verb.START: self.start, Verb.CONTINUE: self.continue_, Verb.STOP: self.stop,
                     Verb.RETRY: self.retry, Verb.STATUS: self.refresh, Verb.DESTROY: self.destroy,
-                    Verb.BUDGET: self.budget}
+                    Verb.BUDGET: self.budget, Verb.PLAN: self.plan, Verb.APPROVE: self.approve}
         with self.store.issue_lock(ref):
             return handlers[command.verb](command, event, ref)
 
@@ -134,6 +134,28 @@ class Intake:
             self.acknowledge_next_turn(event, running=running, merged=False)
         return f"queued task {task.id}"
 
+    def plan(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        """A plan only, read-only: in the issue's session when it has one, else a new one on the issue's text."""
+        session = self.store.session(ref)
+        issue = self.client.get_issue(ref)
+        if session is not None and session.task_ids:
+            message = command.message or "Propose a plan for the issue's next step. Change no files."
+            task = self.enqueue_task(ref, event, TaskAction.CONTINUE, message, labels=issue.labels, mode="plan")
+        else:
+            message = "\n\n".join(part for part in (issue.title, issue.body, command.message) if part)
+            task = self.enqueue_task(ref, event, TaskAction.START, message, labels=issue.labels, mode="plan")
+        return f"queued plan task {task.id}"
+
+    def approve(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
+        """Carry out the plan: a `continue` of the same session, with the approver's notes."""
+        latest = self.store.latest_task(self.store.session(ref))
+        if latest is None or latest.mode != "plan":
+            self.client.create_comment(event.issue, f"@{event.sender} there is no plan to approve: ask for one with "
+                                                    f"`{self.settings.command} plan`.")
+            return "ignored: no plan to approve"
+        message = "The plan is approved: carry it out now." + (f"\n\n{command.message}" if command.message else "")
+        return self.continue_(Command(Verb.CONTINUE, message=message), event, ref)
+
     def acknowledge_next_turn(self, event: ForgeEvent, *, running: bool, merged: bool) -> None:
         """A message that cannot run yet is told so, where it was written (the issue or its pull request)."""
         why = "the agent is still working on this issue" if running else "another task for this issue is ahead of it"
@@ -148,10 +170,11 @@ class Intake:
             self.client.create_comment(ref, f"Nothing to retry: the last task is {state}.")
             return "ignored: nothing to retry"
         labels = self.client.get_issue(ref).labels
-        return f"queued task {self.enqueue_task(ref, event, latest.action, latest.message, labels=labels).id}"
+        task = self.enqueue_task(ref, event, latest.action, latest.message, labels=labels, mode=latest.mode)
+        return f"queued task {task.id}"
 
     def enqueue_task(self, ref: IssueRef, event: ForgeEvent, action: TaskAction, message: str, *,
-                     labels: tuple[str, ...]) -> Task:
+                     labels: tuple[str, ...], mode: str = "") -> Task:
         """One event makes at most one task: when a later step fails (a comment the forge would not take) and
         the event job runs again, the task it already made is reported, not made twice."""
         made = f"event-task:{event.forge}:{event.delivery}" if event.delivery else ""
@@ -160,7 +183,7 @@ class Intake:
             self.report(ref, self.store.session(ref), labels)
             return earlier
         task = self.store.new_task(ref, forge=event.forge, action=action, message=message,
-                                   requested_by=event.sender)
+                                   requested_by=event.sender, mode=mode)
         if made:
             self.store.cache(made, task.id, ttl=CLAIM_TTL)
         session = self.store.session(ref) or Session(issue=str(ref), forge=event.forge)

@@ -43,16 +43,18 @@ class Poller:
         self.store = Store(conn)
 
     def label_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
-        client, todo = self.client_for(repo.forge), self.settings.label("todo")
-        for issue in client.list_labeled_issues(ref_repo, todo):
-            if issue.is_pull:
-                continue
-            ref = IssueRef(ref_repo, issue.number)
-            # Intake decides under the issue's lock; this claim only keeps one pending job per sighting.
-            if not self.store.claim(f"poll:{ref}:{todo}", ttl=max(int(self.settings.poll_interval), 30)):
-                continue
-            actor = client.label_actor(ref, todo)  # authorized like a webhook: whoever added the label
-            yield _label_event(repo.forge, ref, issue, todo, actor)
+        """Issues carrying a trigger label: `todo` (start) or `plan` (a plan only)."""
+        client = self.client_for(repo.forge)
+        for label in (self.settings.label("todo"), self.settings.label("plan")):
+            for issue in client.list_labeled_issues(ref_repo, label):
+                if issue.is_pull:
+                    continue
+                ref = IssueRef(ref_repo, issue.number)
+                # Intake decides under the issue's lock; this claim only keeps one pending job per sighting.
+                if not self.store.claim(f"poll:{ref}:{label}", ttl=max(int(self.settings.poll_interval), 30)):
+                    continue
+                actor = client.label_actor(ref, label)  # authorized like a webhook: whoever added the label
+                yield _label_event(repo.forge, ref, issue, label, actor)
 
     def comment_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
         name = f"comments:{repo.forge}:{ref_repo}"

@@ -14,12 +14,13 @@ from forge_bridge.models import IssueRef, Session, Task, TaskState
 from forge_bridge.sessions import Store
 
 STATUS_MARKER = "<!-- forge-bridge:status -->"
-STATES = ("todo", "queued", "running", "review", "failed", "done")
-STATE_COLORS = {"todo": "c5def5", "queued": "fbca04", "running": "1d76db", "review": "0e8a16",
-                "failed": "b60205", "done": "5319e7"}
+# The labels the bridge keeps one of at a time: the two triggers (todo, plan), then the states.
+STATES = ("todo", "plan", "queued", "running", "planned", "review", "failed", "done")
+STATE_COLORS = {"todo": "c5def5", "plan": "c5def5", "queued": "fbca04", "running": "1d76db", "planned": "bfd4f2",
+                "review": "0e8a16", "failed": "b60205", "done": "5319e7"}
 SUMMARY_LIMIT = 3000     # characters of an agent's summary shown in a comment
 SUMMARIES_SHOWN = 5      # the status comment shows the latest tasks' summaries
-STATE_EMOJI = {"queued": "⏳", "running": "🏃", "review": "👀", "failed": "❌", "done": "✅"}
+STATE_EMOJI = {"planned": "📝", "queued": "⏳", "running": "🏃", "review": "👀", "failed": "❌", "done": "✅"}
 
 
 def _oneline(text: str, limit: int) -> str:
@@ -85,6 +86,8 @@ def issue_state(tasks: list[Task], session: Session) -> str:
     latest = tasks[-1].state
     if session.merged:
         return "done"
+    if latest is TaskState.SUCCEEDED and tasks[-1].mode == "plan":
+        return "planned"
     if latest is TaskState.SUCCEEDED and session.pull_request_url:
         return "review"
     return "failed"

@@ -29,6 +29,8 @@ class BudgetSpent(RuntimeError):
 
 EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError, BudgetSpent)
 PARTIAL_STATES = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)   # work that may be worth keeping
+PLAN_HEADING = "### Plan"
+PLAN_LIMIT = 60_000       # characters of a plan posted (a forge comment holds 65,536)
 SHUTDOWN = "shutdown"       # the worker is stopping: the task goes back to the head of its line
 CANCELLED = "cancelled"
 WORKER_GONE = "worker gone"
@@ -105,6 +107,9 @@ class Runner:
         task.summary = redact(result.summary, secret_values(self.settings))
         with worktrees.mirror_lock(mirror):   # the agent has ended: undo what it did to the git metadata
             checkout.restore()
+        if task.mode == "plan":
+            self.finish_plan(task, result, checkout, before, ref)
+            return
         if result.ok:
             worktrees.commit_leftovers(checkout, f"{issue.title} (#{ref.number})\n\n{task.summary}".strip(),
                                        author=forge.bot_login or "forge-bridge")
@@ -182,6 +187,21 @@ class Runner:
         session.pull_request_draft = False
         self.store.save_session(session)
 
+    def finish_plan(self, task: Task, result: agents.AgentResult, checkout: worktrees.Checkout, before: str,
+                    ref: IssueRef) -> None:
+        """A plan changes nothing: whatever the agent touched is undone, nothing is pushed, and its answer is
+        posted on the issue for a person to approve."""
+        with worktrees.mirror_lock(checkout.mirror):
+            worktrees.discard_changes(checkout, before)
+        self.subjects, task.commits = [], 0
+        self.judge(task, result)
+        if task.state is not TaskState.SUCCEEDED:
+            return
+        command = self.settings.command
+        self.client.create_comment(ref, f"{PLAN_HEADING}\n\n{task.summary[:PLAN_LIMIT]}\n\n---\n_Approve with "
+                                        f"`{command} approve [notes]`, or ask again with `{command} plan <what to "
+                                        "change>`._")
+
     def check_budget(self, ref: IssueRef) -> None:
         spend = budget.Ledger(self.store.conn).spend(self.settings.budget, ref)
         refused = budget.start_refused(spend, ref.repo.full_name)
@@ -211,6 +231,9 @@ class Runner:
                             or f"the agent exited with code {result.exit_code}")
         elif result.failure:
             task.state, task.outcome = TaskState.FAILED, result.failure
+        elif task.mode == "plan":
+            task.state, task.outcome = (TaskState.SUCCEEDED, "plan posted") if task.summary.strip() else \
+                (TaskState.FAILED, "the agent gave no plan")
         elif task.commits == 0:
             task.state, task.outcome = TaskState.FAILED, "the agent left no new commits"
         else:

@@ -147,9 +147,10 @@ class Store:
     def recent_task_ids(self, limit: int = 50) -> list[str]:
         return [i.decode() for i in self.conn.zrevrange(RECENT_KEY, 0, limit - 1)]
 
-    def new_task(self, issue: IssueRef, *, forge: str, action: TaskAction, message: str, requested_by: str) -> Task:
+    def new_task(self, issue: IssueRef, *, forge: str, action: TaskAction, message: str, requested_by: str,
+                 mode: str = "") -> Task:
         task = Task(id=new_task_id(), issue=str(issue), forge=forge, action=action, message=message,
-                    requested_by=requested_by, queued_at=time.time())
+                    requested_by=requested_by, queued_at=time.time(), mode=mode)
         self.save_task(task)
         return task
 

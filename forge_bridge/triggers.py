@@ -15,7 +15,9 @@ REVIEW_MESSAGE = "Changes were requested in a review of the pull request."
 
 @dataclass(frozen=True)
 class StartFromLabel:
-    """The trigger label was added: start the issue's agent with its title and body."""
+    """A trigger label was added: start the issue's agent with its title and body (`plan`: for a plan only)."""
+    label: str = ""
+    mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,10 @@ def _labels(event: ForgeEvent, settings: Settings, known: tuple[str, ...] | None
     if event.is_pull:
         return Skip("labels on pull requests start nothing")
     if label_added(event, settings.label("todo"), known):
-        return StartFromLabel()
-    return Skip(f"no {settings.label('todo')} label was added")
+        return StartFromLabel(settings.label("todo"))
+    if label_added(event, settings.label("plan"), known):
+        return StartFromLabel(settings.label("plan"), mode="plan")
+    return Skip(f"no {settings.label('todo')} or {settings.label('plan')} label was added")
 
 
 def _comment(event: ForgeEvent, settings: Settings) -> Decision:

@@ -285,6 +285,12 @@ def commit_subjects(checkout: Checkout, old: str, new: str) -> list[str]:
     return out.splitlines() if out else []
 
 
+def discard_changes(checkout: Checkout, head: str) -> None:
+    """Back to `head`, as if the agent had not run: its commits, edits and new files go (ignored files stay)."""
+    git("reset", "--hard", "--quiet", head, checkout=checkout)
+    git("clean", "-fd", "--quiet", checkout=checkout)
+
+
 def commit_leftovers(checkout: Checkout, message: str, *, author: str) -> bool:
     """Commit what an agent changed but did not commit (Codex and opencode leave their edits uncommitted);
     ignored files stay out. True when a commit was made."""

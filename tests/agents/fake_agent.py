@@ -82,6 +82,13 @@ def main():
         print("fake agent: something went wrong on purpose", flush=True)
         record(args.record, "end")
         return 3
+    if os.environ.get("FORGE_BRIDGE_MODE") == "plan":   # a plan: it scribbles, but the bridge undoes it
+        with open("SCRATCH.md", "w") as out:
+            out.write("notes while planning\n")
+        print(json.dumps({"type": "result", "session_id": session,
+                          "summary": f"1. Read the code. 2. Change it for: {(prompt.splitlines() or [''])[0]}"}),
+              flush=True)
+        return 0
     if args.mode == "commit":
         commit(prompt)
     print(json.dumps({"type": "result", "session_id": session, "summary": f"fake agent did {args.mode}"}), flush=True)

@@ -55,9 +55,20 @@ def unknown_session(message: str) -> None:
     sys.exit(1)
 
 
+READ_ONLY = (("--permission-mode", "plan"), ("--sandbox", "read-only"), ("--agent", "plan"), ("--chat-mode", "ask"))
+
+
+def read_only() -> bool:
+    """Whether the CLI was started in its read-only (plan) mode, as each real one is asked to."""
+    args = sys.argv[1:]
+    return any(flag in args and args.index(flag) + 1 < len(args) and args[args.index(flag) + 1] == value
+               for flag, value in READ_ONLY)
+
+
 def work(cli: str, session: str, prompt: str, *, commit: bool) -> None:
-    """One line per run in <CLI>_WORK.md: the session and the prompt's last line (what was asked now)."""
-    if mode_of(prompt) == "nocommit":
+    """One line per run in <CLI>_WORK.md: the session and the prompt's last line (what was asked now). Nothing in
+    read-only mode (the real CLIs refuse their edit tools there)."""
+    if mode_of(prompt) == "nocommit" or read_only():
         return
     asked = (prompt.strip().splitlines() or ["(empty)"])[-1]
     name = f"{cli.upper()}_WORK.md"
