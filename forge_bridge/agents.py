@@ -152,8 +152,8 @@ def plan_argv(agent: AgentConfig, argv: list[str]) -> list[str]:
         argv[argv.index("workspace-write")] = "read-only"
     elif agent.preset == "opencode":
         argv[COMMAND_WORDS["opencode"]:COMMAND_WORDS["opencode"]] = ["--agent", "plan"]
-    elif agent.preset == "aider":
-        argv[1:1] = ["--chat-mode", "ask"]
+    elif agent.preset == "aider":   # last: aider's --chat-mode and --edit-format are one setting, the last wins
+        argv += ["--chat-mode", "ask"]
     return argv
 
 

@@ -162,7 +162,23 @@ def _aider(lines: list[str]) -> Verdict:
             tokens += _kilo(match[1], match[2]) + _kilo(match[3], match[4])
         if match := _AIDER_ERROR.search(line):
             error = match[1].strip()
-    return Verdict(cost_usd=cost, tokens=tokens, failure=f"the agent reported: {error}" if error else "")
+    return Verdict(summary=_aider_answer(lines), cost_usd=cost, tokens=tokens,
+                   failure=f"the agent reported: {error}" if error else "")
+
+
+# Lines aider prints around the model's answer: its start-up report, and its accounting after each reply.
+_AIDER_FRAME = re.compile(r"^(Aider v|Model: |Git repo: |Repo-map: |Restored |Added |Tokens: |Applied edit |Commit |"
+                          r"Warning: |Analytics )")
+
+
+def _aider_answer(lines: list[str]) -> str:
+    """The model's last answer: the text between aider's last frame line before its final `Tokens:` report and
+    that report (in ask mode, the plan)."""
+    ends = [i for i, line in enumerate(lines) if line.startswith("Tokens: ")]
+    if not ends:
+        return ""
+    start = max((i for i in range(ends[-1]) if _AIDER_FRAME.match(lines[i])), default=-1)
+    return "\n".join(lines[start + 1:ends[-1]]).strip()
 
 
 def _kilo(number: str, suffix: str) -> int:

@@ -143,3 +143,28 @@ def test_check_prints_the_installed_version_and_the_tested_range(tmp_path):
     version = PINS["claude"][2]
     assert f"ok   agent claude: claude is {bin_dir / 'claude'}, version {version} (tested: 2.1.197 to {version})" \
         in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(CLIS))
+def test_real_cli_plans_in_its_read_only_mode(preset, github, start_bridge, models, tmp_path):
+    """The read-only flag each preset adds for a plan is one the real CLI takes: it answers with the model's
+    text, its attempt to write a file is refused or undone, and nothing is pushed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    agent, env, _ = CLIS[preset](models, home)
+    agent["home"] = json.dumps(str(home))
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    models.script.answer = "Plan: sort with a stable key, then test it."
+    bridge = start_bridge([github], preset=preset, agent=agent, env=env)
+    github.add_label(repo, issue, "kugetsu:plan")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:planned") or _settled(github, repo, issue,
+                                                                                  "kugetsu:failed"),
+             timeout=120, what="the plan run")
+    status = _status_comments(github, repo, issue)[0]
+    assert "kugetsu:planned" in github.labels_of(repo, issue), status
+    [plan] = [c for c in github.comments_of(repo, issue) if c.startswith("### Plan")]
+    assert "sort with a stable key" in plan
+    assert not repo.pulls and repo.branch_sha("kugetsu/1-sort-the-list") is None
+    worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
+    assert not list(worktree.glob("WORK-*.md"))
