@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from forge_bridge import queue
 from forge_bridge.config import Settings
-from forge_bridge.models import EventKind, ForgeEvent
+from forge_bridge.models import CheckFailed, EventKind, ForgeEvent
 from forge_bridge.sessions import CLAIM_TTL, Store
 from forge_bridge.triggers import Skip, StartFromLabel, decide, meaning_key
 
@@ -61,3 +61,16 @@ def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str)
 
 def _reason(decision: object) -> str:
     return decision.reason if isinstance(decision, Skip) else "not acted on"
+
+
+def admit_check(settings: Settings, store: Store, change: CheckFailed, *, endpoint: str) -> Admission:
+    """A failed check: once per head commit (its delivery id and the commit, claimed like any event's), and only
+    with `ci_feedback` on. Whether the bridge pushed that head is for the job to find out."""
+    if not settings.ci_feedback:
+        return Admission("ignored", "ci_feedback is off")
+    claims = [f"delivery:{endpoint}:{change.delivery}", f"ci:{change.forge}:{change.repo}:{change.sha}"]
+    job = queue.prepare_event_job(store.conn, change.to_json(), func=queue.CI_JOB)
+    claimed, _, _ = store.admit_event(claims, f"{change.repo}@{change.sha}", None, job=job)
+    if not claimed:
+        return Admission("duplicate", "a failure of this commit was already received")
+    return Admission("queued", "CheckFailed")

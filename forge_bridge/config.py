@@ -179,6 +179,7 @@ class Settings:
     allow_bots: tuple[str, ...] = ()
     delete_branch_on_merge: bool = False
     keep_partial_work: bool = True   # a run that fails after changing files: commit WIP, push, open a draft
+    ci_feedback: int = 0             # failing checks on the bridge's pull request: up to this many `continue`s
     insecure_no_signature: bool = False
     log_format: str = "text"
     public_url: str = ""             # where forges reach the web app; `hooks install` points webhooks there
@@ -278,6 +279,9 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
     return out
 
 
+AT_LEAST_ZERO = {"ci_feedback"}   # whole-number keys where 0 means "off"
+
+
 def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:
     default = getattr(Settings(), key)
     where = f"{source}: {key}"
@@ -296,8 +300,9 @@ def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:
             number = int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
-        if number < 1:
-            raise ConfigError(f"{where}: must be at least 1, got {number}")
+        least = 0 if key in AT_LEAST_ZERO else 1
+        if number < least or number > 1_000_000:
+            raise ConfigError(f"{where}: must be a whole number from {least} to 1,000,000, got {number}")
         return number
     if isinstance(default, tuple):
         if isinstance(value, str):

@@ -27,6 +27,8 @@ HOOK_EVENTS = {
     ForgeKind.GITEA: ("issues", "issue_comment", "pull_request", "pull_request_review"),
     ForgeKind.FORGEJO: ("issues", "issue_comment", "pull_request", "pull_request_review"),
 }
+CI_EVENTS = {ForgeKind.GITHUB: ("check_suite", "status"), ForgeKind.GITEA: ("status",),
+             ForgeKind.FORGEJO: ("status",)}   # subscribed too when ci_feedback is on
 RECORD_FILE = "hooks.json"
 HASH_ROUNDS = 200_000
 NO_ADMIN = (403, 404)   # GitHub hides hooks from non-admins with a 404; Gitea refuses with a 403
@@ -37,6 +39,10 @@ class HookPlan:
     action: str          # create | update | keep
     hook_id: int | None
     why: str = ""
+
+
+def hook_events(settings: Settings, forge: ForgeConfig) -> tuple[str, ...]:
+    return HOOK_EVENTS[forge.kind] + (CI_EVENTS[forge.kind] if settings.ci_feedback else ())
 
 
 def hook_url(public_url: str, forge: ForgeConfig) -> str:
@@ -106,7 +112,7 @@ def install(settings: Settings, forge: ForgeConfig, client: ForgeClient, *, publ
         return
     for pattern in patterns:
         yield True, f"{forge.name}: {pattern} is a pattern; name each repository to install its hook"
-    url, events = hook_url(public_url, forge), HOOK_EVENTS[forge.kind]
+    url, events = hook_url(public_url, forge), hook_events(settings, forge)
     record = SecretRecord(settings.data_dir)
     for repo in repos:
         try:

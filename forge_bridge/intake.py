@@ -11,10 +11,20 @@ from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.lifecycle import safe_destroy
-from forge_bridge.models import EventKind, ForgeEvent, IssueRef, Session, Task, TaskAction, TaskState
+from forge_bridge.models import (
+    CheckFailed,
+    EventKind,
+    FailedCheck,
+    ForgeEvent,
+    IssueRef,
+    Session,
+    Task,
+    TaskAction,
+    TaskState,
+)
 from forge_bridge.line import Line
 from forge_bridge.queue import Scheduler, slots_in_use
-from forge_bridge.refs import parse_issue_ref
+from forge_bridge.refs import parse_issue_ref, parse_repo_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import CLAIM_TTL, Store
 from forge_bridge.triggers import Act, Answer, IssueClosed, PullClosed, Skip, StartFromLabel, decide
@@ -22,6 +32,16 @@ from forge_bridge.triggers import Act, Answer, IssueClosed, PullClosed, Skip, St
 log = logging.getLogger(__name__)
 PERMISSION_TTL = 300
 RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)
+
+
+CI_SENDER = "ci"   # who a CI round's task is "asked by"
+
+
+def ci_message(change: CheckFailed, checks: tuple[FailedCheck, ...], *, round_: int, limit: int) -> str:
+    lines = [f"- {check.name}: {check.conclusion}" + (f" — {check.summary}" if check.summary else "") +
+             (f" ({check.url})" if check.url else "") for check in checks]
+    return (f"CI failed: continuing (round {round_} of {limit})\n\nChecks failing on {change.sha[:7]}:\n"
+            + "\n".join(lines) + "\n\nFind out why they fail and fix it.")
 
 
 @dataclass
@@ -125,12 +145,13 @@ class Intake:
         waiting = line[-1] if len(line) > 1 else None   # behind another task: not started, and cannot yet
         if waiting and waiting.state is TaskState.QUEUED and waiting.action is TaskAction.CONTINUE \
                 and self.store.append_message(waiting.id, command.message, requested_by=event.sender):
-            self.acknowledge_next_turn(event, running=running, merged=True)
+            if event.source != "ci":
+                self.acknowledge_next_turn(event, running=running, merged=True)
             self.report(ref, session, self.client.get_issue(ref).labels)
             return f"merged into task {waiting.id}"
         labels = self.client.get_issue(ref).labels
         task = self.enqueue_task(ref, event, TaskAction.CONTINUE, command.message, labels=labels)
-        if line:
+        if line and event.source != "ci":
             self.acknowledge_next_turn(event, running=running, merged=False)
         return f"queued task {task.id}"
 
@@ -155,6 +176,41 @@ class Intake:
             return "ignored: no plan to approve"
         message = "The plan is approved: carry it out now." + (f"\n\n{command.message}" if command.message else "")
         return self.continue_(Command(Verb.CONTINUE, message=message), event, ref)
+
+    # failed checks on the bridge's pull request (ci_feedback)
+    def check_failed(self, change: CheckFailed) -> str:
+        """Checks failed on a head: when the bridge pushed it and rounds are left, a `continue` naming each failed
+        check. The forge's own event: no sender to authorize."""
+        linked = self.store.pushed_by_bridge(change.repo, change.sha)
+        if linked is None:
+            return f"ignored: {change.sha[:7]} is not a head the bridge pushed"
+        ref = parse_issue_ref(linked)
+        session = self.store.session(ref)
+        if session is None or not session.pull_request_number or session.merged:
+            return "ignored: no open pull request of the bridge's for this head"
+        limit = self.settings.ci_feedback
+        with self.store.issue_lock(ref):
+            round_ = self.store.next_ci_round(ref, session.pull_request_number)
+            if round_ > limit:
+                if round_ == limit + 1:
+                    self.client.create_comment(ref, f"CI still fails on {change.sha[:7]} after {limit} round(s) "
+                                                    "of fixes by the agent; over to you.")
+                return f"ignored: all {limit} CI round(s) used"
+            message = ci_message(change, self.failed_checks(change), round_=round_, limit=limit)
+            event = ForgeEvent(forge=change.forge, kind=EventKind.COMMENT, issue=ref, sender=CI_SENDER,
+                               delivery=change.delivery, source="ci")
+            return self.continue_(Command(Verb.CONTINUE, message=message), event, ref)
+
+    def failed_checks(self, change: CheckFailed) -> tuple[FailedCheck, ...]:
+        """Each failed check: a GitHub check suite's runs, asked of the forge; a status names its own."""
+        if not change.suite_id:
+            return change.checks
+        try:
+            runs = self.client.failed_check_runs(parse_repo_ref(change.repo), change.suite_id)
+        except ForgeError as error:
+            log.warning("could not list the failed runs of check suite %s: %s", change.suite_id, error)
+            return change.checks
+        return tuple(runs) or change.checks
 
     def acknowledge_next_turn(self, event: ForgeEvent, *, running: bool, merged: bool) -> None:
         """A message that cannot run yet is told so, where it was written (the issue or its pull request)."""

@@ -96,6 +96,40 @@ class IssueRef:
         return f"{self.repo}#{self.number}"
 
 
+FAILING_CONCLUSIONS = ("failure", "timed_out", "action_required", "startup_failure")   # GitHub checks that failed
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    name: str
+    conclusion: str                # failure, error, timed_out…
+    summary: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class CheckFailed:
+    """A check on a commit failed (GitHub check suites and statuses, Gitea and Forgejo statuses): the forge's
+    own event, about a head commit rather than an issue."""
+    forge: str
+    repo: str                      # canonical host/owner/name
+    sha: str
+    delivery: str = ""
+    branch: str = ""
+    suite_id: int = 0              # GitHub: the suite whose failed runs to list
+    checks: tuple[FailedCheck, ...] = ()
+    updated_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CheckFailed:
+        data = json.loads(text)
+        data["checks"] = tuple(FailedCheck(**check) for check in data.get("checks", []))
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class ForgeEvent:
     """One thing that happened on a forge, the same whether a webhook or the poller saw it."""

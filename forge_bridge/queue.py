@@ -91,13 +91,17 @@ class PreparedJob:
 _event_queues: dict[Redis, Queue] = {}   # one per connection: it remembers the server's version (one INFO)
 
 
-def prepare_event_job(conn: Redis, event_json: str) -> PreparedJob:
+CI_JOB = "jobs.tasks.handle_failed_check"
+EVENT_JOB = "jobs.tasks.handle_event"
+
+
+def prepare_event_job(conn: Redis, event_json: str, *, func: str = EVENT_JOB) -> PreparedJob:
     """The intake job for one event, as `enqueue_event` would make it, built without any I/O but the first
     call's version check. RQ's worker runs it like any other (tests/test_webhook_queue.py)."""
     queue = _event_queues.get(conn)
     if queue is None:
         queue = _event_queues[conn] = Queue(EVENTS_QUEUE, connection=conn)
-    job = queue.create_job("jobs.tasks.handle_event", args=(event_json,), timeout=EVENT_JOB_TIMEOUT,
+    job = queue.create_job(func, args=(event_json,), timeout=EVENT_JOB_TIMEOUT,
                            failure_ttl=FAILURE_TTL, retry=EVENT_RETRY)
     job.redis_server_version = queue.get_redis_server_version()   # what RQ's own enqueue sets before saving
     job.origin, job.enqueued_at = queue.name, now()

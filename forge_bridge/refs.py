@@ -32,6 +32,11 @@ def parse_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef:
     raise InvalidRef(f"not an issue ref: {text!r} (expected host/owner/repo#N, owner/repo#N or an issue URL)")
 
 
+def parse_repo_ref(text: str) -> RepoRef:
+    """`host/owner/name`, as RepoRef prints itself."""
+    return parse_issue_ref(f"{text}#1").repo
+
+
 def find_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef | None:
     """The first issue ref inside a sentence, as kugetsu's `delegate` accepted them."""
     for pattern in (URL_RE, FULL_RE, SHORT_RE):

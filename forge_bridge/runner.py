@@ -131,6 +131,7 @@ class Runner:
             if trailer:
                 worktrees.add_trailer(checkout, trailer)
             self.with_git_token(ref, lambda env: worktrees.push(checkout, session.branch, clone_url, env), clone_url)
+            self.store.remember_push(ref.repo, worktrees.head(checkout), ref)
 
     def coauthor_trailer(self, task: Task, ref: IssueRef) -> str:
         """Credit for the person whose trigger started the work ("" when the forge cannot say who they are)."""

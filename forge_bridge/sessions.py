@@ -188,6 +188,17 @@ class Store:
     def remember_labels(self, issue: IssueRef | str, labels: tuple[str, ...] | list[str]) -> None:
         self.conn.set(f"{PREFIX}:labels:{issue}", json.dumps(sorted(labels)), ex=CLAIM_TTL * 8)
 
+    # the heads the bridge pushed (CI feedback acts only on those), and its CI rounds per pull request
+    def remember_push(self, repo: RepoRef | str, sha: str, issue: IssueRef | str) -> None:
+        self.conn.set(f"{PREFIX}:pushed:{repo}:{sha}", str(issue), ex=CLAIM_TTL * 4)
+
+    def pushed_by_bridge(self, repo: RepoRef | str, sha: str) -> str | None:
+        raw = self.conn.get(f"{PREFIX}:pushed:{repo}:{sha}")
+        return raw.decode() if raw else None
+
+    def next_ci_round(self, issue: IssueRef | str, pull: int) -> int:
+        return int(self.conn.incr(f"{PREFIX}:ci-rounds:{issue}:{pull}"))
+
     # which issue a pull request of the bridge's was opened for
     def link_pull(self, repo: RepoRef, number: int, issue: IssueRef | str) -> None:
         self.conn.set(f"{PREFIX}:pull:{repo}#{number}", str(issue))

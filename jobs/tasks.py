@@ -12,7 +12,7 @@ from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
 from forge_bridge.logs import task_context
-from forge_bridge.models import ForgeEvent
+from forge_bridge.models import CheckFailed, ForgeEvent
 from forge_bridge.queue import Scheduler
 from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
 from forge_bridge.sessions import Store
@@ -43,6 +43,15 @@ def handle_event(event_json: str) -> str:
     client = make_client(config.forge(event.forge), conn=conn)
     with task_context(get_current_job().id, str(event.issue)):
         return Intake(config, Store(conn), client, scheduler(conn)).handle(event)
+
+
+def handle_failed_check(change_json: str) -> str:
+    change = CheckFailed.from_json(change_json)
+    config = settings()
+    conn = get_current_job().connection
+    client = make_client(config.forge(change.forge), conn=conn)
+    with task_context(get_current_job().id, f"{change.repo}@{change.sha[:7]}"):
+        return Intake(config, Store(conn), client, scheduler(conn)).check_failed(change)
 
 
 class _StopWatch:

@@ -113,3 +113,16 @@ def test_hooks_install_needs_a_public_url(github, tmp_path):
     assert done.returncode == 2 and "--url" in done.stderr and "public_url" in done.stderr
     bad = _hooks(config, "install", "--url", "bridge.example.com")
     assert bad.returncode == 2 and "--url must look like https://" in bad.stderr
+
+
+def test_the_hook_subscribes_to_check_events_only_when_ci_feedback_is_on():
+    from forge_bridge.config import settings_from_dict
+    from forge_bridge.hooks import hook_events
+
+    forges = [{"name": "gh", "kind": "github", "url": "https://github.com"},
+              {"name": "gt", "kind": "gitea", "url": "https://gitea.example"}]
+    off = settings_from_dict({"forges": forges}, source="t", environ={})
+    on = settings_from_dict({"forges": forges, "ci_feedback": 2}, source="t", environ={})
+    assert hook_events(off, off.forges[0]) == EVENTS
+    assert hook_events(on, on.forges[0]) == (*EVENTS, "check_suite", "status")
+    assert hook_events(on, on.forges[1])[-1] == "status"

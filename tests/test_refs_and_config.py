@@ -87,7 +87,7 @@ GH = {"name": "gh", "kind": "github", "url": "https://github.com"}
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"workers": 0}, "workers: must be at least 1"),
+    ({"workers": 0}, "workers: must be a whole number from 1 to"),
     ({"task_timeout": "soon"}, "task_timeout: expected a duration"),
     ({"agent": {"preset": "command"}}, "agent.argv is required"),
     ({"agent": {"preset": "command", "argv": "my-agent --go"}}, "never a shell string"),
@@ -117,6 +117,8 @@ GH = {"name": "gh", "kind": "github", "url": "https://github.com"}
     ({"budget": {"task_tokens": 2.5}}, "budget.task_tokens must be a whole number"),
     ({"budget": {"task_dollars": 1}}, "unknown key budget.'task_dollars'"),
     ({"budget": 5}, "budget must be a table"),
+    ({"ci_feedback": -1}, "ci_feedback: must be a whole number from 0"),
+    ({"ci_feedback": "lots"}, "ci_feedback: expected a whole number"),
     ({"agent": {"preset": "command", "argv": ["a"], "cost": "total"}}, "agent.cost must be json:<key> | none"),
 ])
 def test_configuration_mistakes_are_explained(raw, message):

@@ -124,6 +124,10 @@ class GiteaClient:
                              status=getattr(error, "status", None)) from None
         return f"{found.full_name or found.login} <{found.email}>" if found.email else ""
 
+    def failed_check_runs(self, repo: RepoRef, suite_id: int) -> list:
+        """Gitea and Forgejo report checks as commit statuses, each event naming its own: no suites to list."""
+        return []
+
     def request_review(self, repo: RepoRef, number: int, login: str) -> None:
         option = PullReviewRequestOptions(reviewers=[login])
         self._run("request a review", lambda _, r: r.repo_create_pull_review_requests(repo.owner, repo.name, number,

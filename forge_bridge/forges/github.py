@@ -22,7 +22,7 @@ from forge_bridge.forges.base import (
     number_from_url,
 )
 from forge_bridge.forges.github_app import GitHubApp
-from forge_bridge.models import IssueRef, RepoRef
+from forge_bridge.models import FAILING_CONCLUSIONS, FailedCheck, IssueRef, RepoRef
 from forge_bridge.pacing import WriteBucket
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,16 @@ class GitHubClient:
         _, data = self._call(f"get user {login}", self._requester(repo).requestJsonAndCheck, "GET",
                              f"/users/{quote(login)}")
         return f"{data.get('name') or login} <{data['id']}+{login}@users.noreply.github.com>"
+
+    def failed_check_runs(self, repo: RepoRef, suite_id: int) -> list[FailedCheck]:
+        """The runs of a check suite that failed, each with its conclusion, summary and page."""
+        _, data = self._call("list check runs", self._requester(repo).requestJsonAndCheck, "GET",
+                             f"/repos/{repo.full_name}/check-suites/{suite_id}/check-runs",
+                             parameters={"filter": "latest", "per_page": 100})
+        return [FailedCheck(name=run.get("name") or "check", conclusion=run["conclusion"],
+                            summary=((run.get("output") or {}).get("summary") or "").strip()[:500],
+                            url=run.get("html_url") or "")
+                for run in data.get("check_runs", []) if run.get("conclusion") in FAILING_CONCLUSIONS]
 
     def request_review(self, repo: RepoRef, number: int, login: str) -> None:
         self._write("request a review", self._requester(repo).requestJsonAndCheck, "POST",

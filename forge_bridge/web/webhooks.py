@@ -5,9 +5,9 @@ from flask import Blueprint, current_app, g, jsonify, request
 from redis.exceptions import RedisError
 
 from forge_bridge import app_reach, metrics
-from forge_bridge.admission import admit
+from forge_bridge.admission import admit, admit_check
 from forge_bridge.config import Settings
-from forge_bridge.models import ForgeEvent, ForgeKind
+from forge_bridge.models import CheckFailed, ForgeEvent, ForgeKind
 from forge_bridge.webhooks import (
     BadSignature,
     Ignored,
@@ -99,6 +99,10 @@ def receive(name: str):
     if isinstance(parsed, Ignored):
         return answer("ignored", 200, delivery=delivery, reason=parsed.reason)
     try:
+        if isinstance(parsed, CheckFailed):
+            admitted = admit_check(bridge.settings, bridge.store, parsed, endpoint=name)
+            return answer(admitted.status, 202 if admitted.status == "queued" else 200, delivery=delivery,
+                          reason=admitted.reason)
         if isinstance(parsed, InstallationChange):   # a GitHub App gained or lost repositories: noted, no job
             app_reach.record(bridge.conn, forge_name, parsed)
             return answer("recorded", 200, delivery=delivery,

@@ -11,8 +11,8 @@ from forge_bridge.webhooks.errors import BadSignature, Malformed
 
 # Events whose body we ever need to read; anything else is answered from the headers alone.
 GITHUB_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "pull_request_review", "installation",
-                           "installation_repositories"})
-GITEA_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "pull_request_rejected"})
+                           "installation_repositories", "check_suite", "status"})
+GITEA_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "pull_request_rejected", "status"})
 MAX_ID_LENGTH = 200
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from forge_bridge.models import EventKind, ForgeEvent
 from forge_bridge.webhooks.errors import Ignored
-from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields, updated_at
+from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields, status_failure, updated_at
 
 
 def _common(payload: dict, *, forge: str, host: str, delivery: str, number_path: str) -> dict[str, Any]:
@@ -62,6 +62,6 @@ def _rejected(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
     )
 
 
-PARSERS = {"issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
+PARSERS = {"status": status_failure, "issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
            "pull_request_rejected": _rejected}
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from forge_bridge.models import EventKind, ForgeEvent
+from forge_bridge.models import FAILING_CONCLUSIONS, CheckFailed, EventKind, FailedCheck, ForgeEvent
 from forge_bridge.webhooks.errors import Ignored, Malformed
-from forge_bridge.webhooks.payload import field, issue_ref, label_names, pull_fields, updated_at
+from forge_bridge.webhooks.payload import (
+    field,
+    issue_ref,
+    label_names,
+    pull_fields,
+    repo_ref,
+    status_failure,
+    updated_at,
+)
 
 
 def _common(payload: dict, *, forge: str, host: str, delivery: str, number_path: str) -> dict[str, Any]:
@@ -102,7 +110,23 @@ def _installation_repositories(payload: dict, **ctx: str) -> InstallationChange 
                               removed=_names(payload, "repositories_removed"), gone=False)
 
 
+def _check_suite(payload: dict, **ctx: str) -> CheckFailed | Ignored:
+    conclusion = field(payload, "check_suite.conclusion", default="") or ""
+    if field(payload, "action") != "completed" or conclusion not in FAILING_CONCLUSIONS:
+        return Ignored(f"check suite {field(payload, 'action')!r} with conclusion {conclusion!r} is not a failure")
+    app = field(payload, "check_suite.app.name", default="") or "check suite"
+    return CheckFailed(forge=ctx["forge"], repo=str(repo_ref(payload, host=ctx["host"])),
+                       sha=field(payload, "check_suite.head_sha"), delivery=ctx["delivery"],
+                       branch=field(payload, "check_suite.head_branch", default="") or "",
+                       suite_id=field(payload, "check_suite.id", int), checks=(FailedCheck(app, conclusion),),
+                       updated_at=field(payload, "check_suite.updated_at", default="") or "")
+
+
+def _status(payload: dict, **ctx: str) -> CheckFailed | Ignored:
+    return status_failure(payload, **ctx)
+
+
 PARSERS = {"issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
            "pull_request_review": _review, "installation": _installation,
-           "installation_repositories": _installation_repositories}
+           "installation_repositories": _installation_repositories, "check_suite": _check_suite, "status": _status}
 

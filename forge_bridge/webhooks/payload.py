@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from forge_bridge.models import InvalidRef, IssueRef, RepoRef
-from forge_bridge.webhooks.errors import Malformed
+from forge_bridge.models import CheckFailed, FailedCheck, InvalidRef, IssueRef, RepoRef
+from forge_bridge.webhooks.errors import Ignored, Malformed
 
 _MISSING = object()
 
@@ -28,10 +28,16 @@ def label_names(payload: Any, path: str) -> tuple[str, ...]:
     return tuple(field(label, "name") for label in labels)
 
 
+def repo_ref(payload: Any, *, host: str) -> RepoRef:
+    try:
+        return RepoRef(host, field(payload, "repository.owner.login"), field(payload, "repository.name"))
+    except InvalidRef as error:
+        raise Malformed(str(error)) from None
+
+
 def issue_ref(payload: Any, *, host: str, number_path: str) -> IssueRef:
     try:
-        repo = RepoRef(host, field(payload, "repository.owner.login"), field(payload, "repository.name"))
-        return IssueRef(repo, field(payload, number_path, int))
+        return IssueRef(repo_ref(payload, host=host), field(payload, number_path, int))
     except InvalidRef as error:
         raise Malformed(str(error)) from None
 
@@ -49,3 +55,18 @@ def updated_at(payload: Any) -> str:
         if value:
             return value
     return ""
+
+
+FAILED_STATES = ("failure", "error")   # a commit status that failed (pending and success do not)
+
+
+def status_failure(payload: dict, *, forge: str, host: str, delivery: str) -> CheckFailed | Ignored:
+    """A commit status event (GitHub's and Gitea's share these fields): one failed check, or nothing to do."""
+    state = field(payload, "state")
+    if state not in FAILED_STATES:
+        return Ignored(f"status {state!r} is not a failure")
+    check = FailedCheck(name=field(payload, "context", default="") or "status", conclusion=state,
+                        summary=field(payload, "description", default="") or "",
+                        url=field(payload, "target_url", default="") or "")
+    return CheckFailed(forge=forge, repo=str(repo_ref(payload, host=host)), sha=field(payload, "sha"),
+                       delivery=delivery, checks=(check,), updated_at=field(payload, "updated_at", default=""))

@@ -256,3 +256,14 @@ def issue_closed_payload(forge: FakeForge, repo: Repo, issue: Issue, sender: str
     shapes = GiteaShapes(forge)
     return "issues", "issues", {"action": "closed", "number": issue.number, "issue": shapes.issue(repo, issue),
                                 "repository": shapes.repo(repo), "sender": shapes.user(sender)}
+
+
+def status_payload(forge: FakeForge, repo: Repo, status: dict, sender: str) -> tuple[str, str, dict]:
+    """Gitea's CommitStatusPayload (modules/structs/hook.go): no branches, the commit and the status."""
+    shapes = GiteaShapes(forge)
+    return "status", "status", {
+        "commit": {"id": status["sha"], "message": "", "url": f"{forge.url}/{repo.full_name}/commit/{status['sha']}"},
+        "context": status["context"], "created_at": "2026-01-01T00:00:00Z", "description": status["description"],
+        "id": forge.state.next_id(), "repository": shapes.repo(repo), "sender": shapes.user(sender),
+        "sha": status["sha"], "state": status["state"], "target_url": status["target_url"],
+        "updated_at": "2026-01-01T00:00:00Z"}

@@ -125,6 +125,19 @@ def register(app: Flask, forge: FakeForge) -> None:
         user = GitHubShapes(forge).user(login)
         return jsonify(_from_schema("public-user", {**user, "name": forge.user_names.get(login)}))
 
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/check-suites/<int:suite_id>/check-runs")
+    def check_runs(owner, name, suite_id):
+        repo = repo_or_404(forge.state, owner, name)
+        suite = forge.check_suites.get(suite_id)
+        if suite is None or suite["repo"] != repo.full_name:
+            return jsonify(message="Not Found"), 404
+        runs = [_from_schema("check-run", {
+            "id": suite_id * 100 + n, "name": run["name"], "head_sha": suite["sha"], "status": "completed",
+            "conclusion": run["conclusion"], "html_url": run["url"], "details_url": run["url"],
+            "output": {"title": run["name"], "summary": run["summary"], "text": None, "annotations_count": 0,
+                       "annotations_url": ""}}) for n, run in enumerate(suite["runs"])]
+        return jsonify(total_count=len(runs), check_runs=runs)
+
     @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:pull_number>/requested_reviewers")
     def request_reviewers(owner, name, pull_number):
         repo = repo_or_404(forge.state, owner, name)
@@ -258,3 +271,34 @@ def issue_closed_payload(forge: FakeForge, repo: Repo, issue: Issue, sender: str
     shapes = GitHubShapes(forge)
     return "issues", "", {"action": "closed", "issue": shapes.issue(repo, issue), "repository": shapes.repo(repo),
                           "sender": shapes.user(sender)}
+
+
+def _example(name: str) -> dict:
+    """GitHub's own example payload (tests/fixtures/webhooks/github), for fields the fake does not model."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks" / "github"
+    return json.loads((folder / name).read_text())
+
+
+def check_suite_payload(forge: FakeForge, repo: Repo, suite: dict, sender: str) -> tuple[str, str, dict]:
+    """`check_suite` completed, from GitHub's example with this suite's head, conclusion and pull requests."""
+    shapes, payload = GitHubShapes(forge), _example("check_suite.completed.json")
+    pulls = [{"url": f"{forge.api}/repos/{repo.full_name}/pulls/{p.number}", "id": p.id, "number": p.number,
+              "head": {"ref": p.head, "sha": suite["sha"], "repo": {"id": repo.id, "url": "", "name": repo.name}},
+              "base": {"ref": p.base, "sha": repo.branch_sha(p.base) or "", "repo": {"id": repo.id, "url": "",
+                                                                                     "name": repo.name}}}
+             for p in repo.pulls.values() if p.head == suite["branch"] and p.state == "open"]
+    payload["check_suite"].update(id=suite["id"], head_sha=suite["sha"], head_branch=suite["branch"],
+                                  conclusion=suite["conclusion"], status="completed", pull_requests=pulls)
+    payload.update(repository=shapes.repo(repo), sender=shapes.user(sender))
+    return "check_suite", "", payload
+
+
+def status_payload(forge: FakeForge, repo: Repo, status: dict, sender: str) -> tuple[str, str, dict]:
+    shapes, payload = GitHubShapes(forge), _example("status.json")
+    payload.update(sha=status["sha"], state=status["state"], context=status["context"],
+                   description=status["description"], target_url=status["target_url"],
+                   repository=shapes.repo(repo), sender=shapes.user(sender), branches=[])
+    return "status", "", payload

@@ -85,6 +85,7 @@ class FakeForge:
     apps: github_app.AppSide = field(default_factory=github_app.AppSide)   # GitHub Apps (the github kind)
     git_refusals: int = 0
     user_names: dict[str, str] = field(default_factory=dict)    # a user's display name (GET /users/{login})
+    check_suites: dict[int, dict] = field(default_factory=dict)  # GitHub check suites, with their runs
     user_emails: dict[str, str] = field(default_factory=dict)   # Gitea: the email a user lets the API show
     bridge_app: github_app.FakeApp | None = None   # set: tests' bridges authenticate as this App, not a token
 
@@ -234,6 +235,23 @@ class FakeForge:
     def merge_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
         self.state.merge(repo, pull)
         return self.deliver(*self.face.pull_closed_payload(self, repo, pull, sender))
+
+    # what CI does on the forge
+    def fail_check_suite(self, repo: Repo, branch: str, runs: list[dict], *, conclusion: str = "failure",
+                         sender: str = "github-actions[bot]") -> list[requests.Response]:
+        """GitHub: a check suite on the branch's head completes with `conclusion`; `runs` are its check runs
+        ({name, conclusion, summary, url}), listed by the API."""
+        suite = {"id": self.state.next_id(), "repo": repo.full_name, "sha": repo.branch_sha(branch), "branch": branch,
+                 "conclusion": conclusion, "runs": runs}
+        self.check_suites[suite["id"]] = suite
+        return self.deliver(*self.face.check_suite_payload(self, repo, suite, sender))
+
+    def set_status(self, repo: Repo, sha: str, state: str, *, context: str = "ci/build", description: str = "",
+                   target_url: str = "", sender: str = "ci-bot") -> list[requests.Response]:
+        """A commit status (both forges); its webhook follows."""
+        status = {"sha": sha, "state": state, "context": context, "description": description,
+                  "target_url": target_url}
+        return self.deliver(*self.face.status_payload(self, repo, status, sender))
 
     def close_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
         pull.state = repo.issues[pull.number].state = "closed"
