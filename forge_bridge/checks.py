@@ -98,6 +98,16 @@ def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, 
     return settings.insecure_no_signature, f"{forge.name}: webhook secret missing (set ${forge.webhook_secret_env})"
 
 
+def _identity_and_repos(settings: Settings, forge: ForgeConfig, login: str, *, who: str):
+    """Whether the login matches bot_login, and which configured repositories can be checked by name."""
+    if forge.bot_login and login != forge.bot_login:
+        yield False, f"{forge.name}: {who} acts as {login}, but bot_login is {forge.bot_login}"
+    repos, patterns = settings.concrete_repos(forge)
+    for pattern in patterns:
+        yield True, f"{forge.name}: {pattern} is a pattern; its repositories are not checked"
+    return repos
+
+
 def check_app(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, str]]:
     """A GitHub App: its signed token taken (`GET /app`), then each configured repository's installation and a
     token minted for it — every failure one line saying what to fix."""
@@ -110,11 +120,7 @@ def check_app(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, st
         yield False, f"{forge.name}: {error}"
         return
     yield True, f"{forge.name}: reached {forge.api_url} as GitHub App {forge.app_id}, acting as {login}"
-    if forge.bot_login and login != forge.bot_login:
-        yield False, f"{forge.name}: the App acts as {login}, but bot_login is {forge.bot_login}"
-    repos, patterns = settings.concrete_repos(forge)
-    for pattern in patterns:
-        yield True, f"{forge.name}: {pattern} is a pattern; its repositories are not checked"
+    repos = yield from _identity_and_repos(settings, forge, login, who="the App")
     for repo in repos:
         try:
             installation = app.find_installation(repo)
@@ -142,11 +148,7 @@ def check_forge(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, 
         yield False, f"{forge.name}: {forge.api_url}: {why}"
         return
     yield True, f"{forge.name}: reached {forge.api_url}; token valid, acting as {login}"
-    if forge.bot_login and login != forge.bot_login:
-        yield False, f"{forge.name}: the token acts as {login}, but bot_login is {forge.bot_login}"
-    repos, patterns = settings.concrete_repos(forge)
-    for pattern in patterns:
-        yield True, f"{forge.name}: {pattern} is a pattern; its repositories are not checked"
+    repos = yield from _identity_and_repos(settings, forge, login, who="the token")
     for repo in repos:
         permission = client.permission(repo, login)
         yield (permission in WRITE_PERMISSIONS,

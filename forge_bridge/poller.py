@@ -1,5 +1,5 @@
-"""Scan polled repositories — issues carrying the trigger label, comments since a stored cursor — and hand
-the same ForgeEvents webhooks produce to the same decision code."""
+"""Scan polled repositories — issues carrying a trigger label, comments since a stored cursor, and (with
+ci_feedback) failed checks on the bridge's pull requests — and hand over the same events webhooks produce."""
 from __future__ import annotations
 
 import logging
@@ -12,9 +12,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from forge_bridge import queue
+from forge_bridge.admission import admit_check
 from forge_bridge.config import RepoConfig, Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo, RepoComment
-from forge_bridge.models import EventKind, ForgeEvent, IssueRef, RepoRef
+from forge_bridge.models import CheckFailed, EventKind, ForgeEvent, IssueRef, RepoRef
 from forge_bridge.sessions import PREFIX, Store
 from forge_bridge.triggers import Skip, decide, meaning_key
 
@@ -81,7 +82,29 @@ class Poller:
             ref_repo = RepoRef(self.settings.forge(repo.forge).host, owner, name)
             for event in [*self.label_events(repo, ref_repo), *self.comment_events(repo, ref_repo)]:
                 handed += self.hand_over(event)
+            if self.settings.ci_feedback:
+                handed += sum(self.hand_over_check(change) for change in self.check_failures(repo, ref_repo))
         return handed
+
+    def check_failures(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[CheckFailed]:
+        """Failed checks on the heads the bridge pushed last for its open pull requests in this repository."""
+        client = self.client_for(repo.forge)
+        for issue in self.store.session_ids():
+            session = self.store.session(issue)
+            if session is None or not session.pull_request_number or session.merged or session.archived \
+                    or not issue.startswith(f"{ref_repo}#"):
+                continue
+            head = self.store.last_push(issue)
+            if not head:
+                continue
+            suite_id, checks = client.failed_checks(ref_repo, head)
+            if checks:
+                yield CheckFailed(forge=repo.forge, repo=str(ref_repo), sha=head, delivery=f"poll-{head}",
+                                  suite_id=suite_id, checks=tuple(checks))
+
+    def hand_over_check(self, change: CheckFailed) -> int:
+        """Claimed under the same meaning as the webhook's (the commit), so either brings it once."""
+        return int(admit_check(self.settings, self.store, change, endpoint="poller").status == "queued")
 
     def hand_over(self, event: ForgeEvent) -> int:
         if isinstance(decide(event, self.settings), Skip):

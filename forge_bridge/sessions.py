@@ -190,7 +190,14 @@ class Store:
 
     # the heads the bridge pushed (CI feedback acts only on those), and its CI rounds per pull request
     def remember_push(self, repo: RepoRef | str, sha: str, issue: IssueRef | str) -> None:
-        self.conn.set(f"{PREFIX}:pushed:{repo}:{sha}", str(issue), ex=CLAIM_TTL * 4)
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.set(f"{PREFIX}:pushed:{repo}:{sha}", str(issue), ex=CLAIM_TTL * 4)
+            pipe.set(f"{PREFIX}:head:{issue}", sha, ex=CLAIM_TTL * 4)
+            pipe.execute()
+
+    def last_push(self, issue: IssueRef | str) -> str | None:
+        raw = self.conn.get(f"{PREFIX}:head:{issue}")
+        return raw.decode() if raw else None
 
     def pushed_by_bridge(self, repo: RepoRef | str, sha: str) -> str | None:
         raw = self.conn.get(f"{PREFIX}:pushed:{repo}:{sha}")

@@ -79,3 +79,18 @@ def test_ci_events_are_ignored_while_ci_feedback_is_off(github, start_bridge):
     [answer] = github.set_status(repo, repo.branch_sha(pull.head), "failure")
     assert answer.status_code == 200 and answer.json() == {
         "status": "ignored", "delivery": answer.json()["delivery"], "reason": "ci_feedback is off"}
+
+
+def test_the_poller_finds_failed_checks_where_webhooks_are_off(forge, start_bridge):
+    repo = forge.create_repo("alice", "widgets")
+    issue = forge.create_issue(repo, "Make CI green")
+    bridge = start_bridge([forge], poll=True, webhook_secret=False, settings={"ci_feedback": "1"})
+    forge.add_label(repo, issue, "kugetsu:todo")   # its hook is turned away; the poller finds the label
+    [pull] = wait_for(lambda: list(repo.pulls.values()), timeout=60, what="the pull request")
+    wait_for(lambda: [t["state"] for t in _tasks(bridge)] == ["succeeded"], timeout=60, what="the first task")
+    head = repo.branch_sha(pull.head)
+    forge.set_status(repo, head, "failure", context="ci/build", description="broken", target_url="http://ci/5")
+    wait_for(lambda: len(_tasks(bridge)) == 2, timeout=60, what="the poller's CI round")
+    assert _tasks(bridge)[1]["message"].startswith(
+        f"CI failed: continuing (round 1 of 1)\n\nChecks failing on {head[:7]}:\n- ci/build: failure — broken "
+        "(http://ci/5)")

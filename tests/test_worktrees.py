@@ -149,7 +149,8 @@ def test_a_new_issue_takes_the_spare_worktree_checked_out_ahead(tmp_path):
     assert str(second.worktree) in listed and str(spare) not in listed
 
 
-def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
+def _with_a_spare(tmp_path: Path):
+    """A repository whose first issue ran, and whose spare worktree is ready: (origin, data, repo, mirror, env)."""
     origin, data = _origin(tmp_path), tmp_path / "data"
     repo = RepoRef("h.example", "o", "r")
     mirror, env = worktrees.mirror_dir(data, repo), worktrees.git_env(str(origin), "")
@@ -157,6 +158,11 @@ def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
     worktrees.ensure_worktree(worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 1))),
                               branch="kugetsu/1-a", base="main")
     worktrees.prepare_spare(mirror)
+    return origin, data, repo, mirror, env
+
+
+def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
+    origin, data, repo, mirror, env = _with_a_spare(tmp_path)
     pushed = _commit_to(origin, tmp_path, "kugetsu/7-x", "elsewhere", "from another host")
     worktrees.sync_mirror(mirror, str(origin), env)
     seventh = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 7)))
@@ -166,13 +172,7 @@ def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
 
 
 def test_a_spare_whose_link_points_elsewhere_is_not_taken(tmp_path):
-    origin, data = _origin(tmp_path), tmp_path / "data"
-    repo = RepoRef("h.example", "o", "r")
-    mirror, env = worktrees.mirror_dir(data, repo), worktrees.git_env(str(origin), "")
-    worktrees.sync_mirror(mirror, str(origin), env)
-    worktrees.ensure_worktree(worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 1))),
-                              branch="kugetsu/1-a", base="main")
-    worktrees.prepare_spare(mirror)
+    _, data, repo, mirror, _ = _with_a_spare(tmp_path)
     (worktrees.spare_dir(mirror) / ".git").write_text(f"gitdir: {tmp_path / 'elsewhere'}\n")
     second = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 2)))
     worktrees.ensure_worktree(second, branch="kugetsu/2-b", base="main")

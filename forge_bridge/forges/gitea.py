@@ -38,7 +38,7 @@ from forge_bridge.forges.base import (
     RepoInfo,
     number_from_url,
 )
-from forge_bridge.models import IssueRef, RepoRef
+from forge_bridge.models import FailedCheck, IssueRef, RepoRef
 
 WIP_PREFIX = "WIP: "   # how Gitea and Forgejo mark a pull request as a draft
 PAGE_SIZE = 50  # Gitea's default cap on list responses
@@ -123,6 +123,17 @@ class GiteaClient:
             raise ForgeError(f"Gitea: get user {login} failed: {getattr(error, 'status', type(error).__name__)}",
                              status=getattr(error, "status", None)) from None
         return f"{found.full_name or found.login} <{found.email}>" if found.email else ""
+
+    def failed_checks(self, repo: RepoRef, sha: str) -> tuple[int, list[FailedCheck]]:
+        """A commit's failed statuses (the latest of each context), for the poller."""
+        statuses = self._run("list statuses", lambda _, r: r.repo_list_statuses(repo.owner, repo.name, sha,
+                                                                                limit=PAGE_SIZE))
+        latest: dict[str, Any] = {}
+        for status in statuses:   # newest first, as Gitea lists them
+            latest.setdefault(status.context or "status", status)
+        return 0, [FailedCheck(name=context, conclusion=str(status.status), summary=status.description or "",
+                               url=status.target_url or "")
+                   for context, status in latest.items() if str(status.status) in ("failure", "error")]
 
     def failed_check_runs(self, repo: RepoRef, suite_id: int) -> list:
         """Gitea and Forgejo report checks as commit statuses, each event naming its own: no suites to list."""

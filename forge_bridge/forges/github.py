@@ -158,6 +158,23 @@ class GitHubClient:
                              f"/users/{quote(login)}")
         return f"{data.get('name') or login} <{data['id']}+{login}@users.noreply.github.com>"
 
+    def failed_checks(self, repo: RepoRef, sha: str) -> tuple[int, list[FailedCheck]]:
+        """What failed on a commit, for the poller: its failed check suites (the first one's id, to list its runs)
+        and its failed statuses."""
+        requester = self._requester(repo)
+        _, suites = self._call("list check suites", requester.requestJsonAndCheck, "GET",
+                               f"/repos/{repo.full_name}/commits/{sha}/check-suites", parameters={"per_page": 100})
+        _, combined = self._call("get the combined status", requester.requestJsonAndCheck, "GET",
+                                 f"/repos/{repo.full_name}/commits/{sha}/status")
+        failing = [suite for suite in suites.get("check_suites", [])
+                   if suite.get("status") == "completed" and suite.get("conclusion") in FAILING_CONCLUSIONS]
+        checks = [FailedCheck(name=((suite.get("app") or {}).get("name") or "check suite"),
+                              conclusion=suite["conclusion"]) for suite in failing]
+        checks += [FailedCheck(name=status.get("context") or "status", conclusion=status["state"],
+                               summary=status.get("description") or "", url=status.get("target_url") or "")
+                   for status in combined.get("statuses", []) if status.get("state") in ("failure", "error")]
+        return (failing[0]["id"] if failing else 0), checks
+
     def failed_check_runs(self, repo: RepoRef, suite_id: int) -> list[FailedCheck]:
         """The runs of a check suite that failed, each with its conclusion, summary and page."""
         _, data = self._call("list check runs", self._requester(repo).requestJsonAndCheck, "GET",

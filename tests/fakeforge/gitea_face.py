@@ -118,6 +118,15 @@ def register(app: Flask, forge: FakeForge) -> None:
         return jsonify(_from_schema("User", {**shapes.user(login), "email": forge.user_emails.get(login, ""),
                                              "full_name": forge.user_names.get(login, "")}))
 
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/statuses/<sha>")
+    def list_statuses(owner, name, sha):
+        repo = repo_or_404(state, owner, name)
+        return jsonify([_from_schema("CommitStatus", {
+            "id": st["id"], "status": st["state"], "context": st["context"], "description": st["description"],
+            "target_url": st["target_url"], "url": f"{forge.api}/repos/{repo.full_name}/statuses/{sha}",
+            "creator": shapes.user("ci-bot"), "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z"}) for st in forge.statuses.get((repo.full_name, sha), [])])
+
     @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:index>/requested_reviewers")
     def request_reviewers(owner, name, index):
         repo = repo_or_404(state, owner, name)

@@ -125,6 +125,40 @@ def register(app: Flask, forge: FakeForge) -> None:
         user = GitHubShapes(forge).user(login)
         return jsonify(_from_schema("public-user", {**user, "name": forge.user_names.get(login)}))
 
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/commits/<ref>/check-suites")
+    def commit_check_suites(owner, name, ref):
+        repo = repo_or_404(forge.state, owner, name)
+        app_shape = _example("check_suite.completed.json")["check_suite"]["app"]
+        suites = [_from_schema("check-suite", {
+            "id": suite["id"], "head_sha": suite["sha"], "head_branch": suite["branch"], "status": "completed",
+            "conclusion": suite["conclusion"], "app": app_shape, "pull_requests": [], "latest_check_runs_count":
+                len(suite["runs"]), "check_runs_url": f"{forge.api}/repos/{repo.full_name}/check-suites/{suite['id']}"
+                                                      "/check-runs"})
+            for suite in forge.check_suites.values() if suite["repo"] == repo.full_name and suite["sha"] == ref]
+        return jsonify(total_count=len(suites), check_suites=suites)
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/commits/<ref>/status")
+    def combined_status(owner, name, ref):
+        repo = repo_or_404(forge.state, owner, name)
+        latest: dict[str, dict] = {}
+        for status in forge.statuses.get((repo.full_name, ref), []):
+            latest.setdefault(status["context"], status)
+        shown = [_from_schema("simple-commit-status", {
+            "id": st["id"], "node_id": f"S_{st['id']}", "state": st["state"], "context": st["context"],
+            "description": st["description"] or None, "target_url": st["target_url"] or None,
+            "url": f"{forge.api}/repos/{repo.full_name}/statuses/{ref}", "avatar_url": None, "required": False,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}) for st in latest.values()]
+        states = {st["state"] for st in shown}
+        overall = "failure" if states & {"failure", "error"} else "pending" if "pending" in states or not shown \
+            else "success"
+        return jsonify(_from_schema("combined-commit-status", {
+            "state": overall, "statuses": shown, "sha": ref, "total_count": len(shown),
+            "repository": _from_schema("minimal-repository", {"id": repo.id, "name": repo.name,
+                                                              "full_name": repo.full_name,
+                                                              "owner": GitHubShapes(forge).user(repo.owner)}),
+            "commit_url": f"{forge.api}/repos/{repo.full_name}/commits/{ref}",
+            "url": f"{forge.api}/repos/{repo.full_name}/commits/{ref}/status"}))
+
     @app.get(f"{PREFIX}/repos/<owner>/<name>/check-suites/<int:suite_id>/check-runs")
     def check_runs(owner, name, suite_id):
         repo = repo_or_404(forge.state, owner, name)

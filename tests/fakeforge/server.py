@@ -86,6 +86,7 @@ class FakeForge:
     git_refusals: int = 0
     user_names: dict[str, str] = field(default_factory=dict)    # a user's display name (GET /users/{login})
     check_suites: dict[int, dict] = field(default_factory=dict)  # GitHub check suites, with their runs
+    statuses: dict[tuple[str, str], list[dict]] = field(default_factory=dict)   # (repo, sha) -> commit statuses
     user_emails: dict[str, str] = field(default_factory=dict)   # Gitea: the email a user lets the API show
     bridge_app: github_app.FakeApp | None = None   # set: tests' bridges authenticate as this App, not a token
 
@@ -250,7 +251,8 @@ class FakeForge:
                    target_url: str = "", sender: str = "ci-bot") -> list[requests.Response]:
         """A commit status (both forges); its webhook follows."""
         status = {"sha": sha, "state": state, "context": context, "description": description,
-                  "target_url": target_url}
+                  "target_url": target_url, "id": self.state.next_id()}
+        self.statuses.setdefault((repo.full_name, sha), []).insert(0, status)   # newest first, as both list them
         return self.deliver(*self.face.status_payload(self, repo, status, sender))
 
     def close_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
