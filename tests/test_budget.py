@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -175,9 +176,12 @@ def test_a_queued_task_says_where_it_stands_and_the_page_shows_the_line(github, 
     github.add_label(repo, second, "kugetsu:todo")
     wait_for(lambda: "1st in line · 1 of 1 agent slots busy" in _status(github, repo, second), timeout=60,
              what="the second issue's place")
+    # RQ's rate limiter orders waiting jobs by whole seconds (ties by job id): the third is queued a second later.
+    queued_second = int(time.time())
+    wait_for(lambda: int(time.time()) > queued_second, timeout=5, what="the next second")
     github.add_label(repo, third, "kugetsu:todo")
     wait_for(lambda: "2nd in line · 1 of 1 agent slots busy" in _status(github, repo, third), timeout=60,
-             what="the third issue's place")
+             what=lambda: f"the third issue's place, in: {_status(github, repo, third)}")
     github.comment(repo, first, "/kugetsu continue and then this")
     wait_for(lambda: "waits for the running task of this issue" in _status(github, repo, first), timeout=60,
              what="the continue waiting behind its issue's running task")
