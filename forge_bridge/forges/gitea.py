@@ -1,11 +1,12 @@
 """ForgeClient for Gitea and Forgejo, through gitea-api-client (generated from Gitea's own API description).
 
 py-gitea cannot open pull requests or write comments in the release that installs on Python 3.11, so the
-generated client is used instead. It is async (httpx); each call here runs one short event loop.
+generated client is used instead. It is async (httpx): each thread keeps one event loop and one API client.
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -56,10 +57,16 @@ def _retry_after(headers, attempt: int) -> float:
 T = TypeVar("T")
 
 
+class _Session(threading.local):
+    runner: asyncio.Runner | None = None
+    api: ApiClient | None = None
+
+
 class GiteaClient:
     supports_reactions = True
     def __init__(self, api_url: str, token: str) -> None:
         self._config, self._token = Configuration(host=api_url), token
+        self._sessions = _Session()
         if token:
             self._config.api_key = {"AuthorizationHeaderToken": token}
             self._config.api_key_prefix = {"AuthorizationHeaderToken": "token"}
@@ -70,15 +77,26 @@ class GiteaClient:
     def renew_git_token(self) -> None:
         """Nothing to renew: a Gitea token lives until its owner revokes it."""
 
+    def _session(self) -> _Session:
+        """This thread's event loop and API client, made once: a new ApiClient builds an SSL context, loading the
+        system's CA certificates (about 27 ms, most of a call's time), and a kept loop keeps its connections."""
+        session = self._sessions
+        if session.api is None:
+            session.runner, session.api = asyncio.Runner(), ApiClient(self._config)
+        return session
+
+    def _await(self, call: Callable[[ApiClient], Awaitable[T]]) -> T:
+        session = self._session()
+        return session.runner.run(call(session.api))
+
     def _run(self, doing: str, call: Callable[[IssueApi, RepositoryApi], Awaitable[T]]) -> T:
         """One call, retried with backoff on 429, 5xx and transport errors (honouring Retry-After)."""
-        async def go() -> T:
-            async with ApiClient(self._config) as api:
-                return await call(IssueApi(api), RepositoryApi(api))
+        async def go(api: ApiClient) -> T:
+            return await call(IssueApi(api), RepositoryApi(api))
 
         for attempt in range(RETRIES + 1):
             try:
-                return asyncio.run(go())
+                return self._await(go)
             except ApiException as error:
                 if error.status not in RETRY_STATUSES or attempt == RETRIES:
                     raise ForgeError(f"Gitea: {doing} failed with {error.status} {error.reason or ''}".strip(),
@@ -100,12 +118,11 @@ class GiteaClient:
             page += 1
 
     def whoami(self) -> str:
-        async def current() -> Any:
-            async with ApiClient(self._config) as api:
-                return await UserApi(api).user_get_current()
+        async def current(api: ApiClient) -> Any:
+            return await UserApi(api).user_get_current()
 
         try:
-            return asyncio.run(current()).login
+            return self._await(current).login
         except ApiException as error:
             raise ForgeError(f"Gitea: get the token's user failed with {error.status}", status=error.status) from None
         except httpx.TransportError as error:
@@ -113,12 +130,11 @@ class GiteaClient:
 
     def coauthor(self, repo: RepoRef, login: str) -> str:
         """`Name <email>` for a Co-authored-by trailer: Gitea shows a user's email only when it may."""
-        async def user() -> Any:
-            async with ApiClient(self._config) as api:
-                return await UserApi(api).user_get(login)
+        async def user(api: ApiClient) -> Any:
+            return await UserApi(api).user_get(login)
 
         try:
-            found = asyncio.run(user())
+            found = self._await(user)
         except (ApiException, httpx.TransportError) as error:
             raise ForgeError(f"Gitea: get user {login} failed: {getattr(error, 'status', type(error).__name__)}",
                              status=getattr(error, "status", None)) from None
