@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, abort, jsonify, make_response, request
 
-from fakeforge.state import Issue, Repo, RepoHook, State
+from fakeforge.state import Issue, Pull, Repo, RepoHook, State
 
 if TYPE_CHECKING:
     from fakeforge.server import FakeForge
@@ -23,6 +23,13 @@ def issue_or_404(repo: Repo, number: int) -> Issue:
     if number not in repo.issues:
         abort(404)
     return repo.issues[number]
+
+
+def pull_or_404(state: State, owner: str, name: str, number: int) -> tuple[Repo, Pull]:
+    repo = repo_or_404(state, owner, name)
+    if number not in repo.pulls:
+        abort(make_response(jsonify(message="Not Found"), 404))
+    return repo, repo.pulls[number]
 
 
 def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, number: str, pull_number: str,
@@ -68,10 +75,7 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
 
     @app.get(f"{prefix}/repos/<owner>/<name>/pulls/<int:{pull_number}>")
     def get_pull(owner, name, **path):
-        repo = repo_or_404(state, owner, name)
-        pull = repo.pulls.get(path[pull_number])
-        if pull is None:
-            return jsonify(message="Not Found"), 404
+        repo, pull = pull_or_404(state, owner, name, path[pull_number])
         return jsonify(shapes.pull(repo, pull))
 
     @app.post(f"{prefix}/repos/<owner>/<name>/issues/comments/<int:{comment}>/reactions")
@@ -101,10 +105,7 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
 
     @app.patch(f"{prefix}/repos/<owner>/<name>/pulls/<int:{pull_number}>")
     def edit_pull(owner, name, **path):
-        repo = repo_or_404(state, owner, name)
-        pull = repo.pulls.get(path[pull_number])
-        if pull is None:
-            return jsonify(message="Not Found"), 404
+        repo, pull = pull_or_404(state, owner, name, path[pull_number])
         data = request.get_json()
         with state.lock:
             if "title" in data:

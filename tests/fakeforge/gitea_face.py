@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
 
-from fakeforge.common import issue_or_404, register_hooks, register_shared, repo_or_404
+from fakeforge.common import issue_or_404, pull_or_404, register_hooks, register_shared, repo_or_404
 from fakeforge.openapi import SPECS, overlay
 from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook
 
@@ -129,10 +129,7 @@ def register(app: Flask, forge: FakeForge) -> None:
 
     @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:index>/requested_reviewers")
     def request_reviewers(owner, name, index):
-        repo = repo_or_404(state, owner, name)
-        pull = repo.pulls.get(index)
-        if pull is None:
-            return jsonify(message="Not Found"), 404
+        repo, pull = pull_or_404(state, owner, name, index)
         wanted = request.get_json().get("reviewers") or []
         if any(login not in repo.permissions or login == pull.author for login in wanted):
             return jsonify(message="reviewer is not a collaborator"), 422
