@@ -86,11 +86,7 @@ class RunMeter:
 
     def __call__(self, lines: list[str]) -> str:
         self.kept.extend(line for line in lines if any(word in line for word in self.words))
-        cost, tokens, running = streams.usage_so_far(self.agent, self.kept)
-        if "cost" in running:
-            cost = max(0.0, cost - self.session_totals.get("cost", 0.0))
-        if "tokens" in running:
-            tokens = max(0, int(tokens - self.session_totals.get("tokens", 0.0)))
+        cost, tokens = streams.per_run(*streams.usage_so_far(self.agent, self.kept), self.session_totals)
         return run_over_budget(self.budget, self.task_cost + cost, self.task_tokens + tokens)
 
 

@@ -11,7 +11,9 @@ from forge_bridge.commands import Command, Verb
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.lifecycle import safe_destroy
+from forge_bridge.line import Line
 from forge_bridge.models import (
+    CI_SENDER,
     CheckFailed,
     EventKind,
     FailedCheck,
@@ -22,19 +24,28 @@ from forge_bridge.models import (
     TaskAction,
     TaskState,
 )
-from forge_bridge.line import Line
 from forge_bridge.queue import Scheduler, slots_in_use
 from forge_bridge.refs import parse_issue_ref, parse_repo_ref
 from forge_bridge.report import Reporter
 from forge_bridge.sessions import CLAIM_TTL, Store
-from forge_bridge.triggers import Act, Answer, IssueClosed, PullClosed, Skip, StartFromLabel, decide
+from forge_bridge.triggers import (
+    Act,
+    Answer,
+    IssueClosed,
+    PullClosed,
+    Skip,
+    StartFromLabel,
+    decide,
+)
 
 log = logging.getLogger(__name__)
 PERMISSION_TTL = 300
 RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)
 
 
-CI_SENDER = "ci"   # who a CI round's task is "asked by"
+def opening_message(issue, message: str) -> str:
+    """A new session's first prompt: the issue's title and body, then what the command added."""
+    return "\n\n".join(part for part in (issue.title, issue.body, message) if part)
 
 
 def ci_message(change: CheckFailed, checks: tuple[FailedCheck, ...], *, round_: int, limit: int) -> str:
@@ -133,7 +144,7 @@ class Intake:
 
     def start(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
         issue = self.client.get_issue(ref)
-        message = "\n\n".join(part for part in (issue.title, issue.body, command.message) if part)
+        message = opening_message(issue, command.message)
         return f"queued task {self.enqueue_task(ref, event, TaskAction.START, message, labels=issue.labels).id}"
 
     def continue_(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:
@@ -163,8 +174,8 @@ class Intake:
             message = command.message or "Propose a plan for the issue's next step. Change no files."
             task = self.enqueue_task(ref, event, TaskAction.CONTINUE, message, labels=issue.labels, mode="plan")
         else:
-            message = "\n\n".join(part for part in (issue.title, issue.body, command.message) if part)
-            task = self.enqueue_task(ref, event, TaskAction.START, message, labels=issue.labels, mode="plan")
+            task = self.enqueue_task(ref, event, TaskAction.START, opening_message(issue, command.message),
+                                     labels=issue.labels, mode="plan")
         return f"queued plan task {task.id}"
 
     def approve(self, command: Command, event: ForgeEvent, ref: IssueRef) -> str:

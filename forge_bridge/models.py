@@ -96,6 +96,7 @@ class IssueRef:
         return f"{self.repo}#{self.number}"
 
 
+CI_SENDER = "ci"   # who a CI round's task is "asked by": no person, so never credited nor asked to review
 FAILING_CONCLUSIONS = ("failure", "timed_out", "action_required", "startup_failure")   # GitHub checks that failed
 
 

@@ -12,17 +12,19 @@ from pathlib import Path
 from forge_bridge import agents, budget, worktrees
 from forge_bridge.agents import AgentConfigError
 from forge_bridge.config import Settings
-from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo
-from forge_bridge.models import IssueRef, Session, Task, TaskState
+from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo, RepoInfo
+from forge_bridge.models import CI_SENDER, IssueRef, Session, Task, TaskState
 from forge_bridge.queue import Scheduler
+from forge_bridge.redact import log_tail, redact, secret_values
 from forge_bridge.refs import parse_issue_ref
 from forge_bridge.report import Reporter, render_pull_comment, status_url
 from forge_bridge.sessions import Store
 from forge_bridge.turns import Turns
-from forge_bridge.redact import log_tail, redact, secret_values
 from forge_bridge.worktrees import GitError
 
 log = logging.getLogger(__name__)
+
+
 class BudgetSpent(RuntimeError):
     """The task's issue or repository has spent its budget: the task fails before its agent starts."""
 
@@ -133,9 +135,14 @@ class Runner:
             self.with_git_token(ref, lambda env: worktrees.push(checkout, session.branch, clone_url, env), clone_url)
             self.store.remember_push(ref.repo, worktrees.head(checkout), ref)
 
+    def requester(self, task: Task) -> str:
+        """The person whose trigger started the work ("" for the bridge itself or a CI round)."""
+        who = task.requested_by
+        return "" if who in ("", CI_SENDER, self.settings.forge(task.forge).bot_login) else who
+
     def coauthor_trailer(self, task: Task, ref: IssueRef) -> str:
         """Credit for the person whose trigger started the work ("" when the forge cannot say who they are)."""
-        if not task.requested_by or task.requested_by == self.settings.forge(task.forge).bot_login:
+        if not self.requester(task):
             return ""
         try:
             who = self.client.coauthor(ref.repo, task.requested_by)
@@ -145,7 +152,7 @@ class Runner:
         return f"Co-authored-by: {who}" if who else ""
 
     def keep_partial_work(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef,
-                          checkout: worktrees.Checkout, before: str, repo) -> None:
+                          checkout: worktrees.Checkout, before: str, repo: RepoInfo) -> None:
         """A run that ended badly after changing files: its work is committed (`WIP: …`), pushed, and shown in a
         draft pull request, so nothing is lost and the next `continue` goes on from it."""
         forge = self.settings.forge(task.forge)
@@ -169,7 +176,7 @@ class Runner:
 
     def request_review(self, task: Task, ref: IssueRef, number: int) -> None:
         """The person whose trigger started the work reviews it, when the forge lets them (one log line if not)."""
-        if not task.requested_by or task.requested_by == self.settings.forge(task.forge).bot_login:
+        if not self.requester(task):
             return
         try:
             self.client.request_review(ref.repo, number, task.requested_by)

@@ -253,3 +253,11 @@ def reports_cost(agent: AgentConfig) -> bool:
 
 def reports_tokens(agent: AgentConfig) -> bool:
     return agent.tokens.startswith("json:") if agent.preset == "command" else agent.preset in REPORTS_TOKENS
+
+
+def per_run(cost: float, tokens: float, running: frozenset[str], before: dict[str, float]) -> tuple[float, int]:
+    """What one run spent: a CLI that reports its session's running totals on a resume (`running`) is counted as
+    the difference from the totals it reported at the end of the session's last run (`before`)."""
+    cost = max(0.0, cost - before.get("cost", 0.0)) if "cost" in running else cost
+    tokens = max(0.0, tokens - before.get("tokens", 0.0)) if "tokens" in running else tokens
+    return cost, int(tokens)

@@ -15,7 +15,7 @@ from forge_bridge.forges import IssueInfo
 from forge_bridge.history import history_prompt, resume_obstacle
 from forge_bridge.models import IssueRef, Session, Task, TaskAction
 from forge_bridge.sessions import Store
-from forge_bridge.streams import Verdict, reports_sessions
+from forge_bridge.streams import Verdict, per_run, reports_sessions
 
 AIDER_HISTORY = "aider.chat.history.md"
 
@@ -143,13 +143,11 @@ class Turns:
         difference from the totals it reported at the end of the session's last run."""
         before = session.agent_totals if resumed else {}
         reported = {"cost": verdict.cost_usd, "tokens": float(verdict.tokens)}
-        per_run = {key: max(0.0, value - before.get(key, 0.0)) if key in verdict.running else value
-                   for key, value in reported.items()}
         totals = {key: reported[key] for key in verdict.running if reported[key] > 0}
         if totals:   # a run that reported nothing (it failed early) leaves the last totals in place
             session.agent_totals = {**before, **totals}
             self.store.save_session(session)
-        return per_run["cost"], int(per_run["tokens"])
+        return per_run(verdict.cost_usd, verdict.tokens, verdict.running, before)
 
     def new_session(self, session: Session, ref: IssueRef) -> None:
         """A start begins a new agent session: the bridge picks its id when the agent takes one (Claude Code,
