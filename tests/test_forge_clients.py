@@ -2,6 +2,8 @@
 waited out, and a persistent failure ends as one ForgeError."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -137,3 +139,30 @@ def test_a_pasted_status_marker_is_not_taken_over(client_and_issue, conn):
     Reporter(client, settings, Store(conn)).publish_status(ref, session, f"{STATUS_MARKER}\nthe bridge's")
     assert pasted.body == f"{STATUS_MARKER}\nnot the bridge's" and session.status_comment_id != pasted.id
     assert forge.state.comments[session.status_comment_id].author == forge.bot_login
+
+
+def test_the_gitea_client_loads_only_what_it_calls_and_the_whole_package_stays_importable():
+    """gitea-api-client's own __init__ loads all its API classes and models (seconds, ~58 MB): the bridge's
+    client must not run it, yet code that imports the package in full afterwards must get all of it."""
+    probe = """
+import asyncio
+import sys
+import forge_bridge.forges.gitea
+package = sys.modules["gitea_api_client"]
+print("admin", "AdminApi" in vars(package), "admin_api" in sys.modules)
+from pydantic import ValidationError
+operation = forge_bridge.forges.gitea.IssueApi.issue_get_issue
+[validator] = [c.cell_contents.__self__ for c in operation.__closure__ if hasattr(c.cell_contents, "__self__")]
+built = validator.__pydantic_complete__
+try:
+    asyncio.run(operation(None, "owner", "repo", index="not a number"))   # validated all the same, when first used
+except ValidationError:
+    print("deferred", built, validator.__pydantic_complete__)
+from gitea_api_client import AdminApi, Organization
+from gitea_api_client.models import Issue
+print("full", AdminApi.__module__, Organization.__name__, Issue.__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["admin False False", "deferred False True",
+                                        "full gitea_api_client.api.admin_api Organization Issue"]

@@ -14,9 +14,17 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
-from gitea_api_client import ApiClient, Configuration, IssueApi, RepositoryApi, UserApi
-from gitea_api_client.exceptions import ApiException
-from gitea_api_client.models import (
+
+from forge_bridge.forges import gitea_modules
+
+gitea_modules.load()   # only what is used: the package's own __init__ loads all of it (seconds, ~58 MB)
+from gitea_api_client.api.issue_api import IssueApi  # noqa: E402
+from gitea_api_client.api.repository_api import RepositoryApi  # noqa: E402
+from gitea_api_client.api.user_api import UserApi  # noqa: E402
+from gitea_api_client.api_client import ApiClient  # noqa: E402
+from gitea_api_client.configuration import Configuration  # noqa: E402
+from gitea_api_client.exceptions import ApiException  # noqa: E402
+from gitea_api_client.models import (  # noqa: E402
     CreateHookOption,
     CreateIssueCommentOption,
     CreateLabelOption,
@@ -29,7 +37,7 @@ from gitea_api_client.models import (
     PullReviewRequestOptions,
 )
 
-from forge_bridge.forges.base import (
+from forge_bridge.forges.base import (  # noqa: E402
     CommentInfo,
     ForgeError,
     HookInfo,
@@ -39,7 +47,7 @@ from forge_bridge.forges.base import (
     RepoInfo,
     number_from_url,
 )
-from forge_bridge.models import FailedCheck, IssueRef, RepoRef
+from forge_bridge.models import FailedCheck, IssueRef, RepoRef  # noqa: E402
 
 WIP_PREFIX = "WIP: "   # how Gitea and Forgejo mark a pull request as a draft
 PAGE_SIZE = 50  # Gitea's default cap on list responses
