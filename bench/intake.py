@@ -41,32 +41,49 @@ run_gunicorn(app, bind=sys.argv[1])
 """
 
 
-def deliveries(event: str) -> list[tuple[str, bytes]]:
-    """(delivery id, body) pairs: distinct labelled issues, each body signed on its own."""
+def deliveries(event: str, run: int = 0) -> list[tuple[str, bytes]]:
+    """(delivery id, body) pairs: distinct labelled issues, each body signed on its own; each run its own."""
     template = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))
     template["label"]["name"] = "kugetsu:todo"
     out = []
     for n in range(DISTINCT if event == "issues" else 1):
-        template["issue"]["number"] = 100_000 + n
-        out.append((f"bench-{event}-{n}", json.dumps(template).encode()))
+        template["issue"]["number"] = 100_000 * (run + 1) + n
+        out.append((f"bench-{event}-{run}-{n}", json.dumps(template).encode()))
     return out
 
 
-def lua_script(event: str, folder: Path) -> Path:
-    """wrk cycles through the deliveries; each request carries its own id and signature."""
+PACING = """
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } fb_timespec; int clock_gettime(int, fb_timespec *); ]]
+local clock = ffi.new("fb_timespec")
+local function now_ms() ffi.C.clock_gettime(1, clock); return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6 end
+local next_at = nil
+function delay()   -- each of wrk's threads sends one request every `period` ms across its connections
+  local now = now_ms()
+  next_at = math.max((next_at or now) + period, now)
+  return next_at - now
+end
+"""
+
+
+def lua_script(event: str, folder: Path, *, rate: float = 0.0) -> Path:
+    """wrk cycles through the deliveries; each request carries its own id and signature. With `rate`, wrk's
+    two threads together send that many requests a second (LuaJIT's clock paces them), else as fast as it can."""
     lines = ["local requests = {}"]
-    for index, (delivery, body) in enumerate(deliveries(event)):
+    for index, (delivery, body) in enumerate(deliveries(event, run=1 if rate else 0)):
         signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json",
                    "X-Hub-Signature-256": f"sha256={signature}"}
         header_table = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
         lines.append(f'requests[{index}] = wrk.format("POST", "/webhooks/github", {{{header_table}}}, '
                      f'[==[{body.decode()}]==])')
-    lines += [f"local count = {len(deliveries(event)) if event != 'issues' else DISTINCT}", "local threads = 0",
+    lines += [f"local count = {DISTINCT if event == 'issues' else 1}", "local threads = 0",
               "function setup(thread) thread:set('id', threads); threads = threads + 1 end",
               "function init(args) i = id * math.floor(count / 2) end",
               "request = function()", "  i = (i + 1) % count", "  return requests[i]", "end"]
-    script = folder / f"{event}.lua"
+    if rate:
+        lines += [f"period = {2 * 1000 / rate}", PACING]
+    script = folder / f"{event}{'-paced' if rate else ''}.lua"
     script.write_text("\n".join(lines))
     return script
 
@@ -124,6 +141,11 @@ def main() -> None:
                 queued = jobs.llen(EVENTS) - queued_before
                 print(f"{what}: bridge {rps:,.0f} rps (p99 {p99:.1f} ms), bare Flask {base_rps:,.0f} rps "
                       f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x; {queued:,} of {made:,} requests queued a job")
+                if event == "issues":   # the latency goal is set at half the bare app's rate
+                    paced = lua_script(event, root, rate=base_rps / 2)
+                    half_rps, half_p99, _ = wrk(f"http://127.0.0.1:{ports['bridge']}", paced, args.seconds)
+                    print(f"  at half the bare app's rate: bridge {half_rps:,.0f} rps "
+                          f"({half_rps / base_rps:.2f}x the bare app's), p99 {half_p99:.1f} ms")
         finally:
             for process in (bare, bridge):
                 process.send_signal(signal.SIGTERM)

@@ -37,10 +37,11 @@ EVENT_JOB_TIMEOUT = 300
 EVENT_RETRY = Retry(max=3, interval=[10, 60, 300])   # a forge outage delays intake; it loses nothing
 JOB_TIMEOUT_MARGIN = 300               # the runner kills the agent itself; RQ's timeout is a backstop
 FAILURE_TTL = 7 * 24 * 3600
-# A dead worker's job is found abandoned when its execution heartbeat (monitoring interval + 60 s) lapses
+# A dead worker's job is found abandoned when its execution heartbeat (monitoring interval + grace) lapses
 # and the next maintenance runs. An idle worker blocks in dequeue for worker_ttl - 15 s and only runs
-# maintenance between dequeues, so both are short: at most 65 + 15 + 15 s, inside the promised 2 minutes.
+# maintenance between dequeues, so all are short: at most 5 + 25 + 15 + 15 s, inside the promised 2 minutes.
 JOB_MONITORING_INTERVAL = 5
+HEARTBEAT_GRACE = 25   # RQ allows 60 s; the worker that sends the heartbeat idles meanwhile, 25 s is ample
 MAINTENANCE_INTERVAL = 15
 WORKER_TTL = MAINTENANCE_INTERVAL + 15
 MAX_RECONNECT_WAIT = 30.0
@@ -174,6 +175,9 @@ class BridgeWorker(Worker):
 
     housekeeping: Callable[[], None] | None = None   # the bridge's own periodic work on this host
     asked_to_stop = False
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return super().get_heartbeat_ttl(job, working_time) - 60 + HEARTBEAT_GRACE
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()

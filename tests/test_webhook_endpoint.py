@@ -240,3 +240,13 @@ def test_a_delivery_older_than_the_claims_it_is_checked_against_is_refused(clien
     assert (response.status_code, response.json["status"]) == (200, "ignored")
     assert "older than a delivery is remembered (7 days): a replayed delivery is refused" in response.json["reason"]
     assert events_queued(conn) == 0
+
+
+@pytest.mark.parametrize("extra", [b'"big": 12345678901234567890123,', b'"ratio": NaN,'])
+def test_json_that_only_the_standard_library_reads_is_still_read(client, conn, extra):
+    """orjson reads bodies fast but refuses integers over 64 bits and NaN; a forge's delivery with them is read
+    as Python's json reads it."""
+    body = LABELED_BODY.replace(b"{", b"{" + extra, 1)
+    response = client.post("/webhooks/github", data=body, headers=github_headers(body))
+    assert (response.status_code, response.json["status"]) == (202, "queued")
+    assert events_queued(conn) == 1
