@@ -95,6 +95,8 @@ def wrk(url: str, script: Path, seconds: int) -> tuple[float, float, int]:
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)[1])
     value, unit = re.search(r"99%\s+([0-9.]+)(us|ms|s)", done.stdout).groups()
     made = int(re.search(r"([0-9]+) requests in", done.stdout)[1])
+    if problems := re.findall(r"(Socket errors:.*|Non-2xx or 3xx responses:.*)", done.stdout):
+        print(f"  wrk against {url}: {'; '.join(problems)}")
     return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], made
 
 
