@@ -58,6 +58,9 @@ def main() -> None:
             spare = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(RepoRef("h", "o", "r"), 100 + n)))
             with worktrees.mirror_lock(mirror):
                 worktrees.prepare_spare(mirror)   # housekeeping's part, between jobs: not timed
+            time.sleep(1.0)   # housekeeping's next round (every 15 s) settles the spare's index
+            with worktrees.mirror_lock(mirror):
+                worktrees.prepare_spare(mirror)
             from_spare.append(timed(lambda c=spare, b=f"s/{n}": worktrees.ensure_worktree(c, branch=b, base="main")))
             checkout = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(RepoRef("h", "o", "r"), n + 1)))
             branch = f"b/{n}"

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -244,7 +245,10 @@ def prepare_spare(mirror: Path) -> bool:
     """Check out the repository's next spare, when it has none (worker housekeeping, between jobs, so no agent
     waits for it). Call under the mirror lock. True when one was made."""
     spare, wanted = spare_dir(mirror), mirror / SPARE_BASE
-    if (spare / ".git").is_file() or not wanted.is_file():
+    if (spare / ".git").is_file():
+        settle_spare(mirror)
+        return False
+    if not wanted.is_file():
         return False
     base = wanted.read_text().strip()
     if not _has_ref(mirror, f"refs/remotes/origin/{base}"):
@@ -254,6 +258,28 @@ def prepare_spare(mirror: Path) -> bool:
     git("worktree", "prune", cwd=mirror)
     spare.parent.mkdir(parents=True, exist_ok=True)
     git("worktree", "add", "--quiet", "--detach", str(spare), f"origin/{base}", cwd=mirror)
+    return True
+
+
+SETTLED = "forge-bridge-settled"   # in a spare's git directory: its index was written after all its files
+
+
+def settle_spare(mirror: Path) -> bool:
+    """Rewrite a spare's index once a second has passed since it was checked out. Git takes a file written in
+    the same second as the index for possibly changed ("racily clean") and reads it again on the next checkout:
+    most of a just-made spare, so taking it would cost twice as long. True when it was settled now."""
+    spare = spare_dir(mirror)
+    try:
+        admin = Path((spare / ".git").read_text().removeprefix("gitdir:").strip())
+        if admin.parent != mirror / "worktrees" or (admin / SETTLED).exists():
+            return False
+        if time.time() - (admin / "index").stat().st_mtime < 1.0:
+            return False
+    except OSError:
+        return False
+    git("update-index", "-q", "--refresh", "--force-write-index",
+        env={**git_env(), "GIT_DIR": str(admin), "GIT_WORK_TREE": str(spare)}, cwd=spare)
+    (admin / SETTLED).touch()
     return True
 
 

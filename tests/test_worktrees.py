@@ -8,6 +8,7 @@ import pytest
 
 from forge_bridge import worktrees
 from forge_bridge.models import IssueRef, RepoRef
+from helpers import wait_for
 
 
 def _origin(tmp_path: Path) -> Path:
@@ -159,6 +160,33 @@ def _with_a_spare(tmp_path: Path):
                               branch="kugetsu/1-a", base="main")
     worktrees.prepare_spare(mirror)
     return origin, data, repo, mirror, env
+
+
+def _racily_clean(spare: Path) -> list[str]:
+    """Files git cannot trust the timestamps of: changed in the same second as the index was written, or later."""
+    admin = Path((spare / ".git").read_text().removeprefix("gitdir:").strip())
+    written = int((admin / "index").stat().st_mtime)
+    listing = subprocess.run(["git", "-C", str(spare), "ls-files", "--debug"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    names = [line for line in listing if not line.startswith(" ")]
+    seconds = [int(line.split()[1].split(":")[0]) for line in listing if line.strip().startswith("mtime:")]
+    assert len(names) == len(seconds) > 200
+    return [name for name, second in zip(names, seconds) if second >= written]
+
+
+def test_a_spare_is_settled_once_a_second_has_passed_so_taking_it_reads_no_file_again(tmp_path):
+    _, data, repo, mirror, _ = _with_a_spare(tmp_path)
+    spare = worktrees.spare_dir(mirror)
+    for n in range(200):   # files written in the same second as the index: git cannot trust their timestamps
+        (spare / f"many{n}.txt").write_text(f"file {n}\n")
+    subprocess.run(["git", "-C", str(spare), "add", "."], check=True)
+    assert not worktrees.settle_spare(mirror)                # within the second: nothing to gain yet
+    wait_for(lambda: worktrees.settle_spare(mirror), timeout=10, interval=0.1, what="the spare to settle")
+    assert _racily_clean(spare) == []
+    assert not worktrees.settle_spare(mirror) and not worktrees.prepare_spare(mirror)   # once
+    taken = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 2)))
+    worktrees.ensure_worktree(taken, branch="kugetsu/2-b", base="main")
+    assert (taken.worktree / "f").read_text() == "1" and not spare.exists()
 
 
 def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
