@@ -1,6 +1,6 @@
 """P1 intake: requests per second and p99 of `POST /webhooks/github`, the bridge's web app against a bare Flask
 app that only reads the body and answers 202, both under the same gunicorn settings, measured with wrk in the
-same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 16,000 distinct, none repeated within a run) and
+same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 60,000 distinct, none repeated within a run) and
 `push` deliveries (answered from the headers).
 
 Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3]`."""
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import FIXTURES, SECRET, healthy, redated, wait_for  # noqa: E402
 
-DISTINCT = 16_000   # wrk's two threads each start half-way apart: a 3 s run at up to 5,000 rps repeats none
+DISTINCT = 60_000   # wrk's two threads each start half-way apart: a 3 s run at up to 20,000 rps repeats none
 BARE_APP = """
 from flask import Flask, jsonify, request
 from forge_bridge.web.server import run_gunicorn
@@ -41,15 +41,22 @@ run_gunicorn(app, bind=sys.argv[1])
 """
 
 
-def deliveries(event: str, run: int = 0) -> list[tuple[str, bytes]]:
-    """(delivery id, body) pairs: distinct labelled issues, each body signed on its own; each run its own."""
+MARK = 987_654_321   # the issue number in the template, replaced by each delivery's own
+
+
+def deliveries(event: str, run: int = 0) -> tuple[bytes, bytes, list[tuple[str, int, str]]]:
+    """Distinct labelled issues, each body signed on its own; each run its own: the body's text before and after
+    the issue number, and (delivery id, issue number, signature) for each delivery."""
     template = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))
     template["label"]["name"] = "kugetsu:todo"
+    template["issue"]["number"] = MARK
+    before, after = json.dumps(template).encode().split(str(MARK).encode())
     out = []
     for n in range(DISTINCT if event == "issues" else 1):
-        template["issue"]["number"] = 100_000 * (run + 1) + n
-        out.append((f"bench-{event}-{run}-{n}", json.dumps(template).encode()))
-    return out
+        number = 100_000_000 * (run + 1) + n
+        body = before + str(number).encode() + after
+        out.append((f"bench-{event}-{run}-{n}", number, hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()))
+    return before, after, out
 
 
 PACING = """
@@ -67,20 +74,29 @@ end
 
 
 def lua_script(event: str, folder: Path, *, rate: float = 0.0) -> Path:
-    """wrk cycles through the deliveries; each request carries its own id and signature. With `rate`, wrk's
-    two threads together send that many requests a second (LuaJIT's clock paces them), else as fast as it can."""
-    lines = ["local requests = {}"]
-    for index, (delivery, body) in enumerate(deliveries(event, run=1 if rate else 0)):
-        signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json",
-                   "X-Hub-Signature-256": f"sha256={signature}"}
-        header_table = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
-        lines.append(f'requests[{index}] = wrk.format("POST", "/webhooks/github", {{{header_table}}}, '
-                     f'[==[{body.decode()}]==])')
-    lines += [f"local count = {DISTINCT if event == 'issues' else 1}", "local threads = 0",
+    """wrk cycles through the deliveries; each request carries its own id, body and signature, put together per
+    request (whole bodies made ahead would hold wrk up for seconds at its start, which it does not count). With
+    `rate`, wrk's two threads together send that many requests a second (paced by LuaJIT's clock), else as fast
+    as they can."""
+    before, after, signed = deliveries(event, run=1 if rate else 0)
+    table = folder / f"{event}{'-paced' if rate else ''}.txt"   # read by the script: too many for Lua constants
+    table.write_text("".join(f"{delivery} {number} {signature}\n" for delivery, number, signature in signed))
+    lines = [f"local before, after = [==[{before.decode()}]==], [==[{after.decode()}]==]",
+             "local ids, numbers, signatures = {}, {}, {}",
+             "local index = 0",
+             f'for line in io.lines("{table}") do',
+             '  ids[index], numbers[index], signatures[index] = line:match("(%S+) (%S+) (%S+)")',
+             "  index = index + 1",
+             "end"]
+    lines += [f"local count = {len(signed)}", "local threads = 0",
               "function setup(thread) thread:set('id', threads); threads = threads + 1 end",
               "function init(args) i = id * math.floor(count / 2) end",
-              "request = function()", "  i = (i + 1) % count", "  return requests[i]", "end"]
+              "request = function()",
+              "  i = (i + 1) % count",
+              f'  return wrk.format("POST", "/webhooks/github", {{["X-GitHub-Event"] = "{event}", '
+              '["X-GitHub-Delivery"] = ids[i], ["Content-Type"] = "application/json", '
+              '["X-Hub-Signature-256"] = "sha256=" .. signatures[i]}, before .. numbers[i] .. after)',
+              "end"]
     if rate:
         lines += [f"period = {2 * 1000 / rate}", PACING]
     script = folder / f"{event}{'-paced' if rate else ''}.lua"
