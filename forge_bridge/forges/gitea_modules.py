@@ -17,7 +17,7 @@ from types import ModuleType
 
 PACKAGE = "gitea_api_client"
 MODULES = ("api_client", "configuration", "exceptions", "api.issue_api", "api.repository_api", "api.user_api")
-_loading = threading.Lock()
+_loading = threading.RLock()   # re-entered: an import under load() may look a name up
 
 
 def load() -> ModuleType:
@@ -66,8 +66,10 @@ def _shell(name: str) -> ModuleType:
             raise AttributeError(attribute)
         if importlib.util.find_spec(f"{name}.{attribute}") is not None:
             return importlib.import_module(f"{name}.{attribute}")
-        del module.__getattr__      # once: the __init__ defines every name itself
-        spec.loader.exec_module(module)
+        with _loading:   # two threads asking at once: the __init__ runs once
+            if vars(module).get("__getattr__") is lookup:
+                del module.__getattr__      # the __init__ defines every name itself
+                spec.loader.exec_module(module)
         return getattr(module, attribute)
 
     module.__getattr__ = lookup
