@@ -50,13 +50,22 @@ def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str)
     # was not in the set known before; the script applies that rule itself (`when`).
     decision = decide(event, settings, known_labels=None)
     job = None if isinstance(decision, Skip) else queue.prepare_event_job(store.conn, event.to_json())
-    when = decision.label if isinstance(decision, StartFromLabel) and not event.label else "*"
+    when = _labels_to_check(event, decision, settings)
     claimed, known, queued = store.admit_event(claims, event.issue, labels, job=job, when=when)
     if not claimed:
         return Admission("duplicate", "this event was already received")
     if not queued:
         return Admission("ignored", _reason(decide(event, settings, known_labels=known)))
     return Admission("queued", type(decision).__name__)
+
+
+def _labels_to_check(event: ForgeEvent, decision: object, settings: Settings) -> str:
+    """What the script checks was added, one label a line: "*" when the event says itself (GitHub names the
+    label). A label set holding both start labels may have gained either: the script finds which."""
+    if not isinstance(decision, StartFromLabel) or event.label:
+        return "*"
+    starts = (settings.label("todo"), settings.label("plan"))
+    return "\n".join(label for label in starts if label in event.labels)
 
 
 def _reason(decision: object) -> str:

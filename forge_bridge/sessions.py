@@ -57,13 +57,23 @@ local function has(json, label)
   for _, name in ipairs(cjson.decode(json)) do if name == label then return true end end
   return false
 end
-local when = ARGV[5]
-if when == '' or (when ~= '*' and not (has(ARGV[3], when) and not (known and has(known, when)))) then
+local when, added = ARGV[5], nil
+if when == '*' then
+  added = ''
+elseif when ~= '' then
+  for label in string.gmatch(when, '[^\\n]+') do
+    if has(ARGV[3], label) and not (known and has(known, label)) then added = label; break end
+  end
+end
+if not added then
   return {1, known, 0}
 end
 redis.call('HSET', KEYS[count + 2], unpack(ARGV, 8))
 redis.call('RPUSH', KEYS[count + 3], ARGV[6])
 redis.call('SADD', KEYS[count + 4], ARGV[7])
+if string.find(when, '\\n', 1, true) then
+  redis.call('SET', KEYS[count + 5], added, 'EX', ARGV[2])
+end
 return {1, known, 1}
 """
 _EXTEND_LOCK = """
@@ -242,18 +252,27 @@ class Store:
                     job: PreparedJob | None = None, when: str = "*") -> tuple[bool, tuple[str, ...] | None, bool]:
         """One round trip for the webhook's hot path: claim every key (all or none); for a label change, read
         the labels known before and remember the new ones; then write `job` and push it on its queue — always
-        (`when` = "*"), or only when the change added the label `when` names. (claimed, labels known before,
-        queued)."""
+        (`when` = "*"), or only when the change added one of the labels `when` names (one a line, first
+        first; with more than one, the one added is kept for the job: `added_label`). (claimed, labels known
+        before, queued)."""
         keys = [f"{PREFIX}:claim:{key}" for key in claims] + [f"{PREFIX}:labels:{issue}"]
         remembered = json.dumps(sorted(labels)) if labels is not None else ""
         args = [len(claims), CLAIM_TTL, remembered, CLAIM_TTL * 8]
         if job is None:
             args += ["", "", ""]
         else:
-            keys += [job.key, job.queue_key, job.queues_key]
+            keys += [job.key, job.queue_key, job.queues_key, self._added_key(job.id)]
             args += [when, job.id, job.queue_key, *job.fields]
         claimed, known, queued = self._admit(keys=keys, args=args)
         return bool(claimed), tuple(json.loads(known)) if known else None, bool(queued)
+
+    @staticmethod
+    def _added_key(job_id: str) -> str:
+        return f"{PREFIX}:added:{job_id}"
+
+    def added_label(self, job_id: str) -> str:
+        """Which of several labels in a label set the change that queued this job added ("" when not asked)."""
+        return (self.conn.get(self._added_key(job_id)) or b"").decode()
 
     def claim(self, key: str, *, ttl: int = CLAIM_TTL) -> bool:
         """True for the first caller only: how deliveries and events are made exactly-once."""

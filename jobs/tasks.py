@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from functools import cache
 
 from rq import get_current_job
@@ -12,7 +13,7 @@ from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
 from forge_bridge.logs import task_context
-from forge_bridge.models import CheckFailed, ForgeEvent
+from forge_bridge.models import CheckFailed, EventKind, ForgeEvent
 from forge_bridge.queue import Scheduler
 from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
 from forge_bridge.sessions import Store
@@ -40,9 +41,12 @@ def handle_event(event_json: str) -> str:
     event = ForgeEvent.from_json(event_json)
     config = settings()
     conn = get_current_job().connection
+    store = Store(conn)
+    if event.kind is EventKind.LABELS_CHANGED and not event.label:   # a label set: which start label was added
+        event = replace(event, label=store.added_label(get_current_job().id))
     client = make_client(config.forge(event.forge), conn=conn)
     with task_context(get_current_job().id, str(event.issue)):
-        return Intake(config, Store(conn), client, scheduler(conn)).handle(event)
+        return Intake(config, store, client, scheduler(conn)).handle(event)
 
 
 def handle_failed_check(change_json: str) -> str:

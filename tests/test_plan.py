@@ -68,3 +68,22 @@ def test_plan_by_comment_uses_the_presets_read_only_flag_and_approve_without_a_p
                 for line in path.read_text().splitlines()]
     assert recorded and recorded[-1]["argv"][:4] == ["exec", "--json", "--sandbox", "read-only"]
     assert not repo.pulls
+
+
+def test_a_plan_label_added_beside_a_todo_label_left_on_the_issue_is_read_as_the_plan(gitea, start_bridge):
+    """Gitea sends the whole label set: when `kugetsu:todo` already stood (put there by someone without write
+    access, so refused) and a maintainer adds `kugetsu:plan`, the set holds both, and the plan is what was added."""
+    repo = gitea.create_repo("alice", "widgets")
+    repo.permissions["bob"] = "read"
+    issue = gitea.create_issue(repo, "Sort the list", "alphabetically")
+    start_bridge([gitea])
+    [refused] = gitea.add_label(repo, issue, "kugetsu:todo", sender="bob")
+    assert refused.status_code == 202, refused.text
+    wait_for(lambda: any("write access" in c for c in gitea.comments_of(repo, issue)), timeout=30,
+             what=lambda: f"the refusal; comments: {gitea.comments_of(repo, issue)}")
+    [delivered] = gitea.add_label(repo, issue, "kugetsu:plan")
+    assert delivered.status_code == 202, delivered.text
+    [plan] = wait_for(lambda: _plans(gitea, repo, issue), timeout=60, what="the plan")
+    assert plan.startswith("### Plan\n\n")
+    wait_for(lambda: "kugetsu:planned" in gitea.labels_of(repo, issue), timeout=30, what="the planned label")
+    assert not repo.pulls
