@@ -3,7 +3,9 @@ app that only reads the body and answers 202, both under the same gunicorn setti
 same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 60,000 distinct, none repeated within a run) and
 `push` deliveries (answered from the headers).
 
-Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3]`."""
+Each app is run `--rounds` times, in turns, and the medians are compared.
+
+Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3] [--rounds 3]`."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,13 +76,13 @@ end
 """
 
 
-def lua_script(event: str, folder: Path, *, rate: float = 0.0) -> Path:
+def lua_script(event: str, folder: Path, *, run: int = 0, rate: float = 0.0) -> Path:
     """wrk cycles through the deliveries; each request carries its own id, body and signature, put together per
     request (whole bodies made ahead would hold wrk up for seconds at its start, which it does not count). With
     `rate`, wrk's two threads together send that many requests a second (paced by LuaJIT's clock), else as fast
     as they can."""
-    before, after, signed = deliveries(event, run=1 if rate else 0)
-    table = folder / f"{event}{'-paced' if rate else ''}.txt"   # read by the script: too many for Lua constants
+    before, after, signed = deliveries(event, run=run)
+    table = folder / f"{event}-{run}.txt"   # read by the script: too many for Lua constants
     table.write_text("".join(f"{delivery} {number} {signature}\n" for delivery, number, signature in signed))
     lines = [f"local before, after = [==[{before.decode()}]==], [==[{after.decode()}]==]",
              "local ids, numbers, signatures = {}, {}, {}",
@@ -99,7 +102,7 @@ def lua_script(event: str, folder: Path, *, rate: float = 0.0) -> Path:
               "end"]
     if rate:
         lines += [f"period = {2 * 1000 / rate}", PACING]
-    script = folder / f"{event}{'-paced' if rate else ''}.lua"
+    script = folder / f"{event}-{run}.lua"
     script.write_text("\n".join(lines))
     return script
 
@@ -123,9 +126,14 @@ def serve(argv: list[str], port: int, env: dict[str, str], log: Path) -> subproc
     return process
 
 
+def _medians(runs: list[tuple[float, float, int]]) -> tuple[float, float]:
+    return statistics.median(rps for rps, _, _ in runs), statistics.median(p99 for _, p99, _ in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each app, taken in turns; medians printed")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/intake.py needs wrk (Debian: apt-get install wrk)")
@@ -145,25 +153,31 @@ def main() -> None:
         config.write_text('[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
                           'webhook_secret_env = "S"\n[[repos]]\nforge = "github"\nname = "*/*"\n')
         env = {**os.environ, "S": SECRET, "FORGE_BRIDGE_REDIS_URL": f"unix://{root / 'v.sock'}"}
-        scripts = {event: lua_script(event, root) for event in ("issues", "push")}
         ports = {"bare": free_port(), "bridge": free_port()}
         bare = serve([sys.executable, "-c", BARE_APP, f"127.0.0.1:{ports['bare']}"], ports["bare"], env,
                      root / "bare.log")
         bridge = serve([sys.executable, "-m", "forge_bridge", "--config", str(config), "web", "--bind",
                         f"127.0.0.1:{ports['bridge']}"], ports["bridge"], env, root / "bridge.log")
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         try:
             for event, what in (("issues", "queue path (issues/labeled)"), ("push", "ignored event (push)")):
-                base_rps, base_p99, _ = wrk(f"http://127.0.0.1:{ports['bare']}", scripts[event], args.seconds)
-                queued_before = jobs.llen(EVENTS)
-                rps, p99, made = wrk(f"http://127.0.0.1:{ports['bridge']}", scripts[event], args.seconds)
-                queued = jobs.llen(EVENTS) - queued_before
+                base, ours, queued, made = [], [], 0, 0
+                for run in range(args.rounds):   # taken in turns: the machine's speed drifts between runs
+                    script = lua_script(event, root, run=run)
+                    base.append(wrk(urls["bare"], script, args.seconds))
+                    queued_before = jobs.llen(EVENTS)
+                    ours.append(wrk(urls["bridge"], script, args.seconds))
+                    queued, made = queued + jobs.llen(EVENTS) - queued_before, made + ours[-1][2]
+                (base_rps, base_p99), (rps, p99) = _medians(base), _medians(ours)
                 print(f"{what}: bridge {rps:,.0f} rps (p99 {p99:.1f} ms), bare Flask {base_rps:,.0f} rps "
-                      f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x; {queued:,} of {made:,} requests queued a job")
+                      f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x (medians of {args.rounds} runs each, "
+                      f"ratios {', '.join(f'{b[0] / a[0]:.2f}' for a, b in zip(base, ours))}); "
+                      f"{queued:,} of {made:,} requests queued a job")
                 if event == "issues":   # the latency goal is set at half the bare app's rate
-                    paced = lua_script(event, root, rate=base_rps / 2)
-                    half_rps, half_p99, _ = wrk(f"http://127.0.0.1:{ports['bridge']}", paced, args.seconds)
-                    print(f"  at half the bare app's rate: bridge {half_rps:,.0f} rps "
-                          f"({half_rps / base_rps:.2f}x the bare app's), p99 {half_p99:.1f} ms")
+                    paced = lua_script(event, root, run=args.rounds, rate=base_rps / 2)
+                    half_rps, half_p99, _ = wrk(urls["bridge"], paced, args.seconds)
+                    print(f"  at half the bare app's rate ({base_rps / 2:,.0f} rps asked): bridge {half_rps:,.0f} "
+                          f"rps, p99 {half_p99:.1f} ms")
         finally:
             for process in (bare, bridge):
                 process.send_signal(signal.SIGTERM)
