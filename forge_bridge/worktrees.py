@@ -255,6 +255,7 @@ def prepare_spare(mirror: Path) -> bool:
         return False
     if spare.exists():
         shutil.rmtree(spare)
+    restore_mirror(mirror)   # the checkout runs no filter an agent may have configured
     git("worktree", "prune", cwd=mirror)
     spare.parent.mkdir(parents=True, exist_ok=True)
     git("worktree", "add", "--quiet", "--detach", str(spare), f"origin/{base}", cwd=mirror)
@@ -277,6 +278,7 @@ def settle_spare(mirror: Path) -> bool:
             return False
     except OSError:
         return False
+    restore_mirror(mirror)   # what the refresh reads (filters) is the bridge's configuration, not an agent's
     git("update-index", "-q", "--refresh", "--force-write-index",
         env={**git_env(), "GIT_DIR": str(admin), "GIT_WORK_TREE": str(spare)}, cwd=spare)
     (admin / SETTLED).touch()

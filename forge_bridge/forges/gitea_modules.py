@@ -1,6 +1,6 @@
 """Loads only the parts of gitea-api-client the bridge calls, leaving the rest of the package unloaded until asked.
 
-The generated package's `__init__` imports every API class and all 224 models: 2.6 s and ~58 MB in each
+The generated package's `__init__` imports every API class and all 224 models: over 2 s and ~58 MB in each
 process. The bridge calls three API classes. Their modules are imported here without running the package's
 `__init__` (which still runs, in full, the first time anything asks the package for a name it lacks), and with
 pydantic's `validate_call` set to build each operation's argument validator on its first call
