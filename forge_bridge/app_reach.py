@@ -2,6 +2,7 @@
 worker found for the configured repositories at start, kept in Redis for the status page and `check`."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from redis import Redis
@@ -13,6 +14,8 @@ from forge_bridge.webhooks.github import InstallationChange
 log = logging.getLogger(__name__)
 REACH = "fb:app-reach:{forge}"       # repository full name -> installation id
 MISSING = "fb:app-missing:{forge}"   # configured repository full name -> why the App cannot reach it
+SURVEYED = "fb:app-surveyed:{forge}:{asked}"   # a survey of these repositories was made lately
+SURVEY_TTL = 60   # the workers one `serve` starts survey once; a restart a minute later asks again
 
 
 def record(conn: Redis, forge: str, change: InstallationChange) -> None:
@@ -54,14 +57,19 @@ def reach(conn: Redis, settings: Settings) -> list[dict]:
 
 
 def survey(settings: Settings, conn: Redis) -> None:
-    """Ask GitHub, for each configured repository with a concrete name, which installation covers it."""
+    """Ask GitHub, for each configured repository with a concrete name, which installation covers it: once for
+    the workers that start together (`serve` starts several) with the same App and repositories."""
     for forge in settings.forges:
         if not forge.is_app:
+            continue
+        repos, _ = settings.concrete_repos(forge)
+        asked = f"{forge.api_url} {forge.app_id} {' '.join(sorted(repo.full_name for repo in repos))}"
+        key = SURVEYED.format(forge=forge.name, asked=hashlib.sha256(asked.encode()).hexdigest()[:16])
+        if not conn.set(key, "1", nx=True, ex=SURVEY_TTL):
             continue
         from forge_bridge.forges.github_app import GitHubApp   # PyGithub: only where an App is configured
 
         app = GitHubApp(forge.api_url, forge.app_id, forge.private_key)
-        repos, _ = settings.concrete_repos(forge)
         for repo in repos:
             try:
                 found(conn, forge.name, repo.full_name, app.find_installation(repo))

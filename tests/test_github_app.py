@@ -315,3 +315,27 @@ def test_a_git_step_refused_for_a_revoked_token_is_retried_once_with_a_new_one(g
     runner.with_git_token(ref, lambda env: worktrees.sync_mirror(mirror, clone_url, env), clone_url)
     assert github.git_refusals == 1 and github.apps.minted == 2
     assert worktrees.git("rev-parse", "refs/remotes/origin/main", cwd=mirror) == repo.branch_sha("main")
+
+
+def test_workers_starting_together_survey_the_apps_repositories_once(github, installed, conn):
+    from forge_bridge import app_reach
+    from forge_bridge.config import settings_from_dict
+
+    app, _ = installed
+    def configured(*names: str):
+        return settings_from_dict({"forges": [{"name": "gh", "kind": "github", "url": github.url, "app_id": app.id,
+                                               "private_key_env": "K"}],
+                                   "repos": [{"forge": "gh", "name": name} for name in names]},
+                                  source="t", environ={"K": app.private_key})
+
+    def asked() -> list[str]:
+        return [e.path for e in github.exchanges if e.path.endswith("/installation")]
+
+    first = configured("alice/widgets", "alice/other")
+    app_reach.survey(first, conn)
+    app_reach.survey(first, conn)   # the second worker of the same serve
+    assert sorted(asked()) == ["/repos/alice/other/installation", "/repos/alice/widgets/installation"]
+    [shown] = app_reach.reach(conn, first)
+    assert list(shown["reaches"]) == ["alice/widgets"] and list(shown["missing"]) == ["alice/other"]
+    app_reach.survey(configured("alice/widgets"), conn)   # other repositories configured: asked again
+    assert len(asked()) == 3
