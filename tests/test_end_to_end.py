@@ -73,7 +73,9 @@ def test_the_agent_starts_while_the_forge_is_still_taking_a_report(method, path,
         worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
         # well inside the 30 s after which the forge client gives up on the held write by itself
         wait_for(lambda: (worktree / "AGENT_WORK.md").exists(), timeout=15, what="the agent's work")
-        assert slow.held >= 1 and "kugetsu:running" not in github.labels_of(repo, issue)
+        # The report may reach the forge only after the (quick) agent's work: then it is held all the same.
+        wait_for(lambda: slow.held >= 1, timeout=15, what="the report to reach the slow forge")
+        assert "kugetsu:running" not in github.labels_of(repo, issue)
     finally:
         slow.release()
     _assert_reviewed(github, repo, issue, bridge)
