@@ -12,7 +12,7 @@ from forge_bridge import queue
 from forge_bridge.config import Settings
 from forge_bridge.models import CheckFailed, EventKind, ForgeEvent
 from forge_bridge.sessions import CLAIM_TTL, Store
-from forge_bridge.triggers import Skip, StartFromLabel, decide, meaning_key
+from forge_bridge.triggers import Skip, StartFromLabel, decide, meaning_key, start_labels
 
 
 REPLAY_PREFIX = "replay-"   # `forge-bridge replay`: an operator feeding a saved delivery, old by design
@@ -64,8 +64,7 @@ def _labels_to_check(event: ForgeEvent, decision: object, settings: Settings) ->
     label). A label set holding both start labels may have gained either: the script finds which."""
     if not isinstance(decision, StartFromLabel) or event.label:
         return "*"
-    starts = (settings.label("todo"), settings.label("plan"))
-    return "\n".join(label for label in starts if label in event.labels)
+    return "\n".join(label for label, _ in start_labels(settings) if label in event.labels)
 
 
 def _reason(decision: object) -> str:

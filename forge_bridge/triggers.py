@@ -72,14 +72,18 @@ def label_added(event: ForgeEvent, label: str, known: tuple[str, ...] | None) ->
     return label in event.labels and (known is None or label not in known)
 
 
+def start_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The labels that start a task, with the mode each starts it in, first first when several were added."""
+    return (settings.label("todo"), ""), (settings.label("plan"), "plan")
+
+
 def _labels(event: ForgeEvent, settings: Settings, known: tuple[str, ...] | None) -> Decision:
     if event.is_pull:
         return Skip("labels on pull requests start nothing")
-    if label_added(event, settings.label("todo"), known):
-        return StartFromLabel(settings.label("todo"))
-    if label_added(event, settings.label("plan"), known):
-        return StartFromLabel(settings.label("plan"), mode="plan")
-    return Skip(f"no {settings.label('todo')} or {settings.label('plan')} label was added")
+    for label, mode in start_labels(settings):
+        if label_added(event, label, known):
+            return StartFromLabel(label, mode=mode)
+    return Skip(f"no {' or '.join(label for label, _ in start_labels(settings))} label was added")
 
 
 def _comment(event: ForgeEvent, settings: Settings) -> Decision:

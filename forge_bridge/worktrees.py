@@ -217,16 +217,21 @@ def ensure_worktree(checkout: Checkout, *, branch: str, base: str) -> None:
         git("worktree", "add", "--quiet", *add, cwd=mirror)
 
 
+def _spare_admin(mirror: Path) -> Path | None:
+    """The spare's git directory, when the spare's link names one of this mirror's worktrees that exists."""
+    try:
+        admin = Path((spare_dir(mirror) / ".git").read_text().removeprefix("gitdir:").strip())
+    except OSError:
+        return None
+    return admin if admin.parent == mirror / "worktrees" and admin.is_dir() else None
+
+
 def _take_spare(checkout: Checkout) -> bool:
     """Rename the spare and its git directory to the issue's names (what `git worktree move` does, but under the
     name the bridge derives the git directory from); the files keep their index entries, so the checkout that
     follows touches only what differs."""
-    spare = spare_dir(checkout.mirror)
-    try:
-        admin = Path((spare / ".git").read_text().removeprefix("gitdir:").strip())
-    except OSError:
-        return False
-    if admin.parent != checkout.mirror / "worktrees" or not admin.is_dir() or checkout.gitdir.exists():
+    spare, admin = spare_dir(checkout.mirror), _spare_admin(checkout.mirror)
+    if admin is None or checkout.gitdir.exists():
         return False
     spare.rename(checkout.worktree)
     admin.rename(checkout.gitdir)
@@ -269,14 +274,11 @@ def settle_spare(mirror: Path) -> bool:
     """Rewrite a spare's index once a second has passed since it was checked out. Git takes a file written in
     the same second as the index for possibly changed ("racily clean") and reads it again on the next checkout:
     most of a just-made spare, so taking it would cost twice as long. True when it was settled now."""
-    spare = spare_dir(mirror)
+    spare, admin = spare_dir(mirror), _spare_admin(mirror)
     try:
-        admin = Path((spare / ".git").read_text().removeprefix("gitdir:").strip())
-        if admin.parent != mirror / "worktrees" or (admin / SETTLED).exists():
+        if admin is None or (admin / SETTLED).exists() or time.time() - (admin / "index").stat().st_mtime < 1.0:
             return False
-        if time.time() - (admin / "index").stat().st_mtime < 1.0:
-            return False
-    except OSError:
+    except OSError:   # no index yet
         return False
     restore_mirror(mirror)   # what the refresh reads (filters) is the bridge's configuration, not an agent's
     git("update-index", "-q", "--refresh", "--force-write-index",
