@@ -2,9 +2,11 @@
 waited out, and a persistent failure ends as one ForgeError."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,16 +144,20 @@ def test_a_pasted_status_marker_is_not_taken_over(client_and_issue, conn):
 
 
 def test_the_gitea_client_loads_only_what_it_calls_and_the_whole_package_stays_importable():
-    """gitea-api-client's own __init__ loads all its API classes and models (seconds, ~58 MB): the bridge's
-    client must not run it, yet code that imports the package in full afterwards must get all of it."""
+    """gitea-api-client's own __init__ loads all its API classes and models (seconds, ~58 MB), and its three API
+    modules the bridge uses hold some 400 operations: the bridge's client must load only the operations it calls,
+    yet code that imports the package in full afterwards must get all of it."""
     probe = """
 import asyncio
 import sys
 import forge_bridge.forges.gitea
+from forge_bridge.forges.gitea import IssueApi
 package = sys.modules["gitea_api_client"]
-print("admin", "AdminApi" in vars(package), "admin_api" in sys.modules)
+print("admin", "AdminApi" in vars(package), "admin_api" in sys.modules, "issue_api" in sys.modules)
+print("operations", sorted(name for name in vars(IssueApi) if name.startswith("issue_"))[:3])
+print("models", len([name for name in sys.modules if name.startswith("gitea_api_client.models.")]) < 60)
 from pydantic import ValidationError
-operation = forge_bridge.forges.gitea.IssueApi.issue_get_issue
+operation = IssueApi.issue_get_issue
 [validator] = [c.cell_contents.__self__ for c in operation.__closure__ if hasattr(c.cell_contents, "__self__")]
 built = validator.__pydantic_complete__
 try:
@@ -159,10 +165,35 @@ try:
 except ValidationError:
     print("deferred", built, validator.__pydantic_complete__)
 from gitea_api_client import AdminApi, Organization
+from gitea_api_client.api.issue_api import IssueApi as WholeIssueApi
 from gitea_api_client.models import Issue
-print("full", AdminApi.__module__, Organization.__name__, Issue.__name__)
+print("full", AdminApi.__module__, Organization.__name__, Issue.__name__, hasattr(WholeIssueApi, "issue_delete"))
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["admin False False", "deferred False True",
-                                        "full gitea_api_client.api.admin_api Organization Issue"]
+    assert done.stdout.splitlines() == [
+        "admin False False False",
+        "operations ['issue_add_label', 'issue_create_comment', 'issue_create_label']",
+        "models True",
+        "deferred False True",
+        "full gitea_api_client.api.admin_api Organization Issue True"]
+
+
+def test_every_gitea_operation_the_client_calls_is_loaded():
+    """The client's calls are `i.issue_…`, `r.repo_…` and `UserApi(api).user_…`: each must be among the
+    operations gitea_modules loads, or that call fails with AttributeError only when it is first made."""
+    from forge_bridge.forges import gitea, gitea_modules
+
+    source = Path(gitea.__file__).read_text()
+    called = set(re.findall(r"\b(?:i|r|UserApi\(api\))\.((?:issue|repo|user)_\w+)\(", source))
+    loaded = {name for _, operations in gitea_modules.OPERATIONS.values() for name in operations}
+    assert len(called) > 20 and called <= loaded, called - loaded
+    for name, operations in gitea_modules.OPERATIONS.values():
+        assert all(callable(getattr(gitea_modules.load()[name], operation)) for operation in operations)
+
+
+def test_a_gitea_client_without_an_operation_the_bridge_calls_is_refused_by_name():
+    from forge_bridge.forges import gitea_modules
+
+    with pytest.raises(ImportError, match="issue_api has no _issue_frobnicate_serialize, issue_frobnicate: "):
+        gitea_modules._api_class("issue_api", "IssueApi", ("issue_get_issue", "issue_frobnicate"))

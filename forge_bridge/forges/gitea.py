@@ -17,10 +17,8 @@ import httpx
 
 from forge_bridge.forges import gitea_modules
 
-gitea_modules.load()   # only what is used: the package's own __init__ loads all of it (seconds, ~58 MB)
-from gitea_api_client.api.issue_api import IssueApi  # noqa: E402
-from gitea_api_client.api.repository_api import RepositoryApi  # noqa: E402
-from gitea_api_client.api.user_api import UserApi  # noqa: E402
+# Only the operations called here (gitea_modules.OPERATIONS): the package's own __init__ loads all (~58 MB).
+IssueApi, RepositoryApi, UserApi = (gitea_modules.load()[name] for name in ("IssueApi", "RepositoryApi", "UserApi"))
 from gitea_api_client.api_client import ApiClient  # noqa: E402
 from gitea_api_client.configuration import Configuration  # noqa: E402
 from gitea_api_client.exceptions import ApiException  # noqa: E402
