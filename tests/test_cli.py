@@ -183,3 +183,27 @@ def test_stalled_clients_cannot_keep_health_or_deliveries_from_being_answered(tm
             client.close()
         web.terminate()
         web.wait(timeout=30)
+
+
+def test_the_web_server_opens_no_control_socket_another_process_could_command(tmp_path, redis_url):
+    """gunicorn's control socket (in ~/.gunicorn or $XDG_RUNTIME_DIR) takes reload, scale and stop commands from
+    any process of the user: the bridge's web server must not open one."""
+    from conftest import free_port
+    from helpers import healthy, wait_for
+
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    home.mkdir(), runtime.mkdir()
+    (tmp_path / "forge-bridge.toml").write_text("insecure_no_signature = true\n")
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_BRIDGE_")}
+    for variables in ({"HOME": str(home)}, {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}):
+        web = subprocess.Popen([sys.executable, "-m", "forge_bridge", "web", "--bind", f"127.0.0.1:{port}"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**environ, **variables, "FORGE_BRIDGE_REDIS_URL": redis_url})
+        try:
+            wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=30, what="web")
+        finally:
+            web.terminate()
+            log = web.communicate(timeout=30)[1]
+        assert "Control socket" not in log, log
+        assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []

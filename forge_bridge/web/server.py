@@ -16,6 +16,11 @@ class _App(BaseApplication):
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        # gunicorn 25.1 and later open a control socket ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl) through
+        # which any process of the user may change the worker count or stop the server: an agent running
+        # unsandboxed as the same user, for one; and every bridge of one user would share its path.
+        if "control_socket_disable" in self.cfg.settings:
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
         return self.application
