@@ -21,6 +21,8 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
         yield False, "no forge is configured"
     yield check_agent(settings)
     yield check_sandbox(settings)
+    if sandbox.mode(settings.agent)[0] == "bwrap" and (exposure := sandbox.redis_exposure(settings)):
+        yield False, f"redis: {exposure}"
     if settings.budget.any:
         yield check_budget(settings)
     for forge in settings.forges:

@@ -70,7 +70,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     settings = with_bot_logins(settings, conn)
     jobs.tasks.configure(settings)  # every forked job inherits these
     app_reach.survey(settings, conn)
-    sandbox.announce(settings.agent, conn)
+    sandbox.announce(settings, conn)
     queue.work(conn, burst=args.burst, housekeeping=lambda: housekeeping(settings, Store(conn)))
     return 0
 

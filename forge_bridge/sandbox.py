@@ -1,5 +1,6 @@
 """Confine an agent with bubblewrap: the host read-only, its worktree, its git metadata, its session files and
-its HOME writable, a private /tmp and process namespace, and nothing else of data_dir or the bridge user's HOME.
+its HOME writable, a private /tmp and process namespace, and nothing else of data_dir or the bridge user's HOME,
+nor the bridge's configuration file, a GitHub App's private key file or a Redis socket wherever they are.
 
 Inside, the repository's mirror is writable (a commit writes objects and refs there) except its config, which
 is mounted read-only so the agent cannot give the bridge's git a hook or a program to run; the bridge restores
@@ -13,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from forge_bridge.config import AgentConfig, Settings
 
@@ -32,6 +34,46 @@ class Confinement:
     home: Path
     hidden: tuple[Path, ...]          # data_dir and the bridge user's HOME
     readable: tuple[Path, ...] = ()   # agent.sandbox_paths
+    masked: tuple[Path, ...] = ()     # files seen empty (and sockets refused) wherever they are: secret_files()
+    empty: Path | None = None         # the empty file mounted over each of them (not /dev/null: devices are not
+                                      # opened on the mounts of an unprivileged user namespace)
+
+
+def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir: Path) -> Confinement:
+    """One agent run's confinement under these settings."""
+    empty = settings.data_dir / "sandbox-empty"
+    if not empty.is_file():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        empty.touch(mode=0o444)
+    return Confinement(worktree=worktree, mirror=mirror, session_dir=session_dir, home=agent_home(settings),
+                       hidden=(settings.data_dir, Path.home()), masked=secret_files(settings), empty=empty,
+                       readable=tuple(Path(p) for p in settings.agent.sandbox_paths))
+
+
+def secret_files(settings: Settings) -> tuple[Path, ...]:
+    """What would hand an agent the bridge's secrets or its queue when it lies outside data_dir and the HOME:
+    the configuration file (it may hold redis_url with its password), each GitHub App's private key file (it
+    mints installation tokens), and a Redis unix socket (whoever writes RQ's jobs chooses what workers run)."""
+    found = [Path(forge.private_key_file) for forge in settings.forges if forge.private_key_file]
+    if settings.source and Path(settings.source).is_file():
+        found.append(Path(settings.source).resolve())
+    if settings.redis_url.startswith("unix:"):
+        found.append(Path(urlsplit(settings.redis_url).path))
+    return tuple(found)
+
+
+def redis_exposure(settings: Settings) -> str:
+    """Why agents could write to the bridge's Redis, or "": a network address shares the host's network with
+    the agents, and without a password anyone there may queue an RQ job, which names the function a worker runs."""
+    if not settings.redis_url or settings.redis_url.startswith("unix:"):
+        return ""
+    address = urlsplit(settings.redis_url)
+    if address.password:
+        return ""
+    return (f"agents share this host's network, and Redis at {address.hostname}:{address.port or 6379} asks for "
+            "no password: an agent could queue a job that runs its own code in a worker, with the bridge's "
+            "tokens; give Redis a password (requirepass) and put it in redis_url through FORGE_BRIDGE_REDIS_URL, "
+            "or use serve's embedded server")
 
 
 def agent_home(settings: Settings) -> Path:
@@ -67,9 +109,12 @@ def mode(agent: AgentConfig) -> tuple[str, str]:
     return "none", f"agents run without a sandbox: {problem}"
 
 
-def announce(agent: AgentConfig, conn) -> None:
-    """At a worker's start: say in the log, and for the status page, when its agents will run unconfined."""
-    _, warning = mode(agent)
+def announce(settings: Settings, conn) -> None:
+    """At a worker's start: say in the log, and for the status page, when its agents will run unconfined or could
+    reach the bridge's Redis."""
+    chosen, warning = mode(settings.agent)
+    if chosen == "bwrap" and (exposure := redis_exposure(settings)):
+        warning = exposure
     if warning:
         log.warning(warning)
         conn.hset(WARNINGS_KEY, socket.gethostname(), warning)
@@ -94,6 +139,9 @@ def wrap(argv: list[str], where: Confinement) -> list[str]:
     for path in where.readable:
         if path.exists():
             command += ["--ro-bind", str(path), str(path)]
+    for path in where.masked:   # last, so no bind above uncovers them; those under a hidden folder are gone already
+        if path.exists() and not any(path.is_relative_to(folder) for folder in (*where.hidden, Path("/tmp"))):
+            command += ["--ro-bind", str(where.empty), str(path)]
     command += ["--unshare-pid", "--die-with-parent", "--chdir", str(where.worktree), "--setenv", "HOME",
                 str(where.home), "--"]
     return command + argv

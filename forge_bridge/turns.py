@@ -100,10 +100,9 @@ class Turns:
             "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
             "FORGE_BRIDGE_TASK_ID": task.id, "FORGE_BRIDGE_MODE": task.mode or "build"})
         if sandbox.mode(self.settings.agent)[0] == "bwrap":
-            argv = sandbox.wrap(argv, sandbox.Confinement(
-                worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo), session_dir=files,
-                home=home, hidden=(self.settings.data_dir, Path.home()),
-                readable=tuple(Path(p) for p in self.settings.agent.sandbox_paths)))
+            argv = sandbox.wrap(argv, sandbox.confinement(
+                self.settings, worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
+                session_dir=files))
 
         def started(pid: int) -> None:
             task.host, task.agent_pid = socket.gethostname(), pid

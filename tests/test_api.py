@@ -116,12 +116,26 @@ def test_the_page_shows_what_each_recent_run_cost(redis_url, seeded):
 
 def test_a_worker_without_a_working_sandbox_is_a_warning_on_the_page(redis_url, conn, monkeypatch):
     from forge_bridge import sandbox
-    from forge_bridge.config import AgentConfig
+    from forge_bridge.config import settings_from_dict
 
+    settings = settings_from_dict({"agent": {"sandbox": "auto"}}, source="t", environ={})
     monkeypatch.setattr(sandbox, "bwrap_works", lambda: "bwrap is not installed (Debian: apt-get install bubblewrap)")
-    sandbox.announce(AgentConfig(sandbox="auto"), conn)
+    sandbox.announce(settings, conn)
     page = _app(redis_url).get("/").get_data(as_text=True)
     assert 'class="warning"' in page and "agents run without a sandbox: bwrap is not installed" in page
     monkeypatch.setattr(sandbox, "bwrap_works", lambda: "")
-    sandbox.announce(AgentConfig(sandbox="auto"), conn)   # a worker that has one clears its host's warning
+    sandbox.announce(settings, conn)   # a worker that has one clears its host's warning
     assert 'class="warning"' not in _app(redis_url).get("/").get_data(as_text=True)
+
+
+def test_a_worker_whose_agents_could_write_to_its_redis_is_a_warning_on_the_page(redis_url, conn, monkeypatch):
+    """Confined agents still share the host's network: a Redis there without a password takes their jobs."""
+    from forge_bridge import sandbox
+    from forge_bridge.config import settings_from_dict
+
+    monkeypatch.setattr(sandbox, "bwrap_works", lambda: "")
+    for url in ("redis://127.0.0.1:6390/0", "redis://:pw@127.0.0.1:6390/0", "unix:///run/redis/redis.sock"):
+        sandbox.announce(settings_from_dict({"redis_url": url}, source="t", environ={}), conn)
+        page = _app(redis_url).get("/").get_data(as_text=True)
+        exposed = "Redis at 127.0.0.1:6390 asks for no password: an agent could queue a job" in page
+        assert exposed == (url == "redis://127.0.0.1:6390/0"), url

@@ -134,6 +134,21 @@ def test_check_warns_when_auto_finds_no_working_sandbox_and_fails_when_bwrap_was
     assert "FAIL sandbox bwrap: bwrap does not run here" in asked.stdout and asked.returncode == 1
 
 
+def test_check_fails_when_confined_agents_could_write_to_a_redis_without_a_password(tmp_path):
+    from forge_bridge.sandbox import bwrap_works
+
+    if bwrap_works():
+        pytest.skip(bwrap_works())   # the line is for confined agents: unconfined ones reach everything anyway
+    said = {}
+    for url in ("redis://127.0.0.1:6390/0", "redis://:s3cret@127.0.0.1:6390/0"):
+        (tmp_path / "forge-bridge.toml").write_text(f'redis_url = "{url}"\n[agent]\npreset = "claude"\n')
+        said[url] = run_cli("check", cwd=tmp_path, env={})
+    exposed, protected = said.values()
+    assert "FAIL redis: agents share this host's network, and Redis at 127.0.0.1:6390 asks for no password" \
+        in exposed.stdout and exposed.returncode == 1
+    assert "redis:" not in protected.stdout and "s3cret" not in protected.stdout + protected.stderr
+
+
 def test_web_refuses_a_public_bind_without_ui_token_unless_ui_public(tmp_path, redis_url):
     (tmp_path / "forge-bridge.toml").write_text("insecure_no_signature = true\n")
     env = {"FORGE_BRIDGE_REDIS_URL": redis_url, "PORT": "1"}

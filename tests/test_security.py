@@ -142,3 +142,51 @@ def test_a_secret_the_agent_prints_is_redacted_everywhere_it_is_shown(github, st
     [task] = requests.get(f"{bridge.url}/api/tasks", timeout=10).json()["tasks"]
     tail = requests.get(f"{bridge.url}/api/tasks/{task['id']}/log", timeout=10).json()["tail"]
     assert "using key [redacted]" in tail and key not in tail
+
+
+def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_wherever_they_are(tmp_path):
+    """data_dir and the HOME are hidden whole; the configuration file (redis_url may hold a password), a GitHub
+    App's key file and a Redis socket can lie anywhere else (a socket on a read-only mount still connects)."""
+    import socket
+    import tempfile
+
+    from forge_bridge import sandbox
+    from forge_bridge.config import load_settings
+
+    if sandbox.bwrap_works():
+        pytest.skip(sandbox.bwrap_works())
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:   # not /tmp: the agent gets a /tmp of its own
+        outside = Path(folder)
+        config, key, neighbour, redis_socket = (outside / name for name in
+                                                ("forge-bridge.toml", "app.pem", "notes.txt", "redis.sock"))
+        interpreter = Path(sys.executable).resolve()
+        config.write_text(f'data_dir = "{tmp_path / "data"}"\nredis_url = "unix://{redis_socket}"\n'
+                          f'[agent]\nsandbox = "bwrap"\nsandbox_paths = ["{interpreter.parents[1]}"]\n'
+                          '[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
+                          f'app_id = 1\nprivate_key_file = "{key}"\n')
+        key.write_text("-----BEGIN PRIVATE KEY-----\n")
+        neighbour.write_text("not a secret\n")
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(redis_socket))
+        listening.listen(1)
+        settings = load_settings(config, environ={})
+        assert set(sandbox.secret_files(settings)) == {config, key, redis_socket}
+        where = sandbox.confinement(settings, worktree=tmp_path / "w", mirror=tmp_path / "m",
+                                    session_dir=tmp_path / "s")
+        for folder in (where.worktree, where.mirror, where.session_dir):
+            folder.mkdir()
+        probe = ("import json, socket, sys\n"
+                 "seen = {name: open(name).read() for name in sys.argv[2:]}\n"
+                 "client = socket.socket(socket.AF_UNIX)\n"
+                 "try:\n    client.connect(sys.argv[1]); seen['socket'] = 'connected'\n"
+                 "except OSError as error:\n    seen['socket'] = type(error).__name__\n"
+                 "print(json.dumps(seen))\n")
+        try:
+            done = subprocess.run(sandbox.wrap([str(interpreter), "-c", probe, str(redis_socket), str(config),
+                                                str(key), str(neighbour)], where),
+                                  capture_output=True, text=True, timeout=60)
+        finally:
+            listening.close()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {str(config): "", str(key): "", str(neighbour): "not a secret\n",
+                                       "socket": "ConnectionRefusedError"}
