@@ -2,6 +2,8 @@
 waited out, and a persistent failure ends as one ForgeError."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -197,3 +199,26 @@ def test_a_gitea_client_without_an_operation_the_bridge_calls_is_refused_by_name
 
     with pytest.raises(ImportError, match="issue_api has no _issue_frobnicate_serialize, issue_frobnicate: "):
         gitea_modules._api_class("issue_api", "IssueApi", ("issue_get_issue", "issue_frobnicate"))
+
+
+def test_a_gitea_client_installed_without_its_sources_is_loaded_whole(tmp_path):
+    """Bytecode only (some packagers strip the .py files): nothing to take the operations from, so the
+    generated modules load as they are, and the bridge's calls are all there."""
+    import compileall
+    import shutil
+
+    from forge_bridge.forges import gitea_modules
+
+    package = Path(importlib.util.find_spec(gitea_modules.PACKAGE).submodule_search_locations[0])
+    stripped = tmp_path / gitea_modules.PACKAGE
+    shutil.copytree(package, stripped, ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(stripped, legacy=True, quiet=1)   # foo.pyc beside where foo.py was
+    for source in stripped.rglob("*.py"):
+        source.unlink()
+    probe = ("import sys\nfrom forge_bridge.forges import gitea_modules\nclasses = gitea_modules.load()\n"
+             "print(classes['IssueApi'].__module__, hasattr(classes['IssueApi'], 'issue_delete'), "
+             "all(hasattr(classes[n], o) for n, ops in gitea_modules.OPERATIONS.values() for o in ops))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["gitea_api_client.api.issue_api", "True", "True"]

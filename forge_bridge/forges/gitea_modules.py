@@ -68,6 +68,8 @@ def _api_class(module: str, name: str, operations: tuple[str, ...]) -> type:
     they name. Raises ImportError naming any operation the installed version lacks."""
     spec = importlib.util.find_spec(f"{PACKAGE}.api.{module}")
     source = spec.loader.get_source(spec.name)
+    if source is None:   # installed without its sources (bytecode only): the whole module, as generated
+        return getattr(importlib.import_module(spec.name), name)
     members = list(_MEMBER.finditer(source))
     ends = [member.start() for member in members[1:]] + [len(source)]
     wanted = {"__init__", *operations, *(f"_{operation}_serialize" for operation in operations)}
