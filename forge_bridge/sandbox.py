@@ -54,12 +54,12 @@ def secret_files(settings: Settings) -> tuple[Path, ...]:
     """What would hand an agent the bridge's secrets or its queue when it lies outside data_dir and the HOME:
     the configuration file (it may hold redis_url with its password), each GitHub App's private key file (it
     mints installation tokens), and a Redis unix socket (whoever writes RQ's jobs chooses what workers run)."""
-    found = [Path(forge.private_key_file) for forge in settings.forges if forge.private_key_file]
+    found = [forge.private_key_file for forge in settings.forges if forge.private_key_file]
     if settings.source and Path(settings.source).is_file():
-        found.append(Path(settings.source).resolve())
+        found.append(settings.source)
     if settings.redis_url.startswith("unix:"):
-        found.append(Path(urlsplit(settings.redis_url).path))
-    return tuple(found)
+        found.append(urlsplit(settings.redis_url).path)
+    return tuple(Path(path).resolve() for path in found)   # the file itself: a mount over a link lands there anyway
 
 
 def redis_exposure(settings: Settings) -> str:
@@ -139,8 +139,9 @@ def wrap(argv: list[str], where: Confinement) -> list[str]:
     for path in where.readable:
         if path.exists():
             command += ["--ro-bind", str(path), str(path)]
+    gone = [folder for folder in (*where.hidden, Path("/tmp")) if str(folder) not in ("/", "")]
     for path in where.masked:   # last, so no bind above uncovers them; those under a hidden folder are gone already
-        if path.exists() and not any(path.is_relative_to(folder) for folder in (*where.hidden, Path("/tmp"))):
+        if path.exists() and not any(path.is_relative_to(folder) for folder in gone):
             command += ["--ro-bind", str(where.empty), str(path)]
     command += ["--unshare-pid", "--die-with-parent", "--chdir", str(where.worktree), "--setenv", "HOME",
                 str(where.home), "--"]
