@@ -151,11 +151,11 @@ class Scheduler:
 
     def cancel(self, task_id: str) -> None:
         """Take a task's queued agent run off RQ (and out of the rate limiter's waiting set)."""
-        job_id = self.conn.get(f"fb:job:{task_id}")
+        job_id = current_job(self.conn, task_id)
         if not job_id:
             return
         try:
-            Job.fetch(job_id.decode(), connection=self.conn).cancel()
+            Job.fetch(job_id, connection=self.conn).cancel()
         except NoSuchJobError:
             pass
 
@@ -197,6 +197,12 @@ class BridgeWorker(Worker):
             except ProcessLookupError:
                 pass
         super().request_stop(signum, frame)
+
+
+def current_job(conn: Redis, task_id: str) -> str:
+    """The RQ job id of the task's latest attempt ("" before its first)."""
+    job_id = conn.get(f"fb:job:{task_id}")
+    return job_id.decode() if job_id else ""
 
 
 def slots_in_use(conn: Redis) -> int:

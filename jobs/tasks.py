@@ -1,6 +1,7 @@
 """RQ entry points: thin — parse the arguments, build the collaborators, call the core."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from dataclasses import replace
@@ -14,10 +15,11 @@ from forge_bridge.forges import make_client
 from forge_bridge.intake import Intake
 from forge_bridge.logs import task_context
 from forge_bridge.models import CheckFailed, EventKind, ForgeEvent
-from forge_bridge.queue import Scheduler
+from forge_bridge.queue import Scheduler, current_job
 from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
 from forge_bridge.sessions import Store
 
+log = logging.getLogger(__name__)
 _configured: list[Settings] = []
 
 
@@ -93,6 +95,12 @@ def run_task(task_id: str) -> str:
 def agent_run_failed(job: Job, connection, exc_type=None, value=None, traceback=None) -> None:
     """RQ's failure (and stop) callback: also called when a dead worker's job is found abandoned."""
     task_id = job.args[0]
+    if current_job(connection, task_id) != job.id:
+        # An attempt the task has left behind: a worker stopping requeued it, then died before it could
+        # close this job, and RQ finds the job abandoned only later, maybe while the new attempt runs.
+        log.info("task %s: its superseded job %s ended (%s); the task goes on", task_id, job.id,
+                 exc_type.__name__ if exc_type else "stopped")
+        return
     store = Store(connection)
     task = store.task(task_id)
     if task is None or task.state.finished:

@@ -351,3 +351,28 @@ def test_the_command_line_shows_status_and_logs_replays_and_destroys(hosts, conn
     assert refused.returncode == 1 and "still open" in refused.stdout
     forced = run("destroy", str(ref), "--force")
     assert forced.returncode == 0 and "Destroyed" in forced.stdout
+
+
+def test_an_attempt_found_abandoned_after_its_task_was_requeued_does_not_fail_the_task(hosts, conn, monkeypatch):
+    """A worker stopping puts its task back in line, then may be killed before it closes the attempt's job: RQ
+    reports that job abandoned only later, when the task's next attempt may be queued or running."""
+    import jobs.tasks
+    from rq.exceptions import AbandonedJobError
+    from rq.job import Job
+
+    host = hosts("host", [])
+    [ref] = make_issues(host.forge, 1)
+    task_id = submit(host, ref, "requeued")
+    scheduler = queue.Scheduler(conn, 3, 120)
+    first = queue.current_job(conn, task_id)
+    scheduler.resubmit(task_id)   # what the runner does when a shutdown interrupts the agent
+    second = queue.current_job(conn, task_id)
+    assert first and second and first != second
+    monkeypatch.setattr(jobs.tasks, "_configured", [host.settings])   # what a worker hands its jobs
+    jobs.tasks.settings.cache_clear()
+
+    jobs.tasks.agent_run_failed(Job.fetch(first, connection=conn), conn, AbandonedJobError, AbandonedJobError())
+    assert Store(conn).task(task_id).state is TaskState.QUEUED
+    jobs.tasks.agent_run_failed(Job.fetch(second, connection=conn), conn, AbandonedJobError, AbandonedJobError())
+    assert Store(conn).task(task_id).state is TaskState.FAILED   # the latest attempt's death still ends it
+    jobs.tasks.settings.cache_clear()
