@@ -120,6 +120,7 @@ class AgentConfig:
     max_budget_usd: float = 0.0    # claude: --max-budget-usd (0: no limit)
     sandbox: str = "auto"          # auto | bwrap | none
     home: str = ""                 # the agent's HOME; empty: <data_dir>/agent-home
+    home_per_issue: bool = False   # each issue's agent gets a HOME of its own, copied from `home` when first used
     sandbox_paths: tuple[str, ...] = ()   # more host paths a sandboxed agent may read
 
     @property
@@ -415,6 +416,9 @@ def _agent(table: dict, source: str) -> AgentConfig:
         raise ConfigError(f"{source}: agent.sandbox must be auto, bwrap or none, got {sandbox!r}")
     if not isinstance(home, str):
         raise ConfigError(f"{source}: agent.home must be a path, got {home!r}")
+    per_issue = table.get("home_per_issue", False)
+    if not isinstance(per_issue, bool):
+        raise ConfigError(f"{source}: agent.home_per_issue must be true or false, got {per_issue!r}")
     if not isinstance(paths, list) or not all(isinstance(p, str) and Path(p).expanduser().is_absolute()
                                               for p in paths):
         raise ConfigError(f"{source}: agent.sandbox_paths must be a list of absolute paths")
@@ -422,7 +426,7 @@ def _agent(table: dict, source: str) -> AgentConfig:
         preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success, cost=cost,
         tokens=tokens,
         pass_env=tuple(pass_env), extra_args=tuple(extra_args), sandbox=sandbox,
-        home=str(Path(home).expanduser()) if home else "", sandbox_paths=tuple(str(Path(p).expanduser()) for p in paths),
+        home=str(Path(home).expanduser()) if home else "", home_per_issue=per_issue, sandbox_paths=tuple(str(Path(p).expanduser()) for p in paths),
         max_turns=_non_negative(table, "max_turns", int, source),
         max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )

@@ -57,6 +57,7 @@ def safe_destroy(settings: Settings, store: Store, client: ForgeClient, ref: Iss
     mirror = worktrees.mirror_dir(settings.data_dir, ref.repo)
     with worktrees.mirror_lock(mirror):
         worktrees.remove_worktree(settings.data_dir, mirror, worktrees.worktree_dir(settings.data_dir, ref))
+    shutil.rmtree(worktrees.home_dir(settings.data_dir, ref), ignore_errors=True)   # agent.home_per_issue
     session.worktree, session.archived = "", True
     store.save_session(session)
     return DestroyOutcome(True, f"Destroyed the worktree of {ref}; the session is archived.")
@@ -77,6 +78,11 @@ def collect_garbage(settings: Settings, store: Store) -> list[Path]:
     removed = []
     for path in sorted(root.iterdir()):
         if str(path.resolve()) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    homes = settings.data_dir / "homes"   # agent.home_per_issue: an issue's HOME goes with its worktree
+    for path in sorted(homes.iterdir()) if homes.is_dir() else []:
+        if str((root / path.name.removesuffix(".new")).resolve()) not in keep:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     for mirror in sorted((settings.data_dir / "mirrors").glob("*.git")):

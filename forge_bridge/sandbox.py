@@ -16,7 +16,9 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from forge_bridge import worktrees
 from forge_bridge.config import AgentConfig, Settings
+from forge_bridge.models import IssueRef
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 10
@@ -39,13 +41,14 @@ class Confinement:
                                       # opened on the mounts of an unprivileged user namespace)
 
 
-def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir: Path) -> Confinement:
+def confinement(settings: Settings, issue: IssueRef, *, worktree: Path, mirror: Path,
+                session_dir: Path) -> Confinement:
     """One agent run's confinement under these settings."""
     empty = settings.data_dir / "sandbox-empty"
     if not empty.is_file():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         empty.touch(mode=0o444)
-    return Confinement(worktree=worktree, mirror=mirror, session_dir=session_dir, home=agent_home(settings),
+    return Confinement(worktree=worktree, mirror=mirror, session_dir=session_dir, home=agent_home(settings, issue),
                        hidden=(settings.data_dir, Path.home()), masked=secret_files(settings), empty=empty,
                        readable=tuple(Path(p) for p in settings.agent.sandbox_paths))
 
@@ -76,11 +79,24 @@ def redis_exposure(settings: Settings) -> str:
             "or use serve's embedded server")
 
 
-def agent_home(settings: Settings) -> Path:
-    """The agent's HOME, kept between runs so CLI logins and sessions survive."""
-    home = Path(settings.agent.home) if settings.agent.home else settings.data_dir / "agent-home"
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+def agent_home(settings: Settings, issue: IssueRef | None = None) -> Path:
+    """The agent's HOME, kept between runs so CLI logins and sessions survive: the one of all agents, or with
+    `agent.home_per_issue` the issue's own, first made as a copy of that one (its logins and settings), so what
+    one issue's agent leaves there (a CLI's hooks, a shell start file) never reaches another's."""
+    shared = Path(settings.agent.home) if settings.agent.home else settings.data_dir / "agent-home"
+    shared.mkdir(parents=True, exist_ok=True)
+    if issue is None or not settings.agent.home_per_issue:
+        return shared
+    own = worktrees.home_dir(settings.data_dir, issue)
+    if not own.is_dir():
+        seed = own.with_name(f"{own.name}.new")   # copied aside, then renamed: a half-made copy never counts
+        shutil.rmtree(seed, ignore_errors=True)
+        try:
+            shutil.copytree(shared, seed, symlinks=True)
+        except shutil.Error as error:   # a socket or an unreadable file: the rest is copied all the same
+            log.warning("the agent HOME of %s lacks what could not be copied: %s", issue, error.args[0][:3])
+        seed.rename(own)
+    return own
 
 
 @cache

@@ -94,14 +94,14 @@ class Turns:
         argv = agents.build_argv(self.priced_agent(task), turn.action, values)
         if task.mode == "plan":
             argv = agents.plan_argv(self.settings.agent, argv)
-        home = sandbox.agent_home(self.settings)
+        home = sandbox.agent_home(self.settings, ref)
         env = agents.agent_env(self.settings.agent, {
             "HOME": str(home), "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
             "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
             "FORGE_BRIDGE_TASK_ID": task.id, "FORGE_BRIDGE_MODE": task.mode or "build"})
         if sandbox.mode(self.settings.agent)[0] == "bwrap":
             argv = sandbox.wrap(argv, sandbox.confinement(
-                self.settings, worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
+                self.settings, ref, worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
                 session_dir=files))
 
         def started(pid: int) -> None:

@@ -150,6 +150,11 @@ def session_dir(data_dir: Path, issue: IssueRef) -> Path:
     return folder
 
 
+def home_dir(data_dir: Path, issue: IssueRef) -> Path:
+    """The issue's own agent HOME, with `agent.home_per_issue`."""
+    return _inside(data_dir, data_dir / "homes" / issue.dir_name)
+
+
 @contextmanager
 def mirror_lock(mirror: Path) -> Iterator[None]:
     """Agents of one repository share its mirror: fetches, worktree changes and pushes take turns (per host;

@@ -291,9 +291,9 @@ def test_garbage_collection_removes_only_unowned_worktrees(world):
     from forge_bridge.lifecycle import collect_garbage
 
     forge, repo, issue, intake = world
-    root = intake.settings.data_dir / "worktrees"
+    root, homes = intake.settings.data_dir / "worktrees", intake.settings.data_dir / "homes"
     owned, running, stray = root / "owned", root / "running", root / "stray"
-    for path in (owned, running, stray):
+    for path in (owned, running, stray, homes / "owned", homes / "stray", homes / "stray.new"):
         path.mkdir(parents=True)
     intake.store.save_session(Session(issue=f"{forge.host}/alice/widgets#1", forge=forge.kind,
                                       worktree=str(owned.resolve())))
@@ -303,8 +303,9 @@ def test_garbage_collection_removes_only_unowned_worktrees(world):
                                  action=TaskAction.START, message="m", requested_by="alice")
     intake.store.save_session(Session(issue=f"{forge.host}/alice/widgets#{second.number}", forge=forge.kind,
                                       worktree=str(running.resolve()), task_ids=[task.id], archived=True))
-    assert collect_garbage(intake.settings, intake.store) == [stray]
+    assert collect_garbage(intake.settings, intake.store) == [stray, homes / "stray", homes / "stray.new"]
     assert owned.exists() and running.exists() and not stray.exists()
+    assert [path.name for path in homes.iterdir()] == ["owned"]   # an issue's own HOME goes with its worktree
 
 
 def test_one_event_makes_at_most_one_task_when_a_later_step_fails_and_the_job_runs_again(world):

@@ -152,6 +152,7 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
 
     from forge_bridge import sandbox
     from forge_bridge.config import load_settings
+    from forge_bridge.models import IssueRef, RepoRef
 
     if sandbox.bwrap_works():
         pytest.skip(sandbox.bwrap_works())
@@ -171,7 +172,8 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
         listening.listen(1)
         settings = load_settings(config, environ={})
         assert set(sandbox.secret_files(settings)) == {config, key, redis_socket}
-        where = sandbox.confinement(settings, worktree=tmp_path / "w", mirror=tmp_path / "m",
+        issue = IssueRef(RepoRef("github.com", "alice", "widgets"), 1)
+        where = sandbox.confinement(settings, issue, worktree=tmp_path / "w", mirror=tmp_path / "m",
                                     session_dir=tmp_path / "s")
         for folder in (where.worktree, where.mirror, where.session_dir):
             folder.mkdir()
@@ -190,3 +192,53 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {str(config): "", str(key): "", str(neighbour): "not a secret\n",
                                        "socket": "ConnectionRefusedError"}
+
+
+AGENT_THAT_PLANTS = """
+import json, os, sys
+sys.stdin.read()
+home, number = os.environ["HOME"], os.environ["FORGE_BRIDGE_ISSUE_REF"].rsplit("#", 1)[1]
+seen = {"issue": int(number), "home": home, "seed": os.path.exists(os.path.join(home, "seed.txt")),
+        "planted": sorted(name for name in os.listdir(home) if name.startswith("planted-"))}
+open(os.path.join(home, "planted-" + number), "w").write("a hook for whoever runs next")
+open(os.path.join(home, f"seen-{number}.json"), "w").write(json.dumps(seen))
+open("AGENT_WORK.md", "w").write("done\\n")
+"""
+
+
+@pytest.mark.parametrize("per_issue", [False, True])
+def test_with_home_per_issue_what_an_agent_leaves_in_its_home_never_reaches_another_issue(github, start_bridge,
+                                                                                        tmp_path, per_issue):
+    from forge_bridge.sandbox import bwrap_works
+
+    repo = github.create_repo("alice", "widgets")
+    first, second = github.create_issue(repo, "One", "x"), github.create_issue(repo, "Two", "y")
+    data_dir = tmp_path / "bridge0" / "data"   # where start_bridge puts the first bridge's data
+    (data_dir / "agent-home").mkdir(parents=True)
+    (data_dir / "agent-home" / "seed.txt").write_text("a login the operator made")
+    agent = {"argv": json.dumps([sys.executable, "-c", AGENT_THAT_PLANTS]), "session_id": '"none"',
+             "home_per_issue": str(per_issue).lower()}
+    if not bwrap_works():   # confined where bubblewrap runs: the case this is for
+        agent |= {"sandbox": '"bwrap"', "sandbox_paths": _toml_list(
+            [str(Path(__file__).resolve().parents[1]), str(Path(sys.executable).resolve().parents[1])])}
+    bridge = start_bridge([github], agent=agent)
+    assert bridge.data_dir == data_dir
+
+    for issue in (first, second):   # one after the other: the second runs where the first left its plant
+        github.add_label(repo, issue, "kugetsu:todo")
+        wait_for(lambda issue=issue: _settled(github, repo, issue, "kugetsu:review"), timeout=90,
+                 what=f"issue {issue.number}")
+
+    seen = {entry["issue"]: entry for entry in
+            (json.loads(path.read_text()) for path in data_dir.rglob("seen-*.json"))}
+    assert seen[first.number]["planted"] == [] and all(entry["seed"] for entry in seen.values())
+    if per_issue:
+        assert seen[second.number]["planted"] == []   # the first issue's plant stayed in its own HOME
+        assert seen[first.number]["home"] != seen[second.number]["home"]
+        assert not list((data_dir / "agent-home").glob("planted-*"))
+        [pull] = [p for p in repo.pulls.values() if p.head.startswith(f"kugetsu/{first.number}-")]
+        github.merge_pull(repo, pull)   # the issue is done: its worktree is destroyed, and its HOME with it
+        wait_for(lambda: not Path(seen[first.number]["home"]).exists(), timeout=60, what="the first HOME gone")
+        assert Path(seen[second.number]["home"]).exists()
+    else:   # the default, one HOME for all agents: what the README warns about
+        assert seen[second.number]["planted"] == [f"planted-{first.number}"]
