@@ -132,6 +132,38 @@ def test_real_cli(preset, github, start_bridge, models, tmp_path):
     assert "unknown model 'nope'" in _status_comments(github, repo, issue)[0]
 
 
+def test_a_real_cli_with_a_home_per_issue_has_its_settings_and_resumes_its_session(github, start_bridge, models,
+                                                                                    tmp_path):
+    """opencode reads its provider from its HOME: with agent.home_per_issue the issue's copy has it, and keeps the
+    session the next turn resumes, while the HOME it was copied from gains nothing."""
+    from forge_bridge import worktrees
+    from forge_bridge.refs import parse_issue_ref
+
+    home = tmp_path / "home"
+    home.mkdir()
+    agent, env, _ = _opencode(models, home)
+    agent |= {"home": json.dumps(str(home)), "home_per_issue": "true"}
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([github], preset="opencode", agent=agent, env=env)
+    ref = f"{github.host}/alice/widgets#1"
+
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=120, what="the first run")
+    [pull] = repo.pulls.values()
+    session = Store(bridge.redis).session(ref).agent_session_id
+    github.comment(repo, issue, "@kugetsu-bot descending please")
+    wait_for(lambda: _files_on(repo, pull.head) == ["WORK-1.md", "WORK-2.md"], timeout=120, what="the resume")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=60, what="the second run to settle")
+
+    assert session and Store(bridge.redis).session(ref).agent_session_id == session
+    resumed = [r for r in models.main_requests() if "descending please" in _texts(r)][0]
+    assert "alphabetically" in _texts(resumed)
+    own = worktrees.home_dir(bridge.data_dir, parse_issue_ref(ref))
+    assert (own / ".config" / "opencode" / "opencode.json").is_file()
+    assert (own / ".local" / "share" / "opencode").is_dir() and not (home / ".local" / "share" / "opencode").exists()
+
+
 def test_check_prints_the_installed_version_and_the_tested_range(tmp_path):
     from test_cli import run_cli
 
