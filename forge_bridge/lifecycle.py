@@ -76,8 +76,8 @@ def collect_garbage(settings: Settings, store: Store) -> list[Path]:
         if session and session.worktree and (not session.archived or (latest and not latest.state.finished)):
             keep.add(session.worktree)
     removed = []
-    for path in sorted(root.iterdir()):
-        if str(path.resolve()) not in keep:
+    for path in sorted(root.iterdir()):   # a worktree, or the git directory beside it (<worktree>.git)
+        if str(path.with_name(path.name.removesuffix(".git")).resolve()) not in keep:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     homes = settings.data_dir / "homes"   # agent.home_per_issue: an issue's HOME goes with its worktree

@@ -2,9 +2,10 @@
 its HOME writable, a private /tmp and process namespace, and nothing else of data_dir or the bridge user's HOME,
 nor the bridge's configuration file, a GitHub App's private key file or a Redis socket wherever they are.
 
-Inside, the repository's mirror is writable (a commit writes objects and refs there) except its config, which
-is mounted read-only so the agent cannot give the bridge's git a hook or a program to run; the bridge restores
-it after every run anyway (worktrees.Checkout.restore), which also covers `sandbox = "none"`."""
+Inside, the issue's own git directory is writable (a commit writes objects and its branch there) and the
+repository's mirror, whose objects it borrows, is read-only: no agent can change what another issue's task of
+the repository commits or pushes. What an agent writes in its own git directory (a hook, a program to run) the
+bridge undoes after every run (worktrees.Checkout.restore), which also covers `sandbox = "none"`."""
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,8 @@ class Confinement:
     """Where one agent run may write, and what more it may read."""
 
     worktree: Path
-    mirror: Path
+    gitdir: Path                      # the issue's own git directory (worktrees.Checkout.gitdir)
+    mirror: Path                      # read-only: its objects are borrowed
     session_dir: Path
     home: Path
     hidden: tuple[Path, ...]          # data_dir and the bridge user's HOME
@@ -48,7 +50,8 @@ def confinement(settings: Settings, issue: IssueRef, *, worktree: Path, mirror: 
     if not empty.is_file():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         empty.touch(mode=0o444)
-    return Confinement(worktree=worktree, mirror=mirror, session_dir=session_dir, home=agent_home(settings, issue),
+    return Confinement(worktree=worktree, gitdir=worktrees.Checkout(mirror, worktree).gitdir, mirror=mirror,
+                       session_dir=session_dir, home=agent_home(settings, issue),
                        hidden=(settings.data_dir, Path.home()), masked=secret_files(settings), empty=empty,
                        readable=tuple(Path(p) for p in settings.agent.sandbox_paths))
 
@@ -148,10 +151,9 @@ def wrap(argv: list[str], where: Confinement) -> list[str]:
     for path in where.hidden:
         if str(path) not in ("/", "") and path.exists():
             command += ["--tmpfs", str(path)]
-    for path in (where.home, where.worktree, where.mirror, where.session_dir):
+    for path in (where.home, where.worktree, where.gitdir, where.session_dir):
         command += ["--bind", str(path), str(path)]
-    if (where.mirror / "config").exists():
-        command += ["--ro-bind", str(where.mirror / "config"), str(where.mirror / "config")]
+    command += ["--ro-bind", str(where.mirror), str(where.mirror)]
     for path in where.readable:
         if path.exists():
             command += ["--ro-bind", str(path), str(path)]

@@ -1,11 +1,13 @@
-"""Bare mirrors, per-issue worktrees, branches and pushes; every git call is an argv, never a shell.
+"""Bare mirrors, per-issue repositories and worktrees, branches and pushes; every git call is an argv, never a shell.
 
-An agent can write its worktree's git metadata, and that is shared with the repository's mirror: `git config`
-in the worktree writes the mirror's config, and the `.git` file can be pointed anywhere. So the bridge's own git
-never trusts them: it runs with a minimal environment and settings that turn hooks, fsmonitor and credential
-helpers off, names its git directory itself instead of reading `.git`, rewrites the mirror's config and the
-worktree's links to what the bridge made before it runs anything there, and fetches from and pushes to the
-forge's clone URL by value, never through a remote an agent could have redirected."""
+Each issue's worktree has a git directory of its own (`<worktree>.git`, beside it) that borrows the mirror's
+objects read-only (git alternates): an agent writes its own commits, branch and index there, and under the
+sandbox sees the mirror read-only, so it cannot change what another issue's task commits or pushes. An agent can
+still write its own git directory and `.git` file, so the bridge's own git never trusts them: it runs with a
+minimal environment and settings that turn hooks, fsmonitor and credential helpers off, names its git directory
+itself instead of reading `.git`, rewrites that directory's config, links and alternates to what the bridge made
+(and drops any symbolic link an agent put there) before it runs anything there, and fetches from and pushes to
+the forge's clone URL by value, never through a remote an agent could have redirected."""
 from __future__ import annotations
 
 import base64
@@ -71,32 +73,57 @@ def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
     return done.stdout.strip()
 
 
+ISSUE_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+# A git directory's own parts the bridge writes through: a symbolic link an agent left among them could send
+# the bridge's writes (a branch, a reflog) into another issue's repository.
+_OWN_PARTS = ("HEAD", "index", "packed-refs", "refs", "logs", "info", "objects", "objects/info")
+
+
 @dataclass(frozen=True)
 class Checkout:
-    """An issue's worktree and the mirror it belongs to; git finds its metadata from here, never from `.git`."""
+    """An issue's worktree, its own git directory and the mirror whose objects that borrows; git finds its
+    metadata from here, never from `.git`."""
 
     mirror: Path
     worktree: Path
 
     @property
     def gitdir(self) -> Path:
-        return self.mirror / "worktrees" / self.worktree.name
+        return self.worktree.with_name(f"{self.worktree.name}.git")
 
     def restore(self) -> None:
-        """Undo what an agent may have changed in the git metadata: the mirror's config, the worktree's links
-        both ways and its own config. Call with the mirror locked, when no agent of the repository runs."""
+        """Undo what an agent may have changed in the git metadata: the mirror's config, its own git directory's
+        config, links, alternates and excludes, and the worktree's `.git` file. Call with the mirror locked."""
         restore_mirror(self.mirror)
-        if not self.gitdir.is_dir():
+        gitdir = self.gitdir
+        if not gitdir.is_dir() or gitdir.is_symlink():
             return
-        (self.gitdir / "commondir").write_text("../..\n")
-        (self.gitdir / "gitdir").write_text(f"{self.worktree / '.git'}\n")
-        (self.gitdir / "config.worktree").unlink(missing_ok=True)
+        for part in _OWN_PARTS:
+            if (gitdir / part).is_symlink():
+                (gitdir / part).unlink()
+        for leftover in ("commondir", "gitdir", "config.worktree"):   # what would make it another's worktree
+            (gitdir / leftover).unlink(missing_ok=True)
+        _drop_links(gitdir / "refs", gitdir / "logs")
+        (gitdir / "config").write_text(ISSUE_CONFIG)
+        for folder in ("objects/info", "info", "refs"):
+            (gitdir / folder).mkdir(parents=True, exist_ok=True)
+        (gitdir / "objects" / "info" / "alternates").write_text(f"{self.mirror / 'objects'}\n")
+        (gitdir / "info" / "exclude").write_text("".join(f"{pattern}\n" for pattern in AGENT_FILES))
         dot_git = self.worktree / ".git"
         if dot_git.is_dir() and not dot_git.is_symlink():
             shutil.rmtree(dot_git)
         else:
             dot_git.unlink(missing_ok=True)
-        dot_git.write_text(f"gitdir: {self.gitdir}\n")
+        dot_git.write_text(f"gitdir: {gitdir}\n")
+
+
+def _drop_links(*folders: Path) -> None:
+    """Remove every symbolic link under these folders (refs and reflogs are plain files and folders)."""
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            for name in [*dirs, *files]:
+                if (Path(root) / name).is_symlink():
+                    (Path(root) / name).unlink()
 
 
 def restore_mirror(mirror: Path) -> None:
@@ -177,69 +204,96 @@ def sync_mirror(mirror: Path, clone_url: str, env: dict[str, str]) -> None:
     git("fetch", "--prune", "--quiet", clone_url, "+refs/heads/*:refs/remotes/origin/*", cwd=mirror, env=env)
 
 
-def _has_ref(mirror: Path, ref: str) -> bool:
+def _has_ref(where: Path | Checkout, ref: str) -> bool:
     try:
-        git("rev-parse", "--verify", "--quiet", ref, cwd=mirror)
+        if isinstance(where, Checkout):
+            git("rev-parse", "--verify", "--quiet", ref, checkout=where)
+        else:
+            git("rev-parse", "--verify", "--quiet", ref, cwd=where)
     except GitError:
         return False
     return True
 
 
 # What agents leave in a worktree that is theirs, not the project's (aider's caches and histories): excluded in
-# the mirror, which every worktree of the repository shares, so it is never committed and the project's own
-# .gitignore is never touched.
+# the issue's git directory (info/exclude), so it is never committed and the project's own .gitignore is never
+# touched.
 AGENT_FILES = (".aider*",)
 
 
-def exclude_agent_files(mirror: Path) -> None:
-    exclude = mirror / "info" / "exclude"
-    present = exclude.read_text().splitlines() if exclude.exists() else []
-    missing = [pattern for pattern in AGENT_FILES if pattern not in present]
-    if missing:
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        exclude.write_text("\n".join([*present, *missing]) + "\n")
+def refresh_remotes(checkout: Checkout) -> None:
+    """The issue's copy of the mirror's remote branches (`refs/remotes/origin/*`), as the last fetch left them:
+    the objects are the mirror's own (alternates), so only the refs are written."""
+    listed = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes/origin/", cwd=checkout.mirror)
+    wanted = dict(reversed(line.split(" ", 1)) for line in listed.splitlines())
+    present = git("for-each-ref", "--format=%(refname)", "refs/remotes/origin/", checkout=checkout).splitlines()
+    commands = [f"update {ref} {sha}" for ref, sha in wanted.items()]
+    commands += [f"delete {ref}" for ref in present if ref not in wanted]
+    if commands:
+        git("update-ref", "--stdin", checkout=checkout, input="\n".join(commands) + "\n")
+
+
+def _new_repository(checkout: Checkout) -> None:
+    """The issue's own git directory, borrowing the mirror's objects, and the worktree's link to it."""
+    shutil.rmtree(checkout.gitdir, ignore_errors=True)
+    checkout.worktree.mkdir(parents=True, exist_ok=True)
+    git("init", "--quiet", f"--separate-git-dir={checkout.gitdir}", str(checkout.worktree), cwd=checkout.mirror)
+    checkout.restore()
+    refresh_remotes(checkout)
+
+
+def _adopt_linked_worktree(checkout: Checkout, branch: str) -> None:
+    """A worktree made by an earlier version, as a worktree of the mirror itself: it gets a git directory of its
+    own on the same branch and commit; its files, changed or not, stay as they are."""
+    linked = checkout.mirror / "worktrees" / checkout.worktree.name
+    known = _has_ref(checkout.mirror, f"refs/heads/{branch}")
+    sha = git("rev-parse", f"refs/heads/{branch}", cwd=checkout.mirror) if known else ""
+    (checkout.worktree / ".git").unlink(missing_ok=True)
+    _new_repository(checkout)
+    if sha:
+        git("update-ref", f"refs/heads/{branch}", sha, checkout=checkout)
+        git("symbolic-ref", "HEAD", f"refs/heads/{branch}", checkout=checkout)
+        git("reset", "--quiet", checkout=checkout)   # the index from the branch; the files untouched
+    shutil.rmtree(linked, ignore_errors=True)
 
 
 def ensure_worktree(checkout: Checkout, *, branch: str, base: str) -> None:
     """The issue's worktree on its branch: reused when present (its links restored), else the repository's spare
     moved into place, else a new one — from the branch or from the base. Call under the mirror lock."""
-    mirror, worktree = checkout.mirror, checkout.worktree
-    exclude_agent_files(mirror)
-    want_spare(mirror, base)
+    worktree = checkout.worktree
+    want_spare(checkout.mirror, base)
+    if worktree.is_dir() and not checkout.gitdir.is_dir() and (worktree / ".git").is_file():
+        _adopt_linked_worktree(checkout, branch)
     if worktree.is_dir() and checkout.gitdir.is_dir():
         checkout.restore()
+        refresh_remotes(checkout)
         return
-    git("worktree", "prune", cwd=mirror)
     worktree.parent.mkdir(parents=True, exist_ok=True)
-    if _has_ref(mirror, f"refs/heads/{branch}"):
-        switch, add = [branch], [str(worktree), branch]
-    else:
-        start = f"origin/{branch}" if _has_ref(mirror, f"refs/remotes/origin/{branch}") else f"origin/{base}"
-        switch, add = ["-B", branch, start], ["-b", branch, str(worktree), start]
     if _take_spare(checkout):
-        git("checkout", "--quiet", *switch, checkout=checkout)
-    else:   # every file written: in parallel, one process a core (a quarter faster on 2 cores, 20,000 files)
-        git("-c", "checkout.workers=0", "worktree", "add", "--quiet", *add, cwd=mirror)
+        refresh_remotes(checkout)
+    else:
+        _new_repository(checkout)
+    if _has_ref(checkout, f"refs/heads/{branch}"):
+        switch = [branch]
+    else:
+        start = f"origin/{branch}" if _has_ref(checkout, f"refs/remotes/origin/{branch}") else f"origin/{base}"
+        switch = ["-B", branch, start]
+    # A new worktree gets every file: in parallel, one process a core (a quarter faster on 2 cores, 20,000 files).
+    git("-c", "checkout.workers=0", "checkout", "--quiet", *switch, checkout=checkout)
 
 
-def _spare_admin(mirror: Path) -> Path | None:
-    """The spare's git directory, when the spare's link names one of this mirror's worktrees that exists."""
-    try:
-        admin = Path((spare_dir(mirror) / ".git").read_text().removeprefix("gitdir:").strip())
-    except OSError:
-        return None
-    return admin if admin.parent == mirror / "worktrees" and admin.is_dir() else None
+def _spare(mirror: Path) -> Checkout:
+    return Checkout(mirror, spare_dir(mirror))
 
 
 def _take_spare(checkout: Checkout) -> bool:
-    """Rename the spare and its git directory to the issue's names (what `git worktree move` does, but under the
-    name the bridge derives the git directory from); the files keep their index entries, so the checkout that
-    follows touches only what differs."""
-    spare, admin = spare_dir(checkout.mirror), _spare_admin(checkout.mirror)
-    if admin is None or checkout.gitdir.exists():
+    """Rename the spare and its git directory to the issue's; the files keep their index entries, so the
+    checkout that follows touches only what differs."""
+    spare = _spare(checkout.mirror)
+    if not (spare.gitdir.is_dir() and (spare.worktree / ".git").is_file()) or checkout.gitdir.exists():
         return False
-    spare.rename(checkout.worktree)
-    admin.rename(checkout.gitdir)
+    spare.worktree.rename(checkout.worktree)
+    spare.gitdir.rename(checkout.gitdir)
     checkout.restore()
     return True
 
@@ -254,8 +308,8 @@ def want_spare(mirror: Path, base: str) -> None:
 def prepare_spare(mirror: Path) -> bool:
     """Check out the repository's next spare, when it has none (worker housekeeping, between jobs, so no agent
     waits for it). Call under the mirror lock. True when one was made."""
-    spare, wanted = spare_dir(mirror), mirror / SPARE_BASE
-    if (spare / ".git").is_file():
+    spare, wanted = _spare(mirror), mirror / SPARE_BASE
+    if (spare.worktree / ".git").is_file() and spare.gitdir.is_dir():
         settle_spare(mirror)
         return False
     if not wanted.is_file():
@@ -263,12 +317,9 @@ def prepare_spare(mirror: Path) -> bool:
     base = wanted.read_text().strip()
     if not _has_ref(mirror, f"refs/remotes/origin/{base}"):
         return False
-    if spare.exists():
-        shutil.rmtree(spare)
-    restore_mirror(mirror)   # the checkout runs no filter an agent may have configured
-    git("worktree", "prune", cwd=mirror)
-    spare.parent.mkdir(parents=True, exist_ok=True)
-    git("worktree", "add", "--quiet", "--detach", str(spare), f"origin/{base}", cwd=mirror)
+    shutil.rmtree(spare.worktree, ignore_errors=True)
+    _new_repository(spare)   # restored first: the checkout runs no filter an agent may have configured
+    git("checkout", "--quiet", "--detach", f"origin/{base}", checkout=spare)
     return True
 
 
@@ -279,16 +330,15 @@ def settle_spare(mirror: Path) -> bool:
     """Rewrite a spare's index once a second has passed since it was checked out. Git takes a file written in
     the same second as the index for possibly changed ("racily clean") and reads it again on the next checkout:
     most of a just-made spare, so taking it would cost twice as long. True when it was settled now."""
-    spare, admin = spare_dir(mirror), _spare_admin(mirror)
+    spare = _spare(mirror)
     try:
-        if admin is None or (admin / SETTLED).exists() or time.time() - (admin / "index").stat().st_mtime < 1.0:
+        if (spare.gitdir / SETTLED).exists() or time.time() - (spare.gitdir / "index").stat().st_mtime < 1.0:
             return False
-    except OSError:   # no index yet
+    except OSError:   # no spare, or no index yet
         return False
-    restore_mirror(mirror)   # what the refresh reads (filters) is the bridge's configuration, not an agent's
-    git("update-index", "-q", "--refresh", "--force-write-index",
-        env={**git_env(), "GIT_DIR": str(admin), "GIT_WORK_TREE": str(spare)}, cwd=spare)
-    (admin / SETTLED).touch()
+    spare.restore()   # what the refresh reads (filters) is the bridge's configuration, not an agent's
+    git("update-index", "-q", "--refresh", "--force-write-index", checkout=spare)
+    (spare.gitdir / SETTLED).touch()
     return True
 
 
@@ -296,7 +346,8 @@ def catch_up(checkout: Checkout, branch: str) -> None:
     """Fast-forward the worktree to the pushed branch: on another host (or by hand) the branch may have moved
     on since this worktree last ran. Local work that diverged from it is never thrown away: that is an error."""
     remote = f"refs/remotes/origin/{branch}"
-    if not _has_ref(checkout.mirror, remote):
+    refresh_remotes(checkout)
+    if not _has_ref(checkout, remote):
         return
     try:
         git("merge-base", "--is-ancestor", remote, "HEAD", checkout=checkout)
@@ -354,6 +405,7 @@ def _without_signature(header: list[str]) -> list[str]:
 def add_trailer(checkout: Checkout, trailer: str) -> int:
     """Add `trailer` (a `Co-authored-by:` line) to each commit not yet on the remote, oldest first, keeping their
     trees, authors and dates; commits already pushed are never rewritten. How many were rewritten."""
+    refresh_remotes(checkout)
     commits = git("rev-list", "--reverse", "--topo-order", "HEAD", "--not", "--remotes=origin",
                   checkout=checkout).split()
     moved: dict[str, str] = {}
@@ -386,8 +438,10 @@ def push(checkout: Checkout, branch: str, clone_url: str, env: dict[str, str]) -
 
 def unpushed_work(checkout: Checkout) -> str:
     """Why removing the worktree would lose work ("" when nothing would be lost). Fetch first."""
-    if not (checkout.worktree / ".git").exists():
+    if not (checkout.worktree / ".git").exists() or not checkout.gitdir.is_dir():
         return ""
+    checkout.restore()
+    refresh_remotes(checkout)
     if git("status", "--porcelain", checkout=checkout):
         return "the worktree has uncommitted changes"
     ahead = int(git("rev-list", "--count", "HEAD", "--not", "--remotes=origin", checkout=checkout))
@@ -395,12 +449,11 @@ def unpushed_work(checkout: Checkout) -> str:
 
 
 def remove_worktree(data_dir: Path, mirror: Path, worktree: Path) -> None:
-    """Remove the worktree and its registration; never anything outside data_dir."""
-    worktree = _inside(data_dir, worktree)
-    restore_mirror(mirror)
-    if (mirror / "HEAD").exists() and (worktree / ".git").exists():
-        git("worktree", "remove", "--force", str(worktree), cwd=mirror)
-    if worktree.exists():
-        shutil.rmtree(worktree)
-    if (mirror / "HEAD").exists():
-        git("worktree", "prune", cwd=mirror)
+    """Remove the worktree and its git directory; never anything outside data_dir."""
+    checkout = Checkout(mirror, _inside(data_dir, worktree))
+    for path in (checkout.worktree, _inside(data_dir, checkout.gitdir)):
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    shutil.rmtree(mirror / "worktrees" / worktree.name, ignore_errors=True)   # an earlier version's link

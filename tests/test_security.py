@@ -70,8 +70,8 @@ def test_a_hostile_agent_cannot_make_the_bridge_git_run_its_code_or_push_elsewhe
         assert shown.stdout == "an honest-looking edit\n"
     mirror = next((bridge.data_dir / "mirrors").glob("*.git"))
     assert (mirror / "config").read_text() == CANONICAL_CONFIG   # nothing the agents set survives their task
-    for worktree in (bridge.data_dir / "worktrees").iterdir():
-        assert (worktree / ".git").read_text() == f"gitdir: {mirror / 'worktrees' / worktree.name}\n"
+    for worktree in (bridge.data_dir / "worktrees").glob("*[0-9]"):   # each links to its own git directory
+        assert (worktree / ".git").read_text() == f"gitdir: {worktree}.git\n"
 
 
 def test_the_bridge_git_carries_no_inherited_secret(monkeypatch, tmp_path):
@@ -175,7 +175,7 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
         issue = IssueRef(RepoRef("github.com", "alice", "widgets"), 1)
         where = sandbox.confinement(settings, issue, worktree=tmp_path / "w", mirror=tmp_path / "m",
                                     session_dir=tmp_path / "s")
-        for folder in (where.worktree, where.mirror, where.session_dir):
+        for folder in (where.worktree, where.gitdir, where.mirror, where.session_dir):
             folder.mkdir()
         probe = ("import json, socket, sys\n"
                  "seen = {name: open(name).read() for name in sys.argv[2:]}\n"
@@ -242,3 +242,65 @@ def test_with_home_per_issue_what_an_agent_leaves_in_its_home_never_reaches_anot
         assert Path(seen[second.number]["home"]).exists()
     else:   # the default, one HOME for all agents: what the README warns about
         assert seen[second.number]["planted"] == [f"planted-{first.number}"]
+
+
+AGENT_THAT_REACHES_FOR_THE_MIRROR = """
+import json, os, sys
+from pathlib import Path
+sys.stdin.read()
+number = os.environ["FORGE_BRIDGE_ISSUE_REF"].rsplit("#", 1)[1]
+gitdir = Path(Path(".git").read_text().split(":", 1)[1].strip())
+objects = Path((gitdir / "objects" / "info" / "alternates").read_text().strip())   # the mirror's, borrowed
+mirror = objects.parent
+tried = {}
+def attempt(name, action):
+    try:
+        action()
+        tried[name] = "done"
+    except OSError as error:
+        tried[name] = error.strerror
+attempt("another issue's branch", lambda: (mirror / "refs" / "heads" / "planted").write_text("0" * 40 + "\\n"))
+attempt("the shared refs", lambda: (mirror / "packed-refs").write_text("0" * 40 + " refs/heads/planted\\n"))
+attempt("a shared object", lambda: (objects / "info" / "planted").write_text("x"))
+def link_out():   # its branches' folder made a link into the mirror, for the bridge's own git to write through
+    (gitdir / "refs" / "heads" / "kugetsu").rename(gitdir / "moved")
+    (gitdir / "refs" / "heads" / "kugetsu").symlink_to(mirror / "refs" / "heads")
+attempt("a link out of its own", link_out)
+Path("AGENT_WORK.md").write_text(f"the work of issue {number}\\n")
+Path(os.environ["HOME"], f"tried-{number}.json").write_text(json.dumps(tried))
+"""
+
+
+def test_a_confined_agent_cannot_change_what_another_issue_of_its_repository_commits(github, start_bridge,
+                                                                                      tmp_path):
+    """Each issue's repository borrows the mirror's objects read-only: an agent cannot write the mirror's
+    branches, refs or objects that other issues' tasks read, and a link it leaves in its own git directory is
+    dropped before the bridge's git writes there."""
+    from forge_bridge.sandbox import bwrap_works
+
+    if bwrap_works():
+        pytest.skip(bwrap_works())
+    repo = github.create_repo("alice", "widgets")
+    first, second = github.create_issue(repo, "One", "x"), github.create_issue(repo, "Two", "y")
+    bridge = start_bridge([github], agent={
+        "argv": json.dumps([sys.executable, "-c", AGENT_THAT_REACHES_FOR_THE_MIRROR]), "session_id": '"none"',
+        "sandbox": '"bwrap"', "sandbox_paths": _toml_list([str(Path(__file__).resolve().parents[1]),
+                                                           str(Path(sys.executable).resolve().parents[1])])})
+    for issue in (first, second):
+        github.add_label(repo, issue, "kugetsu:todo")
+        wait_for(lambda issue=issue: _settled(github, repo, issue, "kugetsu:review"), timeout=90,
+                 what=f"issue {issue.number}")
+
+    tried = json.loads((bridge.data_dir / "agent-home" / f"tried-{first.number}.json").read_text())
+    assert tried == {"another issue's branch": "Read-only file system", "the shared refs": "Read-only file system",
+                     "a shared object": "Read-only file system", "a link out of its own": "done"}
+    mirror = next((bridge.data_dir / "mirrors").glob("*.git"))
+    assert not (mirror / "refs" / "heads" / "planted").exists() and not (mirror / "packed-refs").exists()
+    assert list((mirror / "refs" / "heads").iterdir()) == []   # nor did the bridge's own git write one there
+    for issue in (first, second):   # each pull request holds its own issue's work, on its own branch
+        [pull] = [p for p in repo.pulls.values() if p.head.startswith(f"kugetsu/{issue.number}-")]
+        shown = subprocess.run(["git", "show", f"{pull.head}:AGENT_WORK.md"], cwd=repo.bare, capture_output=True,
+                               text=True)
+        assert shown.stdout == f"the work of issue {issue.number}\n"
+    worktree = next(p for p in (bridge.data_dir / "worktrees").glob("*-1"))
+    assert not (Path(f"{worktree}.git") / "refs" / "heads" / "kugetsu").is_symlink()   # dropped by the bridge

@@ -1,6 +1,7 @@
 """Mirrors, worktrees, branches and pushes with real git; no path a forge sends can leave data_dir."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -146,8 +147,11 @@ def test_a_new_issue_takes_the_spare_worktree_checked_out_ahead(tmp_path):
     assert worktrees.commit_leftovers(second, "work", author="bot")
     worktrees.push(second, "kugetsu/2-b", str(origin), env)
     assert worktrees.head(first) != worktrees.head(second)   # the first issue's worktree is its own
-    listed = worktrees.git("worktree", "list", "--porcelain", cwd=mirror)
-    assert str(second.worktree) in listed and str(spare) not in listed
+    # Each issue's repository is its own, borrowing the mirror's objects; the mirror gains no branch or worktree.
+    assert (second.gitdir / "objects" / "info" / "alternates").read_text() == f"{mirror / 'objects'}\n"
+    assert worktrees.git("for-each-ref", "refs/heads", cwd=mirror) == "" and not (mirror / "worktrees").exists()
+    assert worktrees.git("rev-parse", "kugetsu/1-a", checkout=first) != "" and \
+        worktrees.git("for-each-ref", "refs/heads/kugetsu/1-a", checkout=second) == ""
 
 
 def _with_a_spare(tmp_path: Path):
@@ -199,13 +203,15 @@ def test_a_spare_takes_the_issue_branch_already_pushed(tmp_path):
     assert not worktrees.spare_dir(mirror).exists()
 
 
-def test_a_spare_whose_link_points_elsewhere_is_not_taken(tmp_path):
+def test_a_spare_without_its_git_directory_is_not_taken(tmp_path):
     _, data, repo, mirror, _ = _with_a_spare(tmp_path)
-    (worktrees.spare_dir(mirror) / ".git").write_text(f"gitdir: {tmp_path / 'elsewhere'}\n")
+    spare = worktrees.Checkout(mirror, worktrees.spare_dir(mirror))
+    shutil.rmtree(spare.gitdir)   # a crash between making the two
     second = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 2)))
     worktrees.ensure_worktree(second, branch="kugetsu/2-b", base="main")
-    assert worktrees.spare_dir(mirror).exists() and (second.worktree / "f").read_text() == "1"
+    assert spare.worktree.exists() and (second.worktree / "f").read_text() == "1"
     assert _status(second) == ""
+    assert worktrees.prepare_spare(mirror) and spare.gitdir.is_dir()   # housekeeping makes it anew
 
 
 def test_housekeeping_makes_each_repositorys_spare_and_skips_a_broken_mirror(tmp_path, caplog):
@@ -250,3 +256,30 @@ def test_a_trailer_is_added_to_each_unpushed_commit_and_never_to_pushed_ones(tmp
     worktrees.push(checkout, "kugetsu/3-x", str(origin), env)
     worktrees.sync_mirror(checkout.mirror, str(origin), env)
     assert worktrees.add_trailer(checkout, "Co-authored-by: Bob <b@example.com>") == 0   # all on the remote now
+
+
+def test_a_worktree_an_earlier_version_made_in_the_mirror_gets_a_repository_of_its_own(tmp_path):
+    """Earlier versions made each worktree a worktree of the mirror itself: such a worktree keeps its branch,
+    its commits and its uncommitted edits, and leaves the mirror."""
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    issue = IssueRef(RepoRef("h.example", "o", "r"), 5)
+    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
+    worktrees.sync_mirror(checkout.mirror, str(origin), worktrees.git_env(str(origin), ""))
+    checkout.worktree.parent.mkdir(parents=True)
+    worktrees.git("worktree", "add", "--quiet", "-b", "kugetsu/5-x", str(checkout.worktree), "origin/main",
+                  cwd=checkout.mirror)
+    (checkout.worktree / "done").write_text("committed")
+    subprocess.run(["git", "-C", str(checkout.worktree), "add", "done"], check=True)
+    subprocess.run(["git", "-C", str(checkout.worktree), "-c", "user.name=a", "-c", "user.email=a@b", "commit",
+                    "-qm", "earlier work"], check=True)
+    made = subprocess.run(["git", "-C", str(checkout.worktree), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (checkout.worktree / "f").write_text("edited, not committed")
+
+    worktrees.ensure_worktree(checkout, branch="kugetsu/5-x", base="main")
+
+    assert (checkout.worktree / ".git").read_text() == f"gitdir: {checkout.gitdir}\n"
+    assert worktrees.head(checkout) == made
+    assert worktrees.git("rev-parse", "--abbrev-ref", "HEAD", checkout=checkout) == "kugetsu/5-x"
+    assert _status(checkout) == "M f" and (checkout.worktree / "f").read_text() == "edited, not committed"
+    assert not (checkout.mirror / "worktrees" / checkout.worktree.name).exists()
