@@ -96,7 +96,9 @@ class Checkout:
         config, links, alternates and excludes, and the worktree's `.git` file. Call with the mirror locked."""
         restore_mirror(self.mirror)
         gitdir = self.gitdir
-        if not gitdir.is_dir() or gitdir.is_symlink():
+        if gitdir.is_symlink():   # never followed: the issue's repository is gone, and git says so
+            gitdir.unlink()
+        if not gitdir.is_dir():
             return
         for part in _OWN_PARTS:
             if (gitdir / part).is_symlink():
@@ -224,13 +226,17 @@ AGENT_FILES = (".aider*",)
 def refresh_remotes(checkout: Checkout) -> None:
     """The issue's copy of the mirror's remote branches (`refs/remotes/origin/*`), as the last fetch left them:
     the objects are the mirror's own (alternates), so only the refs are written."""
-    listed = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes/origin/", cwd=checkout.mirror)
-    wanted = dict(reversed(line.split(" ", 1)) for line in listed.splitlines())
-    present = git("for-each-ref", "--format=%(refname)", "refs/remotes/origin/", checkout=checkout).splitlines()
-    commands = [f"update {ref} {sha}" for ref, sha in wanted.items()]
+    wanted, present = _remote_refs(cwd=checkout.mirror), _remote_refs(checkout=checkout)
+    commands = [f"update {ref} {sha}" for ref, sha in wanted.items() if present.get(ref) != sha]
     commands += [f"delete {ref}" for ref in present if ref not in wanted]
-    if commands:
+    if commands:   # only what moved: a repository may have thousands of branches
         git("update-ref", "--stdin", checkout=checkout, input="\n".join(commands) + "\n")
+
+
+def _remote_refs(**where) -> dict[str, str]:
+    """refs/remotes/origin/* -> commit, of the mirror (cwd=) or of an issue's repository (checkout=)."""
+    listed = git("for-each-ref", "--format=%(refname) %(objectname)", "refs/remotes/origin/", **where)
+    return dict(line.split(" ", 1) for line in listed.splitlines())
 
 
 def _new_repository(checkout: Checkout) -> None:

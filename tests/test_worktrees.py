@@ -283,3 +283,23 @@ def test_a_worktree_an_earlier_version_made_in_the_mirror_gets_a_repository_of_i
     assert worktrees.git("rev-parse", "--abbrev-ref", "HEAD", checkout=checkout) == "kugetsu/5-x"
     assert _status(checkout) == "M f" and (checkout.worktree / "f").read_text() == "edited, not committed"
     assert not (checkout.mirror / "worktrees" / checkout.worktree.name).exists()
+
+
+def test_an_issue_repository_follows_the_mirror_s_remote_branches_added_moved_and_deleted(tmp_path):
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    issue = IssueRef(RepoRef("h.example", "o", "r"), 6)
+    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
+    env = worktrees.git_env(str(origin), "")
+    worktrees.sync_mirror(checkout.mirror, str(origin), env)
+    worktrees.ensure_worktree(checkout, branch="kugetsu/6-x", base="main")
+    added = _commit_to(origin, tmp_path, "feature", "feature", "new")
+    moved = _commit_to(origin, tmp_path, "main", "later", "on main")
+    worktrees.sync_mirror(checkout.mirror, str(origin), env)
+    worktrees.refresh_remotes(checkout)
+    remotes = worktrees.git("for-each-ref", "--format=%(refname) %(objectname)", "refs/remotes", checkout=checkout)
+    assert remotes.splitlines() == [f"refs/remotes/origin/feature {added}", f"refs/remotes/origin/main {moved}"]
+    subprocess.run(["git", "-C", str(origin), "branch", "-D", "feature"], check=True, capture_output=True)
+    worktrees.sync_mirror(checkout.mirror, str(origin), env)
+    worktrees.refresh_remotes(checkout)
+    assert worktrees.git("for-each-ref", "--format=%(refname)", "refs/remotes", checkout=checkout) == \
+        "refs/remotes/origin/main"
