@@ -118,6 +118,17 @@ def _commit_to(origin: Path, tmp_path: Path, branch: str, name: str, text: str) 
     return subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
+def _issue_worktree(tmp_path: Path, number: int, branch: str):
+    """An issue's worktree on `branch`, from a fresh mirror of a new origin: (origin, checkout, env)."""
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    issue = IssueRef(RepoRef("h.example", "o", "r"), number)
+    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
+    env = worktrees.git_env(str(origin), "")
+    worktrees.sync_mirror(checkout.mirror, str(origin), env)
+    worktrees.ensure_worktree(checkout, branch=branch, base="main")
+    return origin, checkout, env
+
+
 def _status(checkout: worktrees.Checkout) -> str:
     return worktrees.git("status", "--porcelain", checkout=checkout)
 
@@ -233,12 +244,7 @@ def test_housekeeping_makes_each_repositorys_spare_and_skips_a_broken_mirror(tmp
 
 
 def test_a_trailer_is_added_to_each_unpushed_commit_and_never_to_pushed_ones(tmp_path):
-    origin, data = _origin(tmp_path), tmp_path / "data"
-    issue = IssueRef(RepoRef("h.example", "o", "r"), 3)
-    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
-    env = worktrees.git_env(str(origin), "")
-    worktrees.sync_mirror(checkout.mirror, str(origin), env)
-    worktrees.ensure_worktree(checkout, branch="kugetsu/3-x", base="main")
+    origin, checkout, env = _issue_worktree(tmp_path, 3, "kugetsu/3-x")
     pushed_before = worktrees.head(checkout)
     for name in ("a", "b"):
         (checkout.worktree / name).write_text(name)
@@ -286,12 +292,7 @@ def test_a_worktree_an_earlier_version_made_in_the_mirror_gets_a_repository_of_i
 
 
 def test_an_issue_repository_follows_the_mirror_s_remote_branches_added_moved_and_deleted(tmp_path):
-    origin, data = _origin(tmp_path), tmp_path / "data"
-    issue = IssueRef(RepoRef("h.example", "o", "r"), 6)
-    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
-    env = worktrees.git_env(str(origin), "")
-    worktrees.sync_mirror(checkout.mirror, str(origin), env)
-    worktrees.ensure_worktree(checkout, branch="kugetsu/6-x", base="main")
+    origin, checkout, env = _issue_worktree(tmp_path, 6, "kugetsu/6-x")
     added = _commit_to(origin, tmp_path, "feature", "feature", "new")
     moved = _commit_to(origin, tmp_path, "main", "later", "on main")
     worktrees.sync_mirror(checkout.mirror, str(origin), env)
