@@ -248,18 +248,20 @@ def _new_repository(checkout: Checkout) -> None:
     refresh_remotes(checkout)
 
 
-def _adopt_linked_worktree(checkout: Checkout, branch: str) -> None:
+def _adopt_linked_worktree(checkout: Checkout, branch: str, base: str) -> None:
     """A worktree made by an earlier version, as a worktree of the mirror itself: it gets a git directory of its
-    own on the same branch and commit; its files, changed or not, stay as they are."""
+    own on the same branch and commit (else the pushed branch, else the base); its files, changed or not, stay as
+    they are."""
     linked = checkout.mirror / "worktrees" / checkout.worktree.name
     known = _has_ref(checkout.mirror, f"refs/heads/{branch}")
     sha = git("rev-parse", f"refs/heads/{branch}", cwd=checkout.mirror) if known else ""
     (checkout.worktree / ".git").unlink(missing_ok=True)
     _new_repository(checkout)
-    if sha:
-        git("update-ref", f"refs/heads/{branch}", sha, checkout=checkout)
-        git("symbolic-ref", "HEAD", f"refs/heads/{branch}", checkout=checkout)
-        git("reset", "--quiet", checkout=checkout)   # the index from the branch; the files untouched
+    pushed = f"refs/remotes/origin/{branch}"
+    start = sha or (pushed if _has_ref(checkout, pushed) else f"refs/remotes/origin/{base}")
+    git("update-ref", f"refs/heads/{branch}", start, checkout=checkout)
+    git("symbolic-ref", "HEAD", f"refs/heads/{branch}", checkout=checkout)
+    git("reset", "--quiet", checkout=checkout)   # the index from the branch; the files untouched
     shutil.rmtree(linked, ignore_errors=True)
 
 
@@ -269,7 +271,7 @@ def ensure_worktree(checkout: Checkout, *, branch: str, base: str) -> None:
     worktree = checkout.worktree
     want_spare(checkout.mirror, base)
     if worktree.is_dir() and not checkout.gitdir.is_dir() and (worktree / ".git").is_file():
-        _adopt_linked_worktree(checkout, branch)
+        _adopt_linked_worktree(checkout, branch, base)
     if worktree.is_dir() and checkout.gitdir.is_dir():
         checkout.restore()
         refresh_remotes(checkout)

@@ -304,3 +304,19 @@ def test_an_issue_repository_follows_the_mirror_s_remote_branches_added_moved_an
     worktrees.refresh_remotes(checkout)
     assert worktrees.git("for-each-ref", "--format=%(refname)", "refs/remotes", checkout=checkout) == \
         "refs/remotes/origin/main"
+
+
+def test_an_earlier_worktree_whose_branch_the_mirror_lacks_starts_its_branch_from_the_base(tmp_path):
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    issue = IssueRef(RepoRef("h.example", "o", "r"), 8)
+    checkout = worktrees.Checkout(worktrees.mirror_dir(data, issue.repo), worktrees.worktree_dir(data, issue))
+    worktrees.sync_mirror(checkout.mirror, str(origin), worktrees.git_env(str(origin), ""))
+    checkout.worktree.parent.mkdir(parents=True)
+    worktrees.git("worktree", "add", "--quiet", "--detach", str(checkout.worktree), "origin/main", cwd=checkout.mirror)
+    (checkout.worktree / "new").write_text("not committed")
+
+    worktrees.ensure_worktree(checkout, branch="kugetsu/8-x", base="main")
+
+    assert worktrees.git("rev-parse", "--abbrev-ref", "HEAD", checkout=checkout) == "kugetsu/8-x"
+    assert worktrees.head(checkout) == worktrees.git("rev-parse", "origin/main", cwd=checkout.mirror)
+    assert _status(checkout) == "?? new"
