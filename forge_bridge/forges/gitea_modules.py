@@ -32,8 +32,8 @@ OPERATIONS = {
         "repo_list_hooks", "repo_list_pull_requests", "repo_list_statuses")),
     "user_api": ("UserApi", ("user_get", "user_get_current")),
 }
-# A member of a generated API class: `    def name(` or `    @validate_call\n    async def name(`, at class level.
-_MEMBER = re.compile(r"^    (?:@validate_call\n    )?(?:async )?def (\w+)\(", re.MULTILINE)
+# A member of a generated API class at class level, with its decorators: `    @validate_call\n    async def name(`.
+_MEMBER = re.compile(r"^    (?:@[^\n]*\n    )*(?:async )?def (\w+)\(", re.MULTILINE)
 _MODEL_IMPORT = re.compile(rf"^from {PACKAGE}\.models\.\w+ import (\w+)\n", re.MULTILINE)
 _loading = threading.RLock()   # re-entered: an import under load() may look a name up
 _classes: dict[str, type] = {}
