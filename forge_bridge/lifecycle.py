@@ -92,12 +92,13 @@ def collect_garbage(settings: Settings, store: Store) -> list[Path]:
 
 
 def prepare_spares(data_dir: Path) -> list[Path]:
-    """Give every repository that has had a task its next spare worktree (see worktrees.spare_dir); a mirror
-    that cannot make one is logged and skipped."""
+    """Give every repository that has had a task its next spare worktree (see worktrees.spare_dir), its mirror's
+    packs compacted when they are many; a mirror that cannot is logged and skipped."""
     made = []
     for mirror in sorted((data_dir / "mirrors").glob("*.git")):
         try:
             with worktrees.mirror_lock(mirror):
+                worktrees.compact_mirror(mirror)
                 if worktrees.prepare_spare(mirror):
                     made.append(worktrees.spare_dir(mirror))
         except (worktrees.GitError, OSError) as error:

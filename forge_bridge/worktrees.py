@@ -37,7 +37,11 @@ class GitError(RuntimeError):
 # program, no credential helper, no ext:: transport.
 SAFE_SETTINGS = (("core.hooksPath", "/dev/null"), ("core.fsmonitor", "false"), ("credential.helper", ""),
                  ("protocol.ext.allow", "never"), ("core.askPass", ""))
-CANONICAL_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+# No automatic gc in the mirror: issues' repositories borrow its objects, and a gc there would in time prune
+# those its own refs no longer reach (a branch deleted or rewritten on the forge). compact_mirror packs instead.
+CANONICAL_CONFIG = ("[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+                    "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n")
+MAX_PACKS = 30   # a fetch adds a pack; past this many, housekeeping packs them into one
 
 
 def git_env(clone_url: str = "", token: str = "") -> dict[str, str]:
@@ -195,6 +199,16 @@ def mirror_lock(mirror: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compact_mirror(mirror: Path, max_packs: int = MAX_PACKS) -> bool:
+    """Pack the mirror's packs into one once there are more than `max_packs`, keeping every object, reachable
+    from its refs or not: an issue's repository may still need it. Call under the mirror lock. True when done."""
+    if len(list((mirror / "objects" / "pack").glob("*.pack"))) <= max_packs:
+        return False
+    restore_mirror(mirror)
+    git("repack", "-a", "-d", "-q", "--keep-unreachable", cwd=mirror)
+    return True
 
 
 def sync_mirror(mirror: Path, clone_url: str, env: dict[str, str]) -> None:

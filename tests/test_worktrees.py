@@ -320,3 +320,30 @@ def test_an_earlier_worktree_whose_branch_the_mirror_lacks_starts_its_branch_fro
     assert worktrees.git("rev-parse", "--abbrev-ref", "HEAD", checkout=checkout) == "kugetsu/8-x"
     assert worktrees.head(checkout) == worktrees.git("rev-parse", "origin/main", cwd=checkout.mirror)
     assert _status(checkout) == "?? new"
+
+
+def test_the_mirror_never_prunes_what_an_issue_repository_borrows(tmp_path):
+    """A branch deleted on the forge leaves its commits unreachable in the mirror; an issue's repository that
+    started from it still needs them: no automatic gc runs in the mirror, and compacting its packs keeps them."""
+    origin, data = _origin(tmp_path), tmp_path / "data"
+    repo = RepoRef("h.example", "o", "r")
+    mirror, env = worktrees.mirror_dir(data, repo), worktrees.git_env(str(origin), "")
+    pushed = _commit_to(origin, tmp_path, "kugetsu/9-x", "elsewhere", "made on another host")
+    worktrees.sync_mirror(mirror, str(origin), env)
+    checkout = worktrees.Checkout(mirror, worktrees.worktree_dir(data, IssueRef(repo, 9)))
+    worktrees.ensure_worktree(checkout, branch="kugetsu/9-x", base="main")
+    subprocess.run(["git", "-C", str(origin), "branch", "-D", "kugetsu/9-x"], check=True, capture_output=True)
+    worktrees.sync_mirror(mirror, str(origin), env)   # the mirror's ref is pruned: the commit is unreachable there
+    everything = worktrees.git("cat-file", "--batch-all-objects", "--batch-check=%(objectname)", cwd=mirror)
+    for half in (everything.splitlines()[::2], everything.splitlines()[1::2]):   # in packs only, two of them
+        worktrees.git("pack-objects", "-q", str(mirror / "objects" / "pack" / "pack"), cwd=mirror,
+                      input="\n".join(half) + "\n")
+    worktrees.git("prune-packed", cwd=mirror)
+
+    # What a fetch's automatic gc would do once packs pile up, pruning at once: nothing, in the mirror.
+    worktrees.git("-c", "gc.autoPackLimit=1", "-c", "gc.pruneExpire=now", "gc", "--auto", "--quiet", cwd=mirror)
+    assert len(list((mirror / "objects" / "pack").glob("*.pack"))) == 2
+    assert worktrees.compact_mirror(mirror, max_packs=1)   # housekeeping's own packing keeps everything
+    assert len(list((mirror / "objects" / "pack").glob("*.pack"))) == 1
+    assert worktrees.git("cat-file", "-t", pushed, checkout=checkout) == "commit"
+    assert worktrees.git("fsck", "--connectivity-only", "--no-dangling", checkout=checkout) == ""
