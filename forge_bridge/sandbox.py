@@ -158,8 +158,11 @@ def wrap(argv: list[str], where: Confinement) -> list[str]:
         if path.exists():
             command += ["--ro-bind", str(path), str(path)]
     gone = [folder for folder in (*where.hidden, Path("/tmp")) if str(folder) not in ("/", "")]
-    for path in where.masked:   # last, so no bind above uncovers them; those under a hidden folder are gone already
-        if path.exists() and not any(path.is_relative_to(folder) for folder in gone):
+    shown = (where.home, where.worktree, where.gitdir, where.mirror, where.session_dir, *where.readable)
+    for path in where.masked:   # last, so no bind above uncovers them
+        hidden = any(path.is_relative_to(folder) for folder in gone) and \
+            not any(path.is_relative_to(folder) for folder in shown)   # under a hidden folder, not bound back
+        if path.exists() and not hidden:
             command += ["--ro-bind", str(where.empty), str(path)]
     command += ["--unshare-pid", "--die-with-parent", "--chdir", str(where.worktree), "--setenv", "HOME",
                 str(where.home), "--"]

@@ -304,3 +304,28 @@ def test_a_confined_agent_cannot_change_what_another_issue_of_its_repository_com
         assert shown.stdout == f"the work of issue {issue.number}\n"
     worktree = next(p for p in (bridge.data_dir / "worktrees").glob("*-1"))
     assert not (Path(f"{worktree}.git") / "refs" / "heads" / "kugetsu").is_symlink()   # dropped by the bridge
+
+
+def test_a_secret_file_in_a_folder_the_sandbox_hides_but_shows_again_is_still_masked(tmp_path):
+    """agent.sandbox_paths can show a folder inside one the sandbox hides (the bridge user's HOME): a
+    configuration file kept there must read empty all the same."""
+    import tempfile
+
+    from forge_bridge import sandbox
+
+    if sandbox.bwrap_works():
+        pytest.skip(sandbox.bwrap_works())
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:   # not /tmp: the agent gets a /tmp of its own
+        hidden = Path(folder)
+        shown = hidden / "project"
+        shown.mkdir()
+        (shown / "forge-bridge.toml").write_text('redis_url = "redis://:s3cret@db:6379"\n')
+        (shown / "README").write_text("readable\n")
+        where = sandbox.Confinement(worktree=tmp_path, gitdir=tmp_path, mirror=tmp_path, session_dir=tmp_path,
+                                    home=tmp_path, hidden=(hidden,), readable=(shown,),
+                                    masked=((shown / "forge-bridge.toml").resolve(),), empty=tmp_path / "empty")
+        where.empty.touch()
+        done = subprocess.run(sandbox.wrap(["cat", str(shown / "forge-bridge.toml"), str(shown / "README")], where),
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "readable\n"
