@@ -134,7 +134,8 @@ def test_check_warns_when_auto_finds_no_working_sandbox_and_fails_when_bwrap_was
     assert "FAIL sandbox bwrap: bwrap does not run here" in asked.stdout and asked.returncode == 1
 
 
-def test_check_fails_when_confined_agents_could_write_to_a_redis_without_a_password(tmp_path):
+def test_check_fails_when_confined_agents_could_write_to_a_redis_without_a_password_and_warns_of_an_open_ui(
+        tmp_path):
     from forge_bridge.sandbox import bwrap_works
 
     if bwrap_works():
@@ -144,6 +145,10 @@ def test_check_fails_when_confined_agents_could_write_to_a_redis_without_a_passw
         (tmp_path / "forge-bridge.toml").write_text(f'redis_url = "{url}"\n[agent]\npreset = "claude"\n')
         said[url] = run_cli("check", cwd=tmp_path, env={})
     exposed, protected = said.values()
+    warning = "warn ui: without $FORGE_BRIDGE_UI_TOKEN the status page and API answer any local process"
+    assert warning in exposed.stdout
+    with_token = run_cli("check", cwd=tmp_path, env={"FORGE_BRIDGE_UI_TOKEN": "t0ken"})
+    assert warning not in with_token.stdout and "t0ken" not in with_token.stdout
     assert "FAIL redis: agents share this host's network, and Redis at 127.0.0.1:6390 asks for no password" \
         in exposed.stdout and exposed.returncode == 1
     assert "redis:" not in protected.stdout and "s3cret" not in protected.stdout + protected.stderr
