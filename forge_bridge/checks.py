@@ -21,12 +21,11 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
         yield False, "no forge is configured"
     yield check_agent(settings)
     yield check_sandbox(settings)
-    if sandbox.mode(settings.agent)[0] == "bwrap":
-        if exposure := sandbox.redis_exposure(settings):
-            yield False, f"redis: {exposure}"
-        if not settings.ui_token:
-            yield None, (f"ui: without ${settings.ui_token_env} the status page and API answer any local process, "
-                         "confined agents included (other issues' titles and agent logs)")
+    if exposure := sandbox.redis_exposure(settings):
+        yield False, f"redis: {exposure}"
+    if sandbox.mode(settings.agent)[0] == "bwrap" and not settings.ui_token:
+        yield None, (f"ui: without ${settings.ui_token_env} the status page and API answer any local process, "
+                     "confined agents included (other issues' titles and agent logs)")
     if settings.budget.any:
         yield check_budget(settings)
     for forge in settings.forges:

@@ -426,7 +426,8 @@ def _agent(table: dict, source: str) -> AgentConfig:
         preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success, cost=cost,
         tokens=tokens,
         pass_env=tuple(pass_env), extra_args=tuple(extra_args), sandbox=sandbox,
-        home=str(Path(home).expanduser()) if home else "", home_per_issue=per_issue, sandbox_paths=tuple(str(Path(p).expanduser()) for p in paths),
+        home=str(Path(home).expanduser()) if home else "", home_per_issue=per_issue,
+        sandbox_paths=tuple(str(Path(p).expanduser()) for p in paths),
         max_turns=_non_negative(table, "max_turns", int, source),
         max_budget_usd=_non_negative(table, "max_budget_usd", float, source),
     )

@@ -43,15 +43,14 @@ class Confinement:
                                       # opened on the mounts of an unprivileged user namespace)
 
 
-def confinement(settings: Settings, issue: IssueRef, *, worktree: Path, mirror: Path,
-                session_dir: Path) -> Confinement:
-    """One agent run's confinement under these settings."""
+def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir: Path, home: Path) -> Confinement:
+    """One agent run's confinement under these settings; `home` is its agent_home()."""
     empty = settings.data_dir / "sandbox-empty"
     if not empty.is_file():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         empty.touch(mode=0o444)
     return Confinement(worktree=worktree, gitdir=worktrees.Checkout(mirror, worktree).gitdir, mirror=mirror,
-                       session_dir=session_dir, home=agent_home(settings, issue),
+                       session_dir=session_dir, home=home,
                        hidden=(settings.data_dir, Path.home()), masked=secret_files(settings), empty=empty,
                        readable=tuple(Path(p) for p in settings.agent.sandbox_paths))
 
@@ -69,9 +68,10 @@ def secret_files(settings: Settings) -> tuple[Path, ...]:
 
 
 def redis_exposure(settings: Settings) -> str:
-    """Why agents could write to the bridge's Redis, or "": a network address shares the host's network with
-    the agents, and without a password anyone there may queue an RQ job, which names the function a worker runs."""
-    if not settings.redis_url or settings.redis_url.startswith("unix:"):
+    """Why confined agents could write to the bridge's Redis, or "": a network address shares the host's network
+    with them, and without a password anyone there may queue an RQ job, which names the function a worker runs.
+    (Unconfined agents reach everything: that is mode()'s warning.)"""
+    if mode(settings.agent)[0] != "bwrap" or not settings.redis_url or settings.redis_url.startswith("unix:"):
         return ""
     address = urlsplit(settings.redis_url)
     if address.password:
@@ -131,9 +131,7 @@ def mode(agent: AgentConfig) -> tuple[str, str]:
 def announce(settings: Settings, conn) -> None:
     """At a worker's start: say in the log, and for the status page, when its agents will run unconfined or could
     reach the bridge's Redis."""
-    chosen, warning = mode(settings.agent)
-    if chosen == "bwrap" and (exposure := redis_exposure(settings)):
-        warning = exposure
+    warning = redis_exposure(settings) or mode(settings.agent)[1]
     if warning:
         log.warning(warning)
         conn.hset(WARNINGS_KEY, socket.gethostname(), warning)

@@ -101,8 +101,8 @@ class Turns:
             "FORGE_BRIDGE_TASK_ID": task.id, "FORGE_BRIDGE_MODE": task.mode or "build"})
         if sandbox.mode(self.settings.agent)[0] == "bwrap":
             argv = sandbox.wrap(argv, sandbox.confinement(
-                self.settings, ref, worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
-                session_dir=files))
+                self.settings, worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
+                session_dir=files, home=home))
 
         def started(pid: int) -> None:
             task.host, task.agent_pid = socket.gethostname(), pid

@@ -173,8 +173,8 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
         settings = load_settings(config, environ={})
         assert set(sandbox.secret_files(settings)) == {config, key, redis_socket}
         issue = IssueRef(RepoRef("github.com", "alice", "widgets"), 1)
-        where = sandbox.confinement(settings, issue, worktree=tmp_path / "w", mirror=tmp_path / "m",
-                                    session_dir=tmp_path / "s")
+        where = sandbox.confinement(settings, worktree=tmp_path / "w", mirror=tmp_path / "m",
+                                    session_dir=tmp_path / "s", home=sandbox.agent_home(settings, issue))
         for folder in (where.worktree, where.gitdir, where.mirror, where.session_dir):
             folder.mkdir()
         probe = ("import json, socket, sys\n"
