@@ -15,8 +15,11 @@ import logging
 import os
 import signal
 import time
+import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -27,7 +30,7 @@ from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
 from rq.rate_limit import RateLimit, RateLimitRegistry
 from rq.scripts import _build_hset_args
-from rq.utils import now
+from rq.utils import get_call_string, now, utcformat
 
 log = logging.getLogger(__name__)
 EVENTS_QUEUE = "forge-bridge-events"   # intake: authorize, label, comment; short forge API jobs
@@ -89,25 +92,50 @@ class PreparedJob:
     fields: list
 
 
-_event_queues: dict[Redis, Queue] = {}   # one per connection: it remembers the server's version (one INFO)
-
-
 CI_JOB = "jobs.tasks.handle_failed_check"
 EVENT_JOB = "jobs.tasks.handle_event"
+_DESCRIPTION_LENGTH = 75   # RQ's own (Job.get_call_string)
+_PER_JOB = ("created_at", "data", "description", "enqueued_at")   # all else is the same for every job of a kind
 
 
-def prepare_event_job(conn: Redis, event_json: str, *, func: str = EVENT_JOB) -> PreparedJob:
-    """The intake job for one event, as `enqueue_event` would make it, built without any I/O but the first
-    call's version check. RQ's worker runs it like any other (tests/test_webhook_queue.py)."""
-    queue = _event_queues.get(conn)
-    if queue is None:
-        queue = _event_queues[conn] = Queue(EVENTS_QUEUE, connection=conn)
-    job = queue.create_job(func, args=(event_json,), timeout=EVENT_JOB_TIMEOUT,
-                           failure_ttl=FAILURE_TTL, retry=EVENT_RETRY)
-    job.redis_server_version = queue.get_redis_server_version()   # what RQ's own enqueue sets before saving
-    job.origin, job.enqueued_at = queue.name, now()
-    return PreparedJob(id=job.id, key=job.key, queue_key=queue.key, queues_key=Queue.redis_queues_keys,
-                       fields=_build_hset_args(job))
+@dataclass(frozen=True)
+class _JobLayout:
+    """RQ's hash fields for one kind of intake job, laid out by RQ itself once; `at` says where each per-job
+    value sits. Building each job through RQ's Job objects cost the webhook's hot path as much as everything
+    else it does but the round trip (serializer resolution, to_dict)."""
+    fields: tuple
+    at: dict[str, int]
+    serializer: object
+
+
+_layouts: dict[str, _JobLayout] = {}
+
+
+def _layout(conn: Redis, func: str) -> _JobLayout:
+    layout = _layouts.get(func)
+    if layout is None:   # exactly the job RQ's own enqueue would save (no I/O: nothing asks the server)
+        queue = Queue(EVENTS_QUEUE, connection=conn)
+        job = queue.create_job(func, args=("",), timeout=EVENT_JOB_TIMEOUT, failure_ttl=FAILURE_TTL,
+                               retry=EVENT_RETRY)
+        job.origin, job.enqueued_at = queue.name, now()
+        fields = _build_hset_args(job)
+        layout = _layouts[func] = _JobLayout(tuple(fields), {name: fields.index(name) + 1 for name in _PER_JOB},
+                                             job.serializer)
+    return layout
+
+
+def prepare_event_job(conn: Redis, event_json: str, *, func: str = EVENT_JOB, job_id: str = "",
+                      at: datetime | None = None) -> PreparedJob:
+    """The intake job for one event, as `enqueue_event` would make it, without any I/O: RQ's own fields with
+    this job's id, time, arguments and description in their places (tests compare them with RQ's)."""
+    layout, args = _layout(conn, func), (event_json,)
+    job_id, stamp = job_id or str(uuid.uuid4()), utcformat(at or now())
+    fields = list(layout.fields)
+    fields[layout.at["created_at"]] = fields[layout.at["enqueued_at"]] = stamp
+    fields[layout.at["data"]] = zlib.compress(layout.serializer.dumps((func, None, args, {})))
+    fields[layout.at["description"]] = get_call_string(func, args, {}, max_length=_DESCRIPTION_LENGTH)
+    return PreparedJob(id=job_id, key=Job.key_for(job_id), queue_key=Queue.redis_queue_namespace_prefix + EVENTS_QUEUE,
+                       queues_key=Queue.redis_queues_keys, fields=fields)
 
 
 @dataclass(frozen=True)

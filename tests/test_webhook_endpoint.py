@@ -9,9 +9,12 @@ import json
 import pytest
 from helpers import FIXTURES, SECRET, redated
 from rq import Queue
+from rq.job import Job
+from rq.utils import utcparse
 
 from forge_bridge import queue
 from forge_bridge.config import ConfigError, settings_from_dict
+from forge_bridge.sessions import Store
 from forge_bridge.web import create_app
 
 LABELED = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))
@@ -52,6 +55,25 @@ def test_trigger_label_is_queued_once_and_redelivery_is_duplicate(client, conn):
     assert (first.status_code, first.json["status"], first.json["delivery"]) == (202, "queued", "d-1")
     assert (again.status_code, again.json["status"]) == (200, "duplicate")
     assert events_queued(conn) == 1
+
+
+@pytest.mark.parametrize("func", [queue.EVENT_JOB, queue.CI_JOB])
+def test_the_job_the_endpoint_writes_is_the_one_rq_itself_saves(conn, func):
+    """The hot path lays out its jobs itself (RQ's Job objects were half its cost): what it writes must be
+    what RQ's own enqueue writes, but for the id and the times, and RQ must read it back as the same call."""
+    event = json.dumps({"forge": "gh", "text": "x" * 300})
+    theirs = Queue(queue.EVENTS_QUEUE, connection=conn).enqueue(
+        func, event, job_timeout=queue.EVENT_JOB_TIMEOUT, failure_ttl=queue.FAILURE_TTL, retry=queue.EVENT_RETRY)
+    ours = queue.prepare_event_job(conn, event, func=func)
+    assert Store(conn).admit_event([f"test:{func}"], "gh/a/b#1", None, job=ours) == (True, None, True)
+
+    saved = {job_id: conn.hgetall(Job.key_for(job_id)) for job_id in (theirs.id, ours.id)}
+    stamps = {job_id: [fields.pop(name) for name in (b"created_at", b"enqueued_at")] for job_id, fields in saved.items()}
+    assert saved[ours.id] == saved[theirs.id]
+    assert all(utcparse(stamp.decode()) for stamp in stamps[ours.id])
+    again = Job.fetch(ours.id, connection=conn)
+    assert (again.func_name, again.args, again.origin, again.retries_left) == (func, (event,), queue.EVENTS_QUEUE, 3)
+    assert Queue(queue.EVENTS_QUEUE, connection=conn).job_ids == [theirs.id, ours.id]
 
 
 def test_gitea_label_set_with_the_trigger_is_queued(client, conn):
