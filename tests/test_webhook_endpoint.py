@@ -163,6 +163,14 @@ def test_unknown_forge_endpoint_is_404(client):
     assert client.post("/webhooks/bitbucket", data=b"{}").status_code == 404
 
 
+def test_the_endpoint_takes_only_post_and_leaves_other_paths_to_the_app(client, conn):
+    got = client.get("/webhooks/github")
+    assert (got.status_code, got.json["status"], got.headers["Allow"]) == (405, "method_not_allowed", "POST")
+    assert client.post("/webhooks/github/extra", data=LABELED_BODY, headers=github_headers(LABELED_BODY)).status_code == 404
+    assert client.get("/healthz").status_code == 200
+    assert events_queued(conn) == 0
+
+
 def test_bridge_refuses_to_start_without_a_webhook_secret(redis_url):
     settings = settings_from_dict({"redis_url": redis_url, "forges": [
         {"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "UNSET_SECRET"}]},

@@ -66,8 +66,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # A Redis that accepts but never answers costs a request at most two one-second tries: the answer (503)
     # comes well inside Gitea's 5 s delivery timeout.
     conn = queue.connect(settings.redis_url, socket_timeout=REDIS_TIMEOUT, retries=1)
-    app.extensions["forge_bridge"] = Bridge(settings=settings, conn=conn)
-    app.register_blueprint(webhooks.bp)
+    bridge = app.extensions["forge_bridge"] = Bridge(settings=settings, conn=conn)
+    app.wsgi_app = webhooks.WebhookApp(app.wsgi_app, bridge)   # the hot path, in front of Flask
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)

@@ -1,8 +1,16 @@
-"""POST /webhooks/<forge>: verify, decide and enqueue in milliseconds; every forge API call happens in a job."""
+"""POST /webhooks/<forge>: verify, decide and enqueue in milliseconds; every forge API call happens in a job.
+
+A plain WSGI app in front of Flask: Flask's request context, routing, hooks and jsonify cost as much as all
+of deciding an ignored event, and the endpoint needs none of them (it has no page, no session, no token)."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify, request
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
 from redis.exceptions import RedisError
+from werkzeug.wrappers import Request, Response
 
 from forge_bridge import app_reach, metrics
 from forge_bridge.admission import admit, admit_check
@@ -19,24 +27,56 @@ from forge_bridge.webhooks import (
 )
 from forge_bridge.webhooks.github import InstallationChange
 
-bp = Blueprint("webhooks", __name__)
-
-
-@bp.after_request
-def count_delivery(response):
-    name, status = (request.view_args or {}).get("name", ""), g.get("delivery_status", "")
-    if name in ENDPOINTS and status:   # counted in this process, written to Redis in the background
-        metrics.count_soon(current_app.extensions["forge_bridge"].conn, metrics.DELIVERIES, name, status)
-    return response
+log = logging.getLogger(__name__)
+PREFIX = "/webhooks/"
 MAX_BODY = 25 * 1024 * 1024
 BODY_TIMEOUT = 2.0
 ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def answer(status: str, code: int, *, delivery: str = "", reason: str = ""):
-    g.delivery_status = status   # for the count: no need to read the answer back
-    return jsonify(status=status, delivery=delivery, reason=reason), code
+class Answer(NamedTuple):
+    status: str
+    code: int
+    delivery: str = ""
+    reason: str = ""
+
+
+class WebhookApp:
+    """Answers POST /webhooks/<name> itself and hands every other request to `inner` (the Flask app)."""
+
+    def __init__(self, inner: Callable, bridge) -> None:
+        self.inner, self.bridge = inner, bridge
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        name = path[len(PREFIX):] if path.startswith(PREFIX) else "/"
+        if "/" in name or not name:
+            return self.inner(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            response = _response(Answer("method_not_allowed", 405, reason="webhooks are POSTed"))
+            response.headers["Allow"] = "POST"
+        else:
+            response = _receive_counted(self.bridge, name, Request(environ))
+        return response(environ, start_response)
+
+
+def _response(answer: Answer) -> Response:
+    # The shape Flask's jsonify gave: sorted keys, compact, one line.
+    text = json.dumps({"delivery": answer.delivery, "reason": answer.reason, "status": answer.status},
+                      separators=(",", ":"))
+    return Response(text + "\n", status=answer.code, mimetype="application/json")
+
+
+def _receive_counted(bridge, name: str, request: Request) -> Response:
+    try:
+        answer = receive(bridge, name, request)
+    except Exception:   # a bug must still answer (and be counted and logged), not drop the connection
+        log.exception("webhook delivery to /webhooks/%s failed", name)
+        answer = Answer("error", 500, reason="internal error; see the bridge's log")
+    if name in ENDPOINTS:   # counted in this process, written to Redis in the background
+        metrics.count_soon(bridge.conn, metrics.DELIVERIES, name, answer.status)
+    return _response(answer)
 
 
 def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signature: str) -> str:
@@ -59,7 +99,7 @@ def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signatu
     return verify_signature(secrets, body, signature)
 
 
-def _read_body() -> bytes:
+def _read_body(request: Request) -> bytes:
     """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread. A client that
     stops sending is dropped after BODY_TIMEOUT, so stalled clients cannot hold the server's threads."""
     client = request.environ.get("gunicorn.socket")
@@ -71,49 +111,43 @@ def _read_body() -> bytes:
     return body
 
 
-@bp.post("/webhooks/<name>")
-def receive(name: str):
+def receive(bridge, name: str, request: Request) -> Answer:
     endpoint = ENDPOINTS.get(name)
     if endpoint is None:
-        return answer("not_found", 404, reason=f"no webhook endpoint {name!r}")
+        return Answer("not_found", 404, reason=f"no webhook endpoint {name!r}")
     if (request.content_length or 0) > MAX_BODY:
-        return answer("too_large", 413, reason="body over 25 MiB")
-    bridge = current_app.extensions["forge_bridge"]
+        return Answer("too_large", 413, reason="body over 25 MiB")
     delivery = ""
     try:
         headers = read_headers(request.headers, endpoint=endpoint)
         delivery = headers.delivery
         if not headers.relevant:  # answered from the headers, before the body is read
-            return answer("ignored", 200, delivery=delivery, reason=f"event {headers.event!r} is not acted on")
-        body = _read_body()
+            return Answer("ignored", 200, delivery, f"event {headers.event!r} is not acted on")
+        body = _read_body(request)
         forge_name = _sending_forge(bridge.settings, endpoint, body, headers.signature)
         if request.mimetype in FORM_TYPES:
             raise Malformed("form-encoded delivery: configure the hook with content type application/json")
         parsed = parse_delivery(headers, body, forge=forge_name, host=bridge.settings.forge(forge_name).host)
     except OverflowError:
-        return answer("too_large", 413, delivery=delivery, reason="body over 25 MiB")
+        return Answer("too_large", 413, delivery, "body over 25 MiB")
     except TimeoutError:
-        return answer("timeout", 408, delivery=delivery, reason=f"no body within {BODY_TIMEOUT:.0f}s")
+        return Answer("timeout", 408, delivery, f"no body within {BODY_TIMEOUT:.0f}s")
     except WebhookError as error:
-        return answer(error.answer, error.status, delivery=delivery, reason=str(error))
+        return Answer(error.answer, error.status, delivery, str(error))
     if isinstance(parsed, Ignored):
-        return answer("ignored", 200, delivery=delivery, reason=parsed.reason)
+        return Answer("ignored", 200, delivery, parsed.reason)
     try:
-        if isinstance(parsed, CheckFailed):
-            admitted = admit_check(bridge.settings, bridge.store, parsed, endpoint=name)
-            return answer(admitted.status, 202 if admitted.status == "queued" else 200, delivery=delivery,
-                          reason=admitted.reason)
-        if isinstance(parsed, InstallationChange):   # a GitHub App gained or lost repositories: noted, no job
-            app_reach.record(bridge.conn, forge_name, parsed)
-            return answer("recorded", 200, delivery=delivery,
-                          reason=f"installation {parsed.installation}: {len(parsed.added)} added, "
-                                 f"{len(parsed.removed)} removed")
-        return _decide_and_enqueue(bridge, parsed, name)
+        return _act(bridge, parsed, forge_name, name, delivery)
     except RedisError as error:
-        return answer("unavailable", 503, delivery=delivery, reason=f"queue unavailable: {type(error).__name__}")
+        return Answer("unavailable", 503, delivery, f"queue unavailable: {type(error).__name__}")
 
 
-def _decide_and_enqueue(bridge, event: ForgeEvent, endpoint: str):
-    admitted = admit(bridge.settings, bridge.store, event, endpoint=endpoint)
-    return answer(admitted.status, 202 if admitted.status == "queued" else 200, delivery=event.delivery,
-                  reason=admitted.reason)
+def _act(bridge, parsed: ForgeEvent | CheckFailed | InstallationChange, forge_name: str, name: str,
+         delivery: str) -> Answer:
+    if isinstance(parsed, InstallationChange):   # a GitHub App gained or lost repositories: noted, no job
+        app_reach.record(bridge.conn, forge_name, parsed)
+        return Answer("recorded", 200, delivery,
+                      f"installation {parsed.installation}: {len(parsed.added)} added, {len(parsed.removed)} removed")
+    admitted = (admit_check if isinstance(parsed, CheckFailed) else admit)(bridge.settings, bridge.store, parsed,
+                                                                          endpoint=name)
+    return Answer(admitted.status, 202 if admitted.status == "queued" else 200, delivery, admitted.reason)
