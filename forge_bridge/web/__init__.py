@@ -1,4 +1,5 @@
-"""The Flask application factory: one blueprint per area, the Redis connection made here, never global."""
+"""The Flask application factory: one blueprint per area (the webhook endpoint a WSGI app in front), the Redis
+connection made here, never global."""
 from __future__ import annotations
 
 import ipaddress
