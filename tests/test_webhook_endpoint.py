@@ -171,6 +171,21 @@ def test_the_endpoint_takes_only_post_and_leaves_other_paths_to_the_app(client, 
     assert events_queued(conn) == 0
 
 
+def test_a_failure_of_the_bridge_itself_answers_500_and_is_logged(client, conn, monkeypatch, caplog):
+    from forge_bridge.web import webhooks
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(webhooks, "parse_delivery", broken)
+    failed = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY))
+    assert (failed.status_code, failed.json["status"]) == (500, "error")
+    assert "a bug" not in failed.get_data(as_text=True)   # the reason says where to look, not what broke
+    assert any("RuntimeError: a bug" in (record.exc_text or "") for record in caplog.records)
+    monkeypatch.undo()
+    again = client.post("/webhooks/github", data=LABELED_BODY, headers=github_headers(LABELED_BODY, delivery="d-2"))
+    assert (again.status_code, events_queued(conn)) == (202, 1)
+
+
 def test_bridge_refuses_to_start_without_a_webhook_secret(redis_url):
     settings = settings_from_dict({"redis_url": redis_url, "forges": [
         {"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "UNSET_SECRET"}]},
