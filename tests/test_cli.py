@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -170,12 +172,9 @@ def test_web_refuses_a_public_bind_without_ui_token_unless_ui_public(tmp_path, r
     assert check_exposure(settings_from_dict({}, source="t", environ={}), "127.0.0.1:8080") == ""
 
 
-def test_stalled_clients_cannot_keep_health_or_deliveries_from_being_answered(tmp_path, redis_url):
-    import socket
-    import time
-
-    import requests
-
+@contextmanager
+def _web(tmp_path: Path, redis_url: str) -> Iterator[int]:
+    """`forge-bridge web` on a free port, signatures waived (its port)."""
     from conftest import free_port
     from helpers import healthy, wait_for
 
@@ -185,24 +184,68 @@ def test_stalled_clients_cannot_keep_health_or_deliveries_from_being_answered(tm
     web = subprocess.Popen([sys.executable, "-m", "forge_bridge", "web", "--bind", f"127.0.0.1:{port}"], cwd=tmp_path,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**environ, "FORGE_BRIDGE_REDIS_URL": redis_url})
-    stalled = []
     try:
         wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=30, what="web")
-        for _ in range(40):   # each promises a body it never sends
-            client = socket.create_connection(("127.0.0.1", port))
-            client.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\n"
-                           b"X-GitHub-Delivery: d\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
-            stalled.append(client)
-        began = time.monotonic()
-        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
-        assert time.monotonic() - began < 5
-        stalled[0].settimeout(10)
-        assert b"408" in stalled[0].recv(200)   # the stalled delivery itself is answered, not kept waiting
+        yield port
     finally:
-        for client in stalled:
-            client.close()
         web.terminate()
         web.wait(timeout=30)
+
+
+def test_stalled_clients_cannot_keep_health_or_deliveries_from_being_answered(tmp_path, redis_url):
+    import socket
+    import time
+
+    import requests
+
+    stalled = []
+    with _web(tmp_path, redis_url) as port:
+        try:
+            for _ in range(40):   # each promises a body it never sends
+                client = socket.create_connection(("127.0.0.1", port))
+                client.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: issues\r\n"
+                               b"X-GitHub-Delivery: d\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+                stalled.append(client)
+            began = time.monotonic()
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+            assert time.monotonic() - began < 5
+            stalled[0].settimeout(10)
+            assert b"408" in stalled[0].recv(200)   # the stalled delivery itself is answered, not kept waiting
+        finally:
+            for client in stalled:
+                client.close()
+
+
+def test_an_ignored_delivery_is_answered_before_its_body_and_keeps_its_connection(tmp_path, redis_url):
+    """Answered from the headers; the body is read and dropped after the answer, so a large one (over the 64 KB
+    gunicorn drains itself) leaves the connection open for the next delivery."""
+    import http.client
+    import socket
+
+    from forge_bridge.web.webhooks import BODY_TIMEOUT
+
+    with _web(tmp_path, redis_url) as port:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
+                           b"X-GitHub-Delivery: p\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+            client.settimeout(BODY_TIMEOUT / 2)   # answered well before the body would time out
+            answer = b""
+            while b"}" not in answer:
+                answer += client.recv(1000)
+            assert b"200 OK" in answer and b'"status":"ignored"' in answer
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = b'{"pusher": "' + b"x" * 300_000 + b'"}'
+        for number in range(3):
+            connection.request("POST", "/webhooks/github", body=body, headers={
+                "X-GitHub-Event": "push", "X-GitHub-Delivery": f"p-{number}", "Content-Type": "application/json"})
+            if number == 0:
+                first = connection.sock
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b'{"delivery":"p-%d","reason":"event \'push\' is not '
+                                                                 b'acted on","status":"ignored"}\n' % number)
+            assert connection.sock is first
+        connection.close()
 
 
 def test_the_web_server_opens_no_control_socket_another_process_could_command(tmp_path, redis_url):

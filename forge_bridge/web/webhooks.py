@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/webhooks/"
 MAX_BODY = 25 * 1024 * 1024
 BODY_TIMEOUT = 2.0
+DISCARD_CHUNK = 64 * 1024
 ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -57,7 +58,10 @@ class WebhookApp:
             response = _response(Answer("method_not_allowed", 405, reason="webhooks are POSTed"))
             response.headers["Allow"] = "POST"
         else:
-            response = _receive_counted(self.bridge, name, Request(environ))
+            request = Request(environ)
+            response = _receive_counted(self.bridge, name, request)
+            if response.status_code == 200:   # ignored or duplicate: the body may be unread
+                response.call_on_close(lambda: _discard_body(request))
         return response(environ, start_response)
 
 
@@ -99,16 +103,32 @@ def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signatu
     return verify_signature(secrets, body, signature)
 
 
-def _read_body(request: Request) -> bytes:
-    """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread. A client that
-    stops sending is dropped after BODY_TIMEOUT, so stalled clients cannot hold the server's threads."""
+def _limit_wait(request: Request) -> None:
+    """A client that stops sending is dropped after BODY_TIMEOUT, so stalled clients cannot hold the threads."""
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         client.settimeout(BODY_TIMEOUT)
+
+
+def _read_body(request: Request) -> bytes:
+    """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread."""
+    _limit_wait(request)
     body = request.stream.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         raise OverflowError
     return body
+
+
+def _discard_body(request: Request) -> None:
+    """Read and drop what is left of the body once the answer has gone. Left unread, gunicorn drains it a
+    kilobyte a read before it reuses the connection, which costs more than all of deciding an ignored event."""
+    _limit_wait(request)
+    left = MAX_BODY
+    try:
+        while left > 0 and (chunk := request.stream.read(min(DISCARD_CHUNK, left))):
+            left -= len(chunk)
+    except OSError:   # the client stopped sending or went away: gunicorn closes the connection
+        pass
 
 
 def receive(bridge, name: str, request: Request) -> Answer:
