@@ -5,7 +5,7 @@ same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 
 
 Each app is run `--rounds` times, in turns, and the medians are compared.
 
-Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3] [--rounds 3]`."""
+Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3] [--rounds 5]`."""
 from __future__ import annotations
 
 import argparse
@@ -158,7 +158,8 @@ def _median(runs: list[Run], field: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each app, taken in turns; medians printed")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each app, taken in turns; medians printed "
+                        "(this machine sometimes runs both apps at half speed for seconds at a time)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/intake.py needs wrk (Debian: apt-get install wrk)")
