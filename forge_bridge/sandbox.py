@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 10
 WARNINGS_KEY = "fb:sandbox-warnings"   # host -> why its agents run without a sandbox
 MODES = ("auto", "bwrap", "none")
+USERNS_RESTRICTION = Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")   # Ubuntu's
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,25 @@ def bwrap_works() -> str:
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"bwrap does not run here: {error}"
     if done.returncode != 0:
-        return f"bwrap does not run here: {(done.stderr or done.stdout).strip()[:200]}"
+        return why_bwrap_fails(done.stderr or done.stdout, userns_restricted=_userns_restricted())
     return ""
+
+
+def _userns_restricted() -> bool:
+    try:
+        return USERNS_RESTRICTION.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def why_bwrap_fails(output: str, *, userns_restricted: bool) -> str:
+    """bwrap's own words, and the way out where AppArmor is what stops it (Ubuntu 23.10 and later restrict
+    unprivileged user namespaces to programs whose profile allows them)."""
+    said = f"bwrap does not run here: {output.strip()[:200]}"
+    if userns_restricted:
+        said += ("; AppArmor restricts unprivileged user namespaces on this machine: give bwrap an AppArmor profile "
+                 "that allows them (README, Security model)")
+    return said
 
 
 def mode(agent: AgentConfig) -> tuple[str, str]:

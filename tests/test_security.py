@@ -144,6 +144,17 @@ def test_a_secret_the_agent_prints_is_redacted_everywhere_it_is_shown(github, st
     assert "using key [redacted]" in tail and key not in tail
 
 
+def test_a_sandbox_apparmor_stops_is_reported_with_the_way_out():
+    from forge_bridge.sandbox import why_bwrap_fails
+
+    denied = "bwrap: setting up uid map: Permission denied\n"
+    restricted = why_bwrap_fails(denied, userns_restricted=True)
+    assert restricted.startswith("bwrap does not run here: bwrap: setting up uid map: Permission denied; AppArmor")
+    assert "AppArmor profile" in restricted
+    assert why_bwrap_fails(denied, userns_restricted=False) == \
+        "bwrap does not run here: bwrap: setting up uid map: Permission denied"
+
+
 def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_wherever_they_are(tmp_path):
     """data_dir and the HOME are hidden whole; the configuration file (redis_url may hold a password), a GitHub
     App's key file and a Redis socket can lie anywhere else (a socket on a read-only mount still connects)."""
