@@ -201,8 +201,10 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
         finally:
             listening.close()
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {str(config): "", str(key): "", str(neighbour): "not a secret\n",
-                                       "socket": "ConnectionRefusedError"}
+    seen = json.loads(done.stdout)
+    # An empty file where the socket was: root is refused by it; any other user may not even write to it.
+    assert seen.pop("socket") in ("ConnectionRefusedError", "PermissionError")
+    assert seen == {str(config): "", str(key): "", str(neighbour): "not a secret\n"}
 
 
 AGENT_THAT_PLANTS = """
