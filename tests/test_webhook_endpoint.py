@@ -171,6 +171,13 @@ def test_the_endpoint_takes_only_post_and_leaves_other_paths_to_the_app(client, 
     assert events_queued(conn) == 0
 
 
+def test_an_ignored_delivery_whose_client_leaves_before_its_body_ends_is_still_answered(client, conn):
+    with client.post("/webhooks/github", data=b"{", environ_overrides={"CONTENT_LENGTH": "100000"}, headers={
+            "X-GitHub-Event": "push", "X-GitHub-Delivery": "gone", "Content-Type": "application/json"}) as got:
+        assert (got.status_code, got.json["status"], got.json["delivery"]) == (200, "ignored", "gone")
+    # ...its body, dropped once the answer is out, ends early without an error
+
+
 def test_a_failure_of_the_bridge_itself_answers_500_and_is_logged(client, conn, monkeypatch, caplog):
     from forge_bridge.web import webhooks
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
 from forge_bridge import app_reach, metrics
@@ -127,7 +128,7 @@ def _discard_body(request: Request) -> None:
     try:
         while left > 0 and (chunk := request.stream.read(min(DISCARD_CHUNK, left))):
             left -= len(chunk)
-    except OSError:   # the client stopped sending or went away: gunicorn closes the connection
+    except (OSError, ClientDisconnected):   # the client stopped sending or went away: the connection is closed
         pass
 
 
