@@ -257,6 +257,8 @@ def cmd_github_app(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.checks import run_checks
 
+    # Each check says in its own line what failed; urllib3's warning for each retry on the way is noise here.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     print(f"ok   configuration {settings.source} is valid", flush=True)
     failures = 0
     for ok, line in run_checks(settings):   # ok is None for a warning

@@ -121,6 +121,16 @@ def test_check_says_when_the_agent_version_is_outside_the_tested_range(tmp_path)
     assert "version 9.9.9: outside the tested range 2.1.197 to 2.1.332" in done.stdout
 
 
+def test_check_of_an_unreachable_forge_says_so_in_its_own_line_without_retry_noise(tmp_path):
+    from conftest import free_port
+
+    (tmp_path / "forge-bridge.toml").write_text(
+        f'[[forges]]\nname = "gh"\nkind = "github"\nurl = "http://127.0.0.1:{free_port()}"\ntoken_env = "T"\n')
+    done = run_cli("check", cwd=tmp_path, env={"T": "t0ken"})
+    assert done.returncode == 1 and "FAIL gh: http://127.0.0.1:" in done.stdout and "not reached" in done.stdout
+    assert "Retrying" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
 def test_check_warns_when_auto_finds_no_working_sandbox_and_fails_when_bwrap_was_asked_for(tmp_path):
     fake = tmp_path / "bin" / "bwrap"
     fake.parent.mkdir()
