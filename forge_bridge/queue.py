@@ -19,7 +19,6 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -124,12 +123,11 @@ def _layout(conn: Redis, func: str) -> _JobLayout:
     return layout
 
 
-def prepare_event_job(conn: Redis, event_json: str, *, func: str = EVENT_JOB, job_id: str = "",
-                      at: datetime | None = None) -> PreparedJob:
+def prepare_event_job(conn: Redis, event_json: str, *, func: str = EVENT_JOB) -> PreparedJob:
     """The intake job for one event, as `enqueue_event` would make it, without any I/O: RQ's own fields with
     this job's id, time, arguments and description in their places (tests compare them with RQ's)."""
     layout, args = _layout(conn, func), (event_json,)
-    job_id, stamp = job_id or str(uuid.uuid4()), utcformat(at or now())
+    job_id, stamp = str(uuid.uuid4()), utcformat(now())
     fields = list(layout.fields)
     fields[layout.at["created_at"]] = fields[layout.at["enqueued_at"]] = stamp
     fields[layout.at["data"]] = zlib.compress(layout.serializer.dumps((func, None, args, {})))
