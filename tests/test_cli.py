@@ -226,6 +226,45 @@ def test_stalled_clients_cannot_keep_health_or_deliveries_from_being_answered(tm
                 client.close()
 
 
+def test_a_slow_but_steady_body_holds_a_thread_no_longer_than_the_deadline(tmp_path, redis_url):
+    """A byte every half second never trips the per-read timeout: a relevant delivery is answered 408 at the
+    deadline, and an ignored one (answered at once) has its connection closed then."""
+    import select
+    import socket
+    import time
+
+    from forge_bridge.web.webhooks import BODY_DEADLINE
+
+    head = ("POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: {}\r\nX-GitHub-Delivery: slow\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{")
+    with _web(tmp_path, redis_url) as port:
+        clients = {event: socket.create_connection(("127.0.0.1", port)) for event in ("issues", "push")}
+        heard = {event: b"" for event in clients}
+        closed_after = {}
+        began = time.monotonic()
+        for event, client in clients.items():
+            client.sendall(head.format(event).encode())
+        while len(closed_after) < len(clients) and time.monotonic() - began < BODY_DEADLINE + 10:
+            ready, _, _ = select.select([c for e, c in clients.items() if e not in closed_after], [], [], 0.5)
+            for event, client in clients.items():
+                if client in ready:
+                    got = client.recv(1000)
+                    heard[event] += got
+                    if not got:
+                        closed_after[event] = time.monotonic() - began
+                elif event not in closed_after:
+                    try:
+                        client.send(b" ")   # the trickle: well under BODY_TIMEOUT apart
+                    except OSError:
+                        closed_after[event] = time.monotonic() - began
+        for client in clients.values():
+            client.close()
+    assert b"408" in heard["issues"] and b'"status":"timeout"' in heard["issues"]
+    assert b"200 OK" in heard["push"] and b'"status":"ignored"' in heard["push"]
+    assert BODY_DEADLINE - 1 < closed_after["issues"] < BODY_DEADLINE + 8
+    assert BODY_DEADLINE - 1 < closed_after["push"] < BODY_DEADLINE + 8
+
+
 def test_an_ignored_delivery_is_answered_before_its_body_and_keeps_its_connection(tmp_path, redis_url):
     """Answered from the headers; the body is read and dropped after the answer, so a large one (over the 64 KB
     gunicorn drains itself) leaves the connection open for the next delivery."""

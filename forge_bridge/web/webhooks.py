@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
@@ -17,6 +19,7 @@ from forge_bridge import app_reach, metrics
 from forge_bridge.admission import admit, admit_check
 from forge_bridge.config import Settings
 from forge_bridge.models import CheckFailed, ForgeEvent, ForgeKind
+from forge_bridge.web.deadlines import DEADLINES
 from forge_bridge.webhooks import (
     BadSignature,
     Ignored,
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 PREFIX = "/webhooks/"
 MAX_BODY = 25 * 1024 * 1024
 BODY_TIMEOUT = 2.0
-DISCARD_CHUNK = 64 * 1024
+BODY_DEADLINE = 10.0   # GitHub gives up on a delivery after 10 s: a body still coming then is not worth a thread
+PIECE = 64 * 1024
 ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -104,17 +108,28 @@ def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signatu
     return verify_signature(secrets, body, signature)
 
 
-def _limit_wait(request: Request) -> None:
-    """A client that stops sending is dropped after BODY_TIMEOUT, so stalled clients cannot hold the threads."""
+def _pieces(request: Request, limit: int) -> Iterator[bytes]:
+    """Up to `limit` bytes of the body, a piece at a time. A client that stops sending for BODY_TIMEOUT, or is
+    still sending after BODY_DEADLINE, gets TimeoutError: neither a stalled nor a slow but steady client can
+    hold one of the server's threads for long."""
     client = request.environ.get("gunicorn.socket")
-    if client is not None:
-        client.settimeout(BODY_TIMEOUT)
+    deadline, left = time.monotonic() + BODY_DEADLINE, limit
+    with DEADLINES.cut_off(client, deadline) if client is not None else nullcontext():
+        while left > 0:
+            if client is not None:
+                client.settimeout(BODY_TIMEOUT)
+            piece = request.stream.read(min(PIECE, left))
+            if time.monotonic() >= deadline:   # cut off: what came is not the whole body
+                raise TimeoutError
+            if not piece:
+                return
+            left -= len(piece)
+            yield piece
 
 
 def _read_body(request: Request) -> bytes:
     """At most MAX_BODY bytes; a longer body (even one without Content-Length) is refused unread."""
-    _limit_wait(request)
-    body = request.stream.read(MAX_BODY + 1)
+    body = b"".join(_pieces(request, MAX_BODY + 1))
     if len(body) > MAX_BODY:
         raise OverflowError
     return body
@@ -123,11 +138,9 @@ def _read_body(request: Request) -> bytes:
 def _discard_body(request: Request) -> None:
     """Read and drop what is left of the body once the answer has gone. Left unread, gunicorn drains it a
     kilobyte a read before it reuses the connection, which costs more than all of deciding an ignored event."""
-    _limit_wait(request)
-    left = MAX_BODY
     try:
-        while left > 0 and (chunk := request.stream.read(min(DISCARD_CHUNK, left))):
-            left -= len(chunk)
+        for _ in _pieces(request, MAX_BODY):
+            pass
     except (OSError, ClientDisconnected):   # the client stopped sending or went away: the connection is closed
         pass
 
@@ -152,7 +165,8 @@ def receive(bridge, name: str, request: Request) -> Answer:
     except OverflowError:
         return Answer("too_large", 413, delivery, "body over 25 MiB")
     except TimeoutError:
-        return Answer("timeout", 408, delivery, f"no body within {BODY_TIMEOUT:.0f}s")
+        return Answer("timeout", 408, delivery,
+                      f"the body stopped for {BODY_TIMEOUT:.0f}s or was still coming after {BODY_DEADLINE:.0f}s")
     except WebhookError as error:
         return Answer(error.answer, error.status, delivery, str(error))
     if isinstance(parsed, Ignored):
