@@ -105,6 +105,7 @@ class _JobLayout:
     fields: tuple
     at: dict[str, int]
     serializer: object
+    queue_key: str
 
 
 _layouts: dict[str, _JobLayout] = {}
@@ -119,7 +120,7 @@ def _layout(conn: Redis, func: str) -> _JobLayout:
         job.origin, job.enqueued_at = queue.name, now()
         fields = _build_hset_args(job)
         layout = _layouts[func] = _JobLayout(tuple(fields), {name: fields.index(name) + 1 for name in _PER_JOB},
-                                             job.serializer)
+                                             job.serializer, queue.key)
     return layout
 
 
@@ -132,7 +133,7 @@ def prepare_event_job(conn: Redis, event_json: str, *, func: str = EVENT_JOB) ->
     fields[layout.at["created_at"]] = fields[layout.at["enqueued_at"]] = stamp
     fields[layout.at["data"]] = zlib.compress(layout.serializer.dumps((func, None, args, {})))
     fields[layout.at["description"]] = get_call_string(func, args, {}, max_length=_DESCRIPTION_LENGTH)
-    return PreparedJob(id=job_id, key=Job.key_for(job_id), queue_key=Queue.redis_queue_namespace_prefix + EVENTS_QUEUE,
+    return PreparedJob(id=job_id, key=Job.key_for(job_id), queue_key=layout.queue_key,
                        queues_key=Queue.redis_queues_keys, fields=fields)
 
 

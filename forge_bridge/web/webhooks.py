@@ -46,6 +46,7 @@ class Answer(NamedTuple):
     code: int
     delivery: str = ""
     reason: str = ""
+    body_unread: bool = False   # answered from the headers: the body is dropped after the answer
 
 
 class WebhookApp:
@@ -64,8 +65,9 @@ class WebhookApp:
             response.headers["Allow"] = "POST"
         else:
             request = Request(environ)
-            response = _receive_counted(self.bridge, name, request)
-            if response.status_code == 200:   # ignored or duplicate: the body may be unread
+            answer = _receive_counted(self.bridge, name, request)
+            response = _response(answer)
+            if answer.body_unread:
                 response.call_on_close(lambda: _discard_body(request))
         return response(environ, start_response)
 
@@ -77,7 +79,7 @@ def _response(answer: Answer) -> Response:
     return Response(text + "\n", status=answer.code, mimetype="application/json")
 
 
-def _receive_counted(bridge, name: str, request: Request) -> Response:
+def _receive_counted(bridge, name: str, request: Request) -> Answer:
     try:
         answer = receive(bridge, name, request)
     except Exception:   # a bug must still answer (and be counted and logged), not drop the connection
@@ -85,7 +87,7 @@ def _receive_counted(bridge, name: str, request: Request) -> Response:
         answer = Answer("error", 500, reason="internal error; see the bridge's log")
     if name in ENDPOINTS:   # counted in this process, written to Redis in the background
         metrics.count_soon(bridge.conn, metrics.DELIVERIES, name, answer.status)
-    return _response(answer)
+    return answer
 
 
 def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signature: str) -> str:
@@ -114,10 +116,10 @@ def _pieces(request: Request, limit: int) -> Iterator[bytes]:
     hold one of the server's threads for long."""
     client = request.environ.get("gunicorn.socket")
     deadline, left = time.monotonic() + BODY_DEADLINE, limit
+    if client is not None:
+        client.settimeout(BODY_TIMEOUT)
     with DEADLINES.cut_off(client, deadline) if client is not None else nullcontext():
         while left > 0:
-            if client is not None:
-                client.settimeout(BODY_TIMEOUT)
             piece = request.stream.read(min(PIECE, left))
             if time.monotonic() >= deadline:   # cut off: what came is not the whole body
                 raise TimeoutError
@@ -156,7 +158,7 @@ def receive(bridge, name: str, request: Request) -> Answer:
         headers = read_headers(request.headers, endpoint=endpoint)
         delivery = headers.delivery
         if not headers.relevant:  # answered from the headers, before the body is read
-            return Answer("ignored", 200, delivery, f"event {headers.event!r} is not acted on")
+            return Answer("ignored", 200, delivery, f"event {headers.event!r} is not acted on", body_unread=True)
         body = _read_body(request)
         forge_name = _sending_forge(bridge.settings, endpoint, body, headers.signature)
         if request.mimetype in FORM_TYPES:
