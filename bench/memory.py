@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import healthy, wait_for  # noqa: E402
 
-from forge_bridge.supervisor import descendants  # noqa: E402
+from forge_bridge.service.supervisor import descendants  # noqa: E402
 
 SETTLE = 5.0   # the workers import the forge clients after /healthz answers
 

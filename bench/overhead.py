@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from forge_bridge import worktrees
+from forge_bridge.workspace import worktrees
 from forge_bridge.models import IssueRef, RepoRef
 
 RUNS = 5

@@ -95,6 +95,16 @@ class IssueRef:
     def __str__(self) -> str:
         return f"{self.repo}#{self.number}"
 
+    @classmethod
+    def from_str(cls, text: str) -> IssueRef:
+        """The ref as `str()` wrote it (`host/owner/repo#N`), read back from storage; every part checked again.
+        (Refs as people write them, in their several forms, are refs.parse_issue_ref's job.)"""
+        repo, _, number = text.rpartition("#")
+        parts = repo.split("/")
+        if len(parts) != 3 or not number.isdigit():
+            raise InvalidRef(f"not a stored issue ref: {text!r}")
+        return cls(RepoRef(parts[0].lower(), parts[1], parts[2]), int(number))
+
 
 CI_SENDER = "ci"   # who a CI round's task is "asked by": no person, so never credited nor asked to review
 FAILING_CONCLUSIONS = ("failure", "timed_out", "action_required", "startup_failure")   # GitHub checks that failed
@@ -160,10 +170,8 @@ class ForgeEvent:
 
     @classmethod
     def from_json(cls, text: str) -> ForgeEvent:
-        from forge_bridge.refs import parse_issue_ref
-
         data = json.loads(text)
-        data["issue"] = parse_issue_ref(data["issue"])
+        data["issue"] = IssueRef.from_str(data["issue"])
         data["kind"] = EventKind(data["kind"])
         data["labels"] = tuple(data["labels"])
         return cls(**data)
@@ -242,3 +250,13 @@ class Session:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class InstallationChange:
+    """What a GitHub App can reach changed: repositories added to or removed from one installation."""
+    installation: int
+    account: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    gone: bool            # the whole installation was deleted or suspended: all its repositories are out of reach

@@ -6,10 +6,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from forge_bridge import agents
 from forge_bridge.config import Settings
 
 MARK = "[redacted]"
+TAIL_LINES = 20   # the lines of an agent's log a status comment or failure quotes
 MIN_LENGTH = 6   # shorter values ("1", "true") would blank ordinary words; no real secret is that short
 
 
@@ -38,6 +38,15 @@ def redact(text: str, values: list[str]) -> str:
     return text
 
 
-def log_tail(settings: Settings, log: Path, lines: int = agents.TAIL_LINES) -> str:
+def log_tail(settings: Settings, log: Path, lines: int = TAIL_LINES) -> str:
     """The last lines of an agent's log, as they may be shown."""
-    return redact(agents.tail(log, lines), secret_values(settings))
+    return redact(tail(log, lines), secret_values(settings))
+
+
+def tail(log: Path, lines: int = TAIL_LINES) -> str:
+    """The last lines of a log, read from its last 64 KiB (a log can be large)."""
+    if not log.exists():
+        return ""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 64 * 1024))
+        return "\n".join(handle.read().decode(errors="replace").splitlines()[-lines:])

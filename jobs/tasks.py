@@ -12,12 +12,12 @@ from rq.job import Job
 
 from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
-from forge_bridge.intake import Intake
+from forge_bridge.intake.handler import Intake
 from forge_bridge.logs import task_context
 from forge_bridge.models import CheckFailed, EventKind, ForgeEvent
-from forge_bridge.queue import Scheduler, current_job
-from forge_bridge.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
-from forge_bridge.sessions import Store
+from forge_bridge.store.queue import Scheduler, current_job
+from forge_bridge.work.runner import SHUTDOWN, WORKER_GONE, Runner, fail_abandoned
+from forge_bridge.store.sessions import Store
 
 log = logging.getLogger(__name__)
 _configured: list[Settings] = []

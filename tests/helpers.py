@@ -62,6 +62,6 @@ def agent_jobs_done(conn) -> bool:
     and a job's last writes land only when it ends."""
     from rq.registry import StartedJobRegistry
 
-    from forge_bridge.queue import AGENTS_QUEUE
+    from forge_bridge.store.queue import AGENTS_QUEUE
 
     return StartedJobRegistry(AGENTS_QUEUE, connection=conn).count == 0

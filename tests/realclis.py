@@ -1,5 +1,5 @@
 """The real agent CLIs for the conformance suite: pinned versions in one place (the newest each preset was tested
-with, from forge_bridge.agents.TESTED_VERSIONS), installed from their registries into a cache reused between runs
+with, from forge_bridge.agents.presets.TESTED_VERSIONS), installed from their registries into a cache reused between runs
 ($FORGE_BRIDGE_CLI_CACHE, else ~/.cache/forge-bridge/clis), one installer at a time across test processes."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forge_bridge.agents import TESTED_VERSIONS
+from forge_bridge.agents.presets import TESTED_VERSIONS
 
 PACKAGES = {"claude": ("npm", "@anthropic-ai/claude-code"), "codex": ("npm", "@openai/codex"),
             "opencode": ("npm", "opencode-ai"), "aider": ("pypi", "aider-chat")}

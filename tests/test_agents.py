@@ -8,7 +8,8 @@ from pathlib import Path
 
 from helpers import alive, wait_for
 
-from forge_bridge.agents import agent_env, build_argv, run_agent, tail
+from forge_bridge.agents.presets import agent_env, build_argv, run_agent
+from forge_bridge.redact import tail
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
 

@@ -9,7 +9,7 @@ from helpers import SECRET
 
 from forge_bridge.config import settings_from_dict
 from forge_bridge.models import IssueRef, RepoRef, Session, TaskAction, TaskState
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 from forge_bridge.web import create_app
 from forge_bridge.web.api import published_document
 
@@ -115,7 +115,7 @@ def test_the_page_shows_what_each_recent_run_cost(redis_url, seeded):
 
 
 def test_a_worker_without_a_working_sandbox_is_a_warning_on_the_page(redis_url, conn, monkeypatch):
-    from forge_bridge import sandbox
+    from forge_bridge.agents import sandbox
     from forge_bridge.config import settings_from_dict
 
     settings = settings_from_dict({"agent": {"sandbox": "auto"}}, source="t", environ={})
@@ -130,7 +130,7 @@ def test_a_worker_without_a_working_sandbox_is_a_warning_on_the_page(redis_url, 
 
 def test_a_worker_whose_agents_could_write_to_its_redis_is_a_warning_on_the_page(redis_url, conn, monkeypatch):
     """Confined agents still share the host's network: a Redis there without a password takes their jobs."""
-    from forge_bridge import sandbox
+    from forge_bridge.agents import sandbox
     from forge_bridge.config import settings_from_dict
 
     monkeypatch.setattr(sandbox, "bwrap_works", lambda: "")

@@ -10,11 +10,11 @@ import pytest
 import requests
 from helpers import wait_for
 
-from forge_bridge.budget import Ledger, RunMeter, Spend, describe, run_over_budget, start_refused
+from forge_bridge.agents.budget import Ledger, RunMeter, Spend, describe, run_over_budget, start_refused
 from forge_bridge.config import AgentConfig, BudgetConfig
-from forge_bridge.line import Line, ordinal
+from forge_bridge.store.line import Line, ordinal
 from forge_bridge.models import IssueRef, RepoRef, Task, TaskAction, TaskState
-from forge_bridge.report import STATUS_MARKER
+from forge_bridge.work.report import STATUS_MARKER
 
 ISSUE = IssueRef(RepoRef("forge.example", "alice", "widgets"), 7)
 
@@ -206,7 +206,7 @@ def test_a_queued_task_says_where_it_stands_and_the_page_shows_the_line(github, 
     (AgentConfig(preset="claude"), BudgetConfig(task_usd=1, task_tokens=5), (True, "reports what the budget needs")),
 ])
 def test_check_says_which_budgets_the_agent_cannot_be_held_to(agent, limits, expected):
-    from forge_bridge.checks import check_budget
+    from forge_bridge.service.checks import check_budget
     from forge_bridge.config import Settings
 
     ok, line = check_budget(Settings(agent=agent, budget=limits))
@@ -214,14 +214,14 @@ def test_check_says_which_budgets_the_agent_cannot_be_held_to(agent, limits, exp
 
 
 def test_claude_code_is_handed_what_is_left_of_the_task_budget_as_its_own_limit():
-    from forge_bridge import agents
+    from forge_bridge.agents import presets
     from forge_bridge.config import Settings
-    from forge_bridge.turns import Turns
+    from forge_bridge.work.turns import Turns
 
     task = _task("t", TaskState.RUNNING)
     task.cost_usd = 0.2
     turns = Turns(Settings(agent=AgentConfig(preset="claude"), budget=BudgetConfig(task_usd=0.5)), None, lambda: "")
-    argv = agents.build_argv(turns.priced_agent(task), TaskAction.START, {"prompt": "p", "session_id": "s"})
+    argv = presets.build_argv(turns.priced_agent(task), TaskAction.START, {"prompt": "p", "session_id": "s"})
     assert argv[argv.index("--max-budget-usd") + 1] == "0.3"
     configured = Settings(agent=AgentConfig(preset="claude", max_budget_usd=2), budget=BudgetConfig(task_usd=0.5))
     assert Turns(configured, None, lambda: "").priced_agent(task).max_budget_usd == 2

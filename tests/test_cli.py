@@ -148,7 +148,7 @@ def test_check_warns_when_auto_finds_no_working_sandbox_and_fails_when_bwrap_was
 
 def test_check_fails_when_confined_agents_could_write_to_a_redis_without_a_password_and_warns_of_an_open_ui(
         tmp_path):
-    from forge_bridge.sandbox import bwrap_works
+    from forge_bridge.agents.sandbox import bwrap_works
 
     if bwrap_works():
         pytest.skip(bwrap_works())   # the line is for confined agents: unconfined ones reach everything anyway

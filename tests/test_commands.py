@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from forge_bridge.commands import Command, NoCommand, Reply, Verb, mentions, parse_comment
+from forge_bridge.intake.commands import Command, NoCommand, Reply, Verb, mentions, parse_comment
 
 
 def parse(text: str):

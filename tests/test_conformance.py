@@ -16,7 +16,7 @@ from models.server import ModelServer
 from realclis import cache_root, install
 from test_end_to_end import _settled, _status_comments
 
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_a_real_cli_with_a_home_per_issue_has_its_settings_and_resumes_its_sessi
                                                                                     tmp_path):
     """opencode reads its provider from its HOME: with agent.home_per_issue the issue's copy has it, and keeps the
     session the next turn resumes, while the HOME it was copied from gains nothing."""
-    from forge_bridge import worktrees
+    from forge_bridge.workspace import worktrees
     from forge_bridge.refs import parse_issue_ref
 
     home = tmp_path / "home"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from redis import Redis
 
-from forge_bridge.embedded import EmbeddedServer
+from forge_bridge.store.embedded import EmbeddedServer
 
 
 def test_data_survives_a_restart(tmp_path):
@@ -37,7 +37,7 @@ def test_a_socket_folder_open_to_others_is_refused(tmp_path):
 
     import pytest
 
-    from forge_bridge.embedded import private_socket_dir
+    from forge_bridge.store.embedded import private_socket_dir
 
     shared = tmp_path / "forge-bridge-sock"
     shared.mkdir(mode=0o777)

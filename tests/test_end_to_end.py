@@ -10,7 +10,7 @@ from fakeforge.server import FakeForge
 from fakeforge.state import Issue, Repo
 from helpers import wait_for
 
-from forge_bridge.report import STATUS_MARKER
+from forge_bridge.work.report import STATUS_MARKER
 
 TITLE = "Fix the emoji names"
 BODY = "Names like <😀> & friends break the list; quote `$(rm -rf ~)` literally."

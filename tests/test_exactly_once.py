@@ -18,11 +18,11 @@ from conftest import free_port
 from helpers import FIXTURES, SECRET, healthy, redated, wait_for
 from rq import Queue
 
-from forge_bridge import queue
+from forge_bridge.store import queue
 from forge_bridge.config import settings_from_dict
 from forge_bridge.forges import RepoComment
 from forge_bridge.models import RepoRef
-from forge_bridge.poller import Poller
+from forge_bridge.intake.poller import Poller
 
 GITHUB_COMMENT = redated(json.loads((FIXTURES / "github" / "issue_comment.created.json").read_text()))
 GITHUB_COMMENT["comment"]["body"] = "/kugetsu start"
@@ -129,7 +129,7 @@ def test_the_poller_does_not_hand_over_a_comment_the_webhook_brought(web, conn, 
     poller = Poller(settings, queue.connect(redis_url), client_for=lambda name: None)
     seen = RepoComment(id=GITHUB_COMMENT["comment"]["id"], number=1, is_pull=False, body="/kugetsu start",
                        author="Codertocat", created_at=datetime.now(timezone.utc))
-    from forge_bridge.poller import _comment_event
+    from forge_bridge.intake.poller import _comment_event
 
     event = _comment_event("gh", RepoRef("github.com", "Codertocat", "Hello-World"), seen)
     assert poller.hand_over(event) == 0

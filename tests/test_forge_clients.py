@@ -100,7 +100,7 @@ def test_github_slows_down_before_the_rate_limit(github):
 
 
 def test_forge_calls_and_quota_are_counted_for_metrics(github, conn):
-    from forge_bridge.metrics import render
+    from forge_bridge.store.metrics import render
 
     repo = github.create_repo("alice", "widgets")
     github.create_issue(repo, "T", "B")
@@ -130,8 +130,8 @@ def test_a_pull_request_from_a_fork_with_the_bridge_branch_name_is_never_adopted
 
 def test_a_pasted_status_marker_is_not_taken_over(client_and_issue, conn):
     from forge_bridge.models import Session
-    from forge_bridge.report import STATUS_MARKER, Reporter
-    from forge_bridge.sessions import Store
+    from forge_bridge.work.report import STATUS_MARKER, Reporter
+    from forge_bridge.store.sessions import Store
 
     forge, client, ref = client_and_issue
     repo = forge.state.repo("alice", "widgets")

@@ -278,7 +278,7 @@ def test_github_app_create_runs_githubs_manifest_flow(github, tmp_path, org):
 
 
 def test_git_over_http_takes_only_a_live_installation_token(github, installed):
-    from forge_bridge import worktrees
+    from forge_bridge.workspace import worktrees
 
     app, repo = installed
     github.git_http, app.token_life = True, 5   # tokens that live five seconds
@@ -299,10 +299,10 @@ def test_git_over_http_takes_only_a_live_installation_token(github, installed):
 
 
 def test_a_git_step_refused_for_a_revoked_token_is_retried_once_with_a_new_one(github, installed, conn, tmp_path):
-    from forge_bridge import worktrees
+    from forge_bridge.workspace import worktrees
     from forge_bridge.config import Settings
-    from forge_bridge.runner import Runner
-    from forge_bridge.sessions import Store
+    from forge_bridge.work.runner import Runner
+    from forge_bridge.store.sessions import Store
 
     app, repo = installed
     github.git_http = True
@@ -318,7 +318,7 @@ def test_a_git_step_refused_for_a_revoked_token_is_retried_once_with_a_new_one(g
 
 
 def test_workers_starting_together_survey_the_apps_repositories_once(github, installed, conn):
-    from forge_bridge import app_reach
+    from forge_bridge.forges import app_reach
     from forge_bridge.config import settings_from_dict
 
     app, _ = installed

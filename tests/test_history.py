@@ -1,7 +1,7 @@
 """When a session can be resumed, and the prompt of a new session that carries the issue's history. Pure."""
 from __future__ import annotations
 
-from forge_bridge.history import PROMPT_LIMIT, history_prompt, resume_obstacle
+from forge_bridge.work.history import PROMPT_LIMIT, history_prompt, resume_obstacle
 from forge_bridge.models import Session, Task, TaskAction, TaskState
 
 
@@ -46,7 +46,7 @@ def test_the_history_prompt_clips_long_prompts_and_says_when_there_is_no_pull_re
 
 def test_only_a_command_agent_without_sessions_has_none_to_resume():
     from forge_bridge.config import AgentConfig
-    from forge_bridge.turns import resumable
+    from forge_bridge.work.turns import resumable
 
     assert all(resumable(AgentConfig(preset=p)) for p in ("kugetsu", "claude", "codex", "opencode", "aider"))
     assert resumable(AgentConfig(preset="command", argv=("a",), session_id="uuid"))

@@ -13,7 +13,7 @@ from fakeforge.state import RepoHook
 from helpers import SECRET
 
 from forge_bridge.forges import HookInfo
-from forge_bridge.hooks import HOOK_EVENTS, plan_hook
+from forge_bridge.service.hooks import HOOK_EVENTS, plan_hook
 from forge_bridge.models import ForgeKind
 
 URL = "https://bridge.example.com/webhooks/github"
@@ -117,7 +117,7 @@ def test_hooks_install_needs_a_public_url(github, tmp_path):
 
 def test_the_hook_subscribes_to_check_events_only_when_ci_feedback_is_on():
     from forge_bridge.config import settings_from_dict
-    from forge_bridge.hooks import hook_events
+    from forge_bridge.service.hooks import hook_events
 
     forges = [{"name": "gh", "kind": "github", "url": "https://github.com"},
               {"name": "gt", "kind": "gitea", "url": "https://gitea.example"}]

@@ -13,15 +13,15 @@ from fakeforge.server import FakeForge
 from fakeforge.state import Comment
 from rq import Queue
 
-from forge_bridge import queue
+from forge_bridge.store import queue
 from forge_bridge.config import settings_from_dict
 from forge_bridge.forges import make_client
-from forge_bridge.intake import Intake
+from forge_bridge.intake.handler import Intake
 from forge_bridge.models import ForgeEvent, ForgeKind, Session, TaskAction, TaskState
 from forge_bridge.refs import parse_issue_ref
-from forge_bridge.report import STATUS_MARKER
-from forge_bridge.sessions import Store
-from forge_bridge.webhooks import DeliveryHeaders, parse_delivery
+from forge_bridge.work.report import STATUS_MARKER
+from forge_bridge.store.sessions import Store
+from forge_bridge.intake.webhooks import DeliveryHeaders, parse_delivery
 
 
 def make_intake(forge: FakeForge, redis_url: str, data_dir, **top) -> Intake:
@@ -288,7 +288,7 @@ def test_a_label_set_by_a_person_is_kept(world):
 
 
 def test_garbage_collection_removes_only_unowned_worktrees(world):
-    from forge_bridge.lifecycle import collect_garbage
+    from forge_bridge.work.lifecycle import collect_garbage
 
     forge, repo, issue, intake = world
     root, homes = intake.settings.data_dir / "worktrees", intake.settings.data_dir / "homes"

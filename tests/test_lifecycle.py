@@ -7,7 +7,7 @@ import subprocess
 from helpers import wait_for
 from test_end_to_end import BODY, TITLE, _assert_reviewed, _settled, _status_comments
 
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 
 
 def _reviewed(forge, start_bridge, **bridge_args):

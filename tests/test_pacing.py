@@ -1,7 +1,7 @@
 """The write bucket: a task's burst of writes goes at once; sustained writing is held to one per interval."""
 from __future__ import annotations
 
-from forge_bridge.pacing import WriteBucket
+from forge_bridge.forges.pacing import WriteBucket
 
 
 class Clock:

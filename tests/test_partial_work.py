@@ -9,7 +9,7 @@ import pytest
 
 from helpers import wait_for
 
-from forge_bridge.report import STATUS_MARKER
+from forge_bridge.work.report import STATUS_MARKER
 
 
 def _tasks(bridge) -> list[dict]:

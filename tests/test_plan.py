@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import wait_for
 
-from forge_bridge import agents
+from forge_bridge.agents import presets
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
 
@@ -20,7 +20,7 @@ def test_each_preset_plans_in_its_read_only_mode(preset, flags):
     values = {"prompt": "p", "session_id": "s", "message_file": "m", "history_file": "h", "issue_ref": "r"}
     agent = AgentConfig(preset=preset)
     for action in (TaskAction.START, TaskAction.CONTINUE):
-        argv = agents.plan_argv(agent, agents.build_argv(agent, action, values))
+        argv = presets.plan_argv(agent, presets.build_argv(agent, action, values))
         assert any(argv[i:i + 2] == flags for i in range(len(argv))), argv
         assert "workspace-write" not in argv and "acceptEdits" not in argv
 

@@ -6,11 +6,11 @@ import pytest
 from rq import Queue
 from test_intake import make_intake
 
-from forge_bridge import queue
+from forge_bridge.store import queue
 from forge_bridge.config import settings_from_dict
 from forge_bridge.forges import make_client
 from forge_bridge.models import ForgeEvent
-from forge_bridge.poller import Poller
+from forge_bridge.intake.poller import Poller
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import FAKE_AGENT
 
-from forge_bridge.agents import agent_env, build_argv, run_agent
+from forge_bridge.agents.presets import agent_env, build_argv, run_agent
 from forge_bridge.config import AgentConfig
 from forge_bridge.models import TaskAction
 

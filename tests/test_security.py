@@ -16,7 +16,7 @@ from helpers import FAKE_AGENT, SECRET, wait_for
 from test_end_to_end import _settled
 from werkzeug.serving import make_server
 
-from forge_bridge.worktrees import CANONICAL_CONFIG
+from forge_bridge.workspace.worktrees import CANONICAL_CONFIG
 
 HOSTILE = FAKE_AGENT.parent / "hostile_agent.py"
 
@@ -75,7 +75,7 @@ def test_a_hostile_agent_cannot_make_the_bridge_git_run_its_code_or_push_elsewhe
 
 
 def test_the_bridge_git_carries_no_inherited_secret(monkeypatch, tmp_path):
-    from forge_bridge import worktrees
+    from forge_bridge.workspace import worktrees
 
     monkeypatch.setenv("SOME_FORGE_TOKEN", "s3cret-token")
     env = worktrees.git_env("https://git.example.com/o/r.git", "")
@@ -84,7 +84,7 @@ def test_the_bridge_git_carries_no_inherited_secret(monkeypatch, tmp_path):
 
 
 def test_in_the_sandbox_the_agent_sees_none_of_the_bridge(github, start_bridge, capture, tmp_path):
-    from forge_bridge.sandbox import bwrap_works
+    from forge_bridge.agents.sandbox import bwrap_works
 
     if bwrap_works():
         pytest.skip(bwrap_works())   # .ci/run installs bubblewrap; a host without user namespaces cannot run it
@@ -145,7 +145,7 @@ def test_a_secret_the_agent_prints_is_redacted_everywhere_it_is_shown(github, st
 
 
 def test_a_sandbox_apparmor_stops_is_reported_with_the_way_out():
-    from forge_bridge.sandbox import why_bwrap_fails
+    from forge_bridge.agents.sandbox import why_bwrap_fails
 
     denied = "bwrap: setting up uid map: Permission denied\n"
     restricted = why_bwrap_fails(denied, userns_restricted=True)
@@ -161,7 +161,7 @@ def test_the_sandbox_masks_the_configuration_app_keys_and_a_redis_socket_whereve
     import socket
     import tempfile
 
-    from forge_bridge import sandbox
+    from forge_bridge.agents import sandbox
     from forge_bridge.config import load_settings
     from forge_bridge.models import IssueRef, RepoRef
 
@@ -222,7 +222,7 @@ open("AGENT_WORK.md", "w").write("done\\n")
 @pytest.mark.parametrize("per_issue", [False, True])
 def test_with_home_per_issue_what_an_agent_leaves_in_its_home_never_reaches_another_issue(github, start_bridge,
                                                                                         tmp_path, per_issue):
-    from forge_bridge.sandbox import bwrap_works
+    from forge_bridge.agents.sandbox import bwrap_works
 
     repo = github.create_repo("alice", "widgets")
     first, second = github.create_issue(repo, "One", "x"), github.create_issue(repo, "Two", "y")
@@ -289,7 +289,7 @@ def test_a_confined_agent_cannot_change_what_another_issue_of_its_repository_com
     """Each issue's repository borrows the mirror's objects read-only: an agent cannot write the mirror's
     branches, refs or objects that other issues' tasks read, and a link it leaves in its own git directory is
     dropped before the bridge's git writes there."""
-    from forge_bridge.sandbox import bwrap_works
+    from forge_bridge.agents.sandbox import bwrap_works
 
     if bwrap_works():
         pytest.skip(bwrap_works())
@@ -324,7 +324,7 @@ def test_a_secret_file_in_a_folder_the_sandbox_hides_but_shows_again_is_still_ma
     configuration file kept there must read empty all the same."""
     import tempfile
 
-    from forge_bridge import sandbox
+    from forge_bridge.agents import sandbox
 
     if sandbox.bwrap_works():
         pytest.skip(sandbox.bwrap_works())

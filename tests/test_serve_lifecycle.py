@@ -11,8 +11,8 @@ import sys
 from conftest import SECRET_ENV, TOKEN_ENV, Bridge
 from helpers import FIXTURES, SECRET, alive, wait_for
 
-from forge_bridge import embedded
-from forge_bridge.supervisor import descendants
+from forge_bridge.store import embedded
+from forge_bridge.service.supervisor import descendants
 
 TITLE = "Fix the emoji names"
 
@@ -133,7 +133,7 @@ def test_a_stop_during_housekeeping_ends_the_worker_instead_of_being_logged_and_
     import pytest
     from rq.exceptions import StopRequested
 
-    from forge_bridge import queue
+    from forge_bridge.store import queue
 
     def housekeeping():
         raise StopRequested()   # what RQ's SIGTERM handler raises wherever the worker is

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from forge_bridge.models import Session, TaskAction
 from forge_bridge.refs import parse_issue_ref
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 
 REF = parse_issue_ref("h.example/o/r#1")
 
@@ -40,7 +40,7 @@ def test_an_issue_lock_outlives_its_ttl_while_held_and_a_dead_holder_frees_it(co
 
     from helpers import wait_for
 
-    from forge_bridge import sessions
+    from forge_bridge.store import sessions
 
     monkeypatch.setattr(sessions, "LOCK_TTL", 1)
     store, key = sessions.Store(conn), f"{sessions.PREFIX}:lock:h/o/r#1"

@@ -14,7 +14,7 @@ from helpers import SECRET, wait_for
 from playwright.sync_api import sync_playwright
 from test_end_to_end import BODY, TITLE
 
-from forge_bridge import embedded
+from forge_bridge.store import embedded
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from forge_bridge.config import AgentConfig
-from forge_bridge.streams import judge
+from forge_bridge.agents.streams import judge
 
 CLAUDE, CODEX = AgentConfig(preset="claude"), AgentConfig(preset="codex")
 

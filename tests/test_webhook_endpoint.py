@@ -12,9 +12,9 @@ from rq import Queue
 from rq.job import Job
 from rq.utils import utcparse
 
-from forge_bridge import queue
+from forge_bridge.store import queue
 from forge_bridge.config import ConfigError, settings_from_dict
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 from forge_bridge.web import create_app
 
 LABELED = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))

@@ -10,9 +10,9 @@ import pytest
 from helpers import FIXTURES, SECRET
 
 from forge_bridge.models import EventKind, ForgeEvent, ForgeKind
-from forge_bridge.webhooks import BadSignature, DeliveryHeaders, Ignored, Malformed, parse_delivery, read_headers
-from forge_bridge.webhooks.delivery import signature_matches, verify_signature
-from forge_bridge.webhooks.github import InstallationChange
+from forge_bridge.intake.webhooks import BadSignature, DeliveryHeaders, Ignored, Malformed, parse_delivery, read_headers
+from forge_bridge.intake.webhooks.delivery import signature_matches, verify_signature
+from forge_bridge.intake.webhooks.github import InstallationChange
 
 GITEA_EVENTS = {  # file -> (X-Gitea-Event, X-Gitea-Event-Type), from gitea/SOURCE.md
     "issues.opened.json": ("issues", "issues"), "issues.label_updated.json": ("issues", "issue_label"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_bridge import worktrees
+from forge_bridge.workspace import worktrees
 from forge_bridge.models import IssueRef, RepoRef
 from helpers import wait_for
 
@@ -226,7 +226,7 @@ def test_a_spare_without_its_git_directory_is_not_taken(tmp_path):
 
 
 def test_housekeeping_makes_each_repositorys_spare_and_skips_a_broken_mirror(tmp_path, caplog):
-    from forge_bridge.lifecycle import prepare_spares
+    from forge_bridge.work.lifecycle import prepare_spares
 
     origin, data = _origin(tmp_path), tmp_path / "data"
     good, broken = RepoRef("h.example", "o", "good"), RepoRef("h.example", "o", "broken")

@@ -1,4 +1,7 @@
-"""Build the ForgeClient for a configured forge; the only place that picks an implementation."""
+"""Build the ForgeClient for a configured forge; the only place that picks an implementation.
+
+The forges layer: one client per forge family behind ForgeClient (GitHub, Gitea/Forgejo), their pacing and
+GitHub App reach and setup. Imports the shared vocabulary and store/ (its metrics) only."""
 from redis import Redis
 
 from forge_bridge.config import ForgeConfig
@@ -34,7 +37,7 @@ def make_client(forge: ForgeConfig, *, conn: Redis | None = None) -> ForgeClient
     client = _client(forge)
     if conn is None:
         return client
-    from forge_bridge.metrics import CountingClient
+    from forge_bridge.store.metrics import CountingClient
 
     return CountingClient(client, conn, forge.name)
 

@@ -23,7 +23,7 @@ from forge_bridge.forges.base import (
 )
 from forge_bridge.forges.github_app import GitHubApp
 from forge_bridge.models import FAILING_CONCLUSIONS, FailedCheck, IssueRef, RepoRef
-from forge_bridge.pacing import WriteBucket
+from forge_bridge.forges.pacing import WriteBucket
 
 log = logging.getLogger(__name__)
 EVENT_SCAN_LIMIT = 300

@@ -1,5 +1,9 @@
 """The Flask application factory: one blueprint per area (the webhook endpoint a WSGI app in front), the Redis
-connection made here, never global."""
+connection made here, never global.
+
+The web layer: the webhook endpoint (a WSGI app in front of Flask), the status page, the read-only API,
+/metrics and /healthz, and the overview that the page and `forge-bridge status` show. Imports every layer below
+it: the shared vocabulary, store/, forges/, workspace/, agents/, work/ and intake/."""
 from __future__ import annotations
 
 import ipaddress
@@ -9,9 +13,9 @@ from functools import cached_property
 from flask import Flask
 from redis import Redis
 
-from forge_bridge import queue
+from forge_bridge.store import queue
 from forge_bridge.config import ConfigError, Settings, load_settings
-from forge_bridge.sessions import Store
+from forge_bridge.store.sessions import Store
 
 
 REDIS_TIMEOUT = 1.0

@@ -9,8 +9,8 @@ from importlib.resources import files
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from forge_bridge import queue
-from forge_bridge.overview import task_view
+from forge_bridge.store import queue
+from forge_bridge.web.overview import task_view
 
 bp = Blueprint("api", __name__)
 RECENT = 100

@@ -2,7 +2,7 @@
 from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from forge_bridge import metrics
+from forge_bridge.store import metrics
 from forge_bridge.web.api import require_ui_token
 
 bp = Blueprint("metrics", __name__)

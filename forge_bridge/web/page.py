@@ -7,8 +7,8 @@ from importlib.resources import files
 import jinja2
 from flask import Blueprint, current_app, jsonify
 
-from forge_bridge.overview import log_tail, overview
-from forge_bridge.report import usage_text
+from forge_bridge.web.overview import log_tail, overview
+from forge_bridge.work.report import usage_text
 from forge_bridge.web.api import require_ui_token
 
 bp = Blueprint("page", __name__)

@@ -15,12 +15,13 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
-from forge_bridge import app_reach, metrics
-from forge_bridge.admission import admit, admit_check
+from forge_bridge.forges import app_reach
+from forge_bridge.store import metrics
+from forge_bridge.intake.admission import admit, admit_check
 from forge_bridge.config import Settings
 from forge_bridge.models import CheckFailed, ForgeEvent, ForgeKind
 from forge_bridge.web.deadlines import DEADLINES
-from forge_bridge.webhooks import (
+from forge_bridge.intake.webhooks import (
     BadSignature,
     Ignored,
     Malformed,
@@ -29,7 +30,7 @@ from forge_bridge.webhooks import (
     read_headers,
     verify_signature,
 )
-from forge_bridge.webhooks.github import InstallationChange
+from forge_bridge.intake.webhooks.github import InstallationChange
 
 log = logging.getLogger(__name__)
 PREFIX = "/webhooks/"

@@ -1,0 +1,185 @@
+"""Confine an agent with bubblewrap: the host read-only, its worktree, its git metadata, its session files and
+its HOME writable, a private /tmp and process namespace, and nothing else of data_dir or the bridge user's HOME,
+nor the bridge's configuration file, a GitHub App's private key file or a Redis socket wherever they are.
+
+Inside, the issue's own git directory is writable (a commit writes objects and its branch there) and the
+repository's mirror, whose objects it borrows, is read-only: no agent can change what another issue's task of
+the repository commits or pushes. What an agent writes in its own git directory (a hook, a program to run) the
+bridge undoes after every run (worktrees.Checkout.restore), which also covers `sandbox = "none"`."""
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from forge_bridge.workspace import worktrees
+from forge_bridge.config import AgentConfig, Settings
+from forge_bridge.models import IssueRef
+
+log = logging.getLogger(__name__)
+PROBE_TIMEOUT = 10
+WARNINGS_KEY = "fb:sandbox-warnings"   # host -> why its agents run without a sandbox
+MODES = ("auto", "bwrap", "none")
+USERNS_RESTRICTION = Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")   # Ubuntu's
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """Where one agent run may write, and what more it may read."""
+
+    worktree: Path
+    gitdir: Path                      # the issue's own git directory (worktrees.Checkout.gitdir)
+    mirror: Path                      # read-only: its objects are borrowed
+    session_dir: Path
+    home: Path
+    hidden: tuple[Path, ...]          # data_dir and the bridge user's HOME
+    readable: tuple[Path, ...] = ()   # agent.sandbox_paths
+    masked: tuple[Path, ...] = ()     # files seen empty (and sockets refused) wherever they are: secret_files()
+    empty: Path | None = None         # the empty file mounted over each of them (not /dev/null: devices are not
+                                      # opened on the mounts of an unprivileged user namespace)
+
+
+def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir: Path, home: Path) -> Confinement:
+    """One agent run's confinement under these settings; `home` is its agent_home()."""
+    empty = settings.data_dir / "sandbox-empty"
+    if not empty.is_file():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        empty.touch(mode=0o444)
+    return Confinement(worktree=worktree, gitdir=worktrees.Checkout(mirror, worktree).gitdir, mirror=mirror,
+                       session_dir=session_dir, home=home,
+                       hidden=(settings.data_dir, Path.home()), masked=secret_files(settings), empty=empty,
+                       readable=tuple(Path(p) for p in settings.agent.sandbox_paths))
+
+
+def secret_files(settings: Settings) -> tuple[Path, ...]:
+    """What would hand an agent the bridge's secrets or its queue when it lies outside data_dir and the HOME:
+    the configuration file (it may hold redis_url with its password), each GitHub App's private key file (it
+    mints installation tokens), and a Redis unix socket (whoever writes RQ's jobs chooses what workers run)."""
+    found = [forge.private_key_file for forge in settings.forges if forge.private_key_file]
+    if settings.source and Path(settings.source).is_file():
+        found.append(settings.source)
+    if settings.redis_url.startswith("unix:"):
+        found.append(urlsplit(settings.redis_url).path)
+    return tuple(Path(path).resolve() for path in found)   # the file itself: a mount over a link lands there anyway
+
+
+def redis_exposure(settings: Settings) -> str:
+    """Why confined agents could write to the bridge's Redis, or "": a network address shares the host's network
+    with them, and without a password anyone there may queue an RQ job, which names the function a worker runs.
+    (Unconfined agents reach everything: that is mode()'s warning.)"""
+    if mode(settings.agent)[0] != "bwrap" or not settings.redis_url or settings.redis_url.startswith("unix:"):
+        return ""
+    address = urlsplit(settings.redis_url)
+    if address.password:
+        return ""
+    return (f"agents share this host's network, and Redis at {address.hostname}:{address.port or 6379} asks for "
+            "no password: an agent could queue a job that runs its own code in a worker, with the bridge's "
+            "tokens; give Redis a password (requirepass) and put it in redis_url through FORGE_BRIDGE_REDIS_URL, "
+            "or use serve's embedded server")
+
+
+def agent_home(settings: Settings, issue: IssueRef | None = None) -> Path:
+    """The agent's HOME, kept between runs so CLI logins and sessions survive: the one of all agents, or with
+    `agent.home_per_issue` the issue's own, first made as a copy of that one (its logins and settings), so what
+    one issue's agent leaves there (a CLI's hooks, a shell start file) never reaches another's."""
+    shared = Path(settings.agent.home) if settings.agent.home else settings.data_dir / "agent-home"
+    shared.mkdir(parents=True, exist_ok=True)
+    if issue is None or not settings.agent.home_per_issue:
+        return shared
+    own = worktrees.home_dir(settings.data_dir, issue)
+    if not own.is_dir():
+        seed = own.with_name(f"{own.name}.new")   # copied aside, then renamed: a half-made copy never counts
+        shutil.rmtree(seed, ignore_errors=True)
+        try:
+            shutil.copytree(shared, seed, symlinks=True)
+        except shutil.Error as error:   # a socket or an unreadable file: the rest is copied all the same
+            log.warning("the agent HOME of %s lacks what could not be copied: %s", issue, error.args[0][:3])
+        seed.rename(own)
+    return own
+
+
+@cache
+def bwrap_works() -> str:
+    """"" when bubblewrap runs here; otherwise why not (probed once per process)."""
+    program = shutil.which("bwrap")
+    if program is None:
+        return "bwrap is not installed (Debian: apt-get install bubblewrap)"
+    try:
+        done = subprocess.run([program, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-pid",
+                               "--die-with-parent", "true"], capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bwrap does not run here: {error}"
+    if done.returncode != 0:
+        return why_bwrap_fails(done.stderr or done.stdout, userns_restricted=_userns_restricted())
+    return ""
+
+
+def _userns_restricted() -> bool:
+    try:
+        return USERNS_RESTRICTION.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def why_bwrap_fails(output: str, *, userns_restricted: bool) -> str:
+    """bwrap's own words, and the way out where AppArmor is what stops it (Ubuntu 23.10 and later restrict
+    unprivileged user namespaces to programs whose profile allows them)."""
+    said = f"bwrap does not run here: {output.strip()[:200]}"
+    if userns_restricted:
+        said += ("; AppArmor restricts unprivileged user namespaces on this machine: give bwrap an AppArmor profile "
+                 "that allows them (README, Security model)")
+    return said
+
+
+def mode(agent: AgentConfig) -> tuple[str, str]:
+    """("bwrap" | "none", a warning when `auto` found no working bwrap)."""
+    if agent.sandbox == "none":
+        return "none", ""
+    problem = bwrap_works()
+    if agent.sandbox == "bwrap" or not problem:
+        return "bwrap", ""
+    return "none", f"agents run without a sandbox: {problem}"
+
+
+def announce(settings: Settings, conn) -> None:
+    """At a worker's start: say in the log, and for the status page, when its agents will run unconfined or could
+    reach the bridge's Redis."""
+    warning = redis_exposure(settings) or mode(settings.agent)[1]
+    if warning:
+        log.warning(warning)
+        conn.hset(WARNINGS_KEY, socket.gethostname(), warning)
+    else:
+        conn.hdel(WARNINGS_KEY, socket.gethostname())
+
+
+def warnings(conn) -> list[str]:
+    return [f"{host.decode()}: {why.decode()}" for host, why in sorted(conn.hgetall(WARNINGS_KEY).items())]
+
+
+def wrap(argv: list[str], where: Confinement) -> list[str]:
+    """The agent's argv, run inside bubblewrap."""
+    command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in where.hidden:
+        if str(path) not in ("/", "") and path.exists():
+            command += ["--tmpfs", str(path)]
+    for path in (where.home, where.worktree, where.gitdir, where.session_dir):
+        command += ["--bind", str(path), str(path)]
+    command += ["--ro-bind", str(where.mirror), str(where.mirror)]
+    for path in where.readable:
+        if path.exists():
+            command += ["--ro-bind", str(path), str(path)]
+    gone = [folder for folder in (*where.hidden, Path("/tmp")) if str(folder) not in ("/", "")]
+    shown = (where.home, where.worktree, where.gitdir, where.mirror, where.session_dir, *where.readable)
+    for path in where.masked:   # last, so no bind above uncovers them
+        hidden = any(path.is_relative_to(folder) for folder in gone) and \
+            not any(path.is_relative_to(folder) for folder in shown)   # under a hidden folder, not bound back
+        if path.exists() and not hidden:
+            command += ["--ro-bind", str(where.empty), str(path)]
+    command += ["--unshare-pid", "--die-with-parent", "--chdir", str(where.worktree), "--setenv", "HOME",
+                str(where.home), "--"]
+    return command + argv

@@ -1,0 +1,160 @@
+"""`forge-bridge check`: what is wrong before anything runs — the agent's program, each forge reached with its
+token (or as its GitHub App), the bot's permission on each repository, and how each forge takes events."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+from forge_bridge.agents import presets, sandbox, streams
+from forge_bridge.config import ForgeConfig, Settings
+from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
+
+VERSION_RE = re.compile(r"\b[0-9]+\.[0-9]+\.[0-9]+\b")
+VERSION_TIMEOUT = 20
+
+
+def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
+    """(ok, line) for each check, in the order a user fixes them."""
+    if not settings.forges:
+        yield False, "no forge is configured"
+    yield check_agent(settings)
+    yield check_sandbox(settings)
+    if exposure := sandbox.redis_exposure(settings):
+        yield False, f"redis: {exposure}"
+    if sandbox.mode(settings.agent)[0] == "bwrap" and not settings.ui_token:
+        yield None, (f"ui: without ${settings.ui_token_env} the status page and API answer any local process, "
+                     "confined agents included (other issues' titles and agent logs)")
+    if settings.budget.any:
+        yield check_budget(settings)
+    for forge in settings.forges:
+        yield check_webhook_secret(settings, forge)
+        yield from check_forge(settings, forge)
+
+
+def check_agent(settings: Settings) -> tuple[bool, str]:
+    preset, program = settings.agent.preset, presets.executable(settings.agent)
+    found = shutil.which(program)
+    if not found:
+        return False, f"agent {preset}: {program} is not on PATH"
+    return True, f"agent {preset}: {program} is {found}" + _version_note(preset, found)
+
+
+def _version_note(preset: str, program: str) -> str:
+    """The installed version, and whether the preset was tested with it."""
+    if preset not in presets.TESTED_VERSIONS:
+        return ""
+    name, low, high = presets.TESTED_VERSIONS[preset]
+    try:
+        said = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"; its version could not be read (tested with {name} {low} to {high})"
+    found = VERSION_RE.search(said.stdout + said.stderr)
+    if not found:
+        return f"; its version could not be read (tested with {name} {low} to {high})"
+    version = found[0]
+    if _parts(low) <= _parts(version) <= _parts(high):
+        return f", version {version} (tested: {low} to {high})"
+    return (f", version {version}: outside the tested range {low} to {high}; if its tasks fail with rejected "
+            "arguments, install a tested version")
+
+
+def _parts(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def check_sandbox(settings: Settings) -> tuple[bool | None, str]:
+    """None (a warning) when `auto` finds no working bubblewrap; a failure when `bwrap` was asked for."""
+    chosen, warning = sandbox.mode(settings.agent)
+    if settings.agent.sandbox == "bwrap" and sandbox.bwrap_works():
+        return False, f"sandbox bwrap: {sandbox.bwrap_works()}"
+    if warning:
+        return None, f"sandbox auto: {warning}"
+    if chosen == "none":
+        return True, "sandbox none: agents run unconfined (the bridge's git is protected all the same)"
+    return True, f"sandbox bwrap: agents run confined; their HOME is {sandbox.agent_home(settings)}"
+
+
+def check_budget(settings: Settings) -> tuple[bool | None, str]:
+    """None (a warning) when the agent's output cannot say what a budget needs to know."""
+    limits, agent = settings.budget, settings.agent
+    dollars = bool(limits.task_usd or limits.issue_usd or limits.repo_daily_usd)
+    blind = []
+    if dollars and not streams.reports_cost(agent):
+        how = " (set agent.cost = \"json:<key>\")" if agent.preset == "command" else ""
+        blind.append(f"its runs are not limited by dollars: {agent.preset} reports no cost{how}")
+    if limits.task_tokens and not streams.reports_tokens(agent):
+        how = " (set agent.tokens = \"json:<key>\")" if agent.preset == "command" else ""
+        blind.append(f"task_tokens does not apply: {agent.preset} reports no tokens{how}")
+    if blind:
+        return None, "budget: " + "; ".join(blind)
+    return True, "budget: the agent reports what the budget needs"
+
+
+def check_webhook_secret(settings: Settings, forge: ForgeConfig) -> tuple[bool, str]:
+    if not forge.webhook_secret_env:
+        polled = any(repo.forge == forge.name for repo in settings.polled_repos())
+        return True, (f"{forge.name}: webhooks off (no webhook_secret_env); "
+                      + ("the poller finds labelled issues" if polled else "set poll = true on its repositories"))
+    if forge.webhook_secret():
+        return True, f"{forge.name}: webhook secret present"
+    return settings.insecure_no_signature, f"{forge.name}: webhook secret missing (set ${forge.webhook_secret_env})"
+
+
+def _identity_and_repos(settings: Settings, forge: ForgeConfig, login: str, *, who: str):
+    """Whether the login matches bot_login, and which configured repositories can be checked by name."""
+    if forge.bot_login and login != forge.bot_login:
+        yield False, f"{forge.name}: {who} acts as {login}, but bot_login is {forge.bot_login}"
+    repos, patterns = settings.concrete_repos(forge)
+    for pattern in patterns:
+        yield True, f"{forge.name}: {pattern} is a pattern; its repositories are not checked"
+    return repos
+
+
+def check_app(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, str]]:
+    """A GitHub App: its signed token taken (`GET /app`), then each configured repository's installation and a
+    token minted for it — every failure one line saying what to fix."""
+    from forge_bridge.forges.github_app import GitHubApp
+
+    app = GitHubApp(forge.api_url, forge.app_id, forge.private_key, installation_id=forge.installation_id)
+    try:
+        login = app.login()
+    except ForgeError as error:
+        yield False, f"{forge.name}: {error}"
+        return
+    yield True, f"{forge.name}: reached {forge.api_url} as GitHub App {forge.app_id}, acting as {login}"
+    repos = yield from _identity_and_repos(settings, forge, login, who="the App")
+    for repo in repos:
+        try:
+            installation = app.find_installation(repo)
+            app.token(installation)
+        except ForgeError as error:
+            yield False, f"{forge.name}: {repo.full_name}: {error}"
+            continue
+        if forge.installation_id and installation != forge.installation_id:
+            yield False, (f"{forge.name}: {repo.full_name}: installation_id is {forge.installation_id}, but the App "
+                          f"reaches this repository through installation {installation}; leave installation_id "
+                          "out to find each repository's own")
+            continue
+        yield True, f"{forge.name}: {repo.full_name}: the App is installed (installation {installation}); token minted"
+
+
+def check_forge(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, str]]:
+    if forge.is_app:
+        yield from check_app(settings, forge)
+        return
+    client = make_client(forge)
+    try:
+        login = client.whoami()
+    except ForgeError as error:
+        why = "token rejected" if error.status in (401, 403) else f"not reached ({error})"
+        yield False, f"{forge.name}: {forge.api_url}: {why}"
+        return
+    yield True, f"{forge.name}: reached {forge.api_url}; token valid, acting as {login}"
+    repos = yield from _identity_and_repos(settings, forge, login, who="the token")
+    for repo in repos:
+        permission = client.permission(repo, login)
+        yield (permission in WRITE_PERMISSIONS,
+               f"{forge.name}: {repo.full_name}: {login} has {permission} permission (needs write)")

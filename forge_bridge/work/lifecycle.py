@@ -1,0 +1,112 @@
+"""Worktrees over time: safe destroy (only when nothing would be lost, or with --force; the session is archived),
+garbage collection, and the spare worktrees made ahead of need."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from forge_bridge.workspace import worktrees
+from forge_bridge.config import Settings
+from forge_bridge.forges import ForgeClient
+from forge_bridge.models import IssueRef
+from forge_bridge.store.sessions import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DestroyOutcome:
+    destroyed: bool
+    message: str
+
+
+def _refusal(store: Store, client: ForgeClient, ref: IssueRef, settings: Settings) -> str:
+    """Why destroying now would lose something, or "" when it would not."""
+    session = store.session(ref)
+    if session.pull_request_number:
+        pull = client.get_pull(ref.repo, session.pull_request_number)
+        if pull.state == "open":
+            return f"pull request #{pull.number} is still open"
+    worktree = worktrees.worktree_dir(settings.data_dir, ref)
+    if session.worktree and worktree.exists():
+        repo = client.get_repo(ref.repo)
+        checkout = worktrees.Checkout(worktrees.mirror_dir(settings.data_dir, ref.repo), worktree)
+        with worktrees.mirror_lock(checkout.mirror):
+            worktrees.sync_mirror(checkout.mirror, repo.clone_url,
+                                  worktrees.git_env(repo.clone_url, client.git_token(ref.repo)))
+            checkout.restore()
+        return worktrees.unpushed_work(checkout)
+    return ""
+
+
+def safe_destroy(settings: Settings, store: Store, client: ForgeClient, ref: IssueRef, *,
+                 force: bool) -> DestroyOutcome:
+    session = store.session(ref)
+    if session is None or (session.archived and not session.worktree):
+        return DestroyOutcome(False, "Nothing to destroy: this issue has no worktree.")
+    latest = store.latest_task(session)
+    if latest and not latest.state.finished:  # never pull a worktree from under a running agent
+        return DestroyOutcome(False, f"Not destroying: task {latest.id} is {latest.state.value}; stop it first.")
+    if not force:
+        reason = _refusal(store, client, ref, settings)
+        if reason:
+            return DestroyOutcome(False, f"Not destroying: {reason}. Use `{settings.command} destroy --force` to "
+                                         "destroy anyway.")
+    mirror = worktrees.mirror_dir(settings.data_dir, ref.repo)
+    with worktrees.mirror_lock(mirror):
+        worktrees.remove_worktree(settings.data_dir, mirror, worktrees.worktree_dir(settings.data_dir, ref))
+    shutil.rmtree(worktrees.home_dir(settings.data_dir, ref), ignore_errors=True)   # agent.home_per_issue
+    session.worktree, session.archived = "", True
+    store.save_session(session)
+    return DestroyOutcome(True, f"Destroyed the worktree of {ref}; the session is archived.")
+
+
+def collect_garbage(settings: Settings, store: Store) -> list[Path]:
+    """Remove worktrees no live session owns, then prune each mirror's worktree list. A worktree whose issue
+    has a queued or running task is never touched."""
+    root = settings.data_dir / "worktrees"
+    if not root.is_dir():
+        return []
+    keep: set[str] = set()
+    for issue in store.session_ids():
+        session = store.session(issue)
+        latest = store.latest_task(session)
+        if session and session.worktree and (not session.archived or (latest and not latest.state.finished)):
+            keep.add(session.worktree)
+    removed = []
+    for path in sorted(root.iterdir()):   # a worktree, or the git directory beside it (<worktree>.git)
+        if str(path.with_name(path.name.removesuffix(".git")).resolve()) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    homes = settings.data_dir / "homes"   # agent.home_per_issue: an issue's HOME goes with its worktree
+    for path in sorted(homes.iterdir()) if homes.is_dir() else []:
+        if str((root / path.name.removesuffix(".new")).resolve()) not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for mirror in sorted((settings.data_dir / "mirrors").glob("*.git")):
+        with worktrees.mirror_lock(mirror):
+            worktrees.git("worktree", "prune", cwd=mirror)
+    return removed
+
+
+def prepare_spares(data_dir: Path) -> list[Path]:
+    """Give every repository that has had a task its next spare worktree (see worktrees.spare_dir), its mirror's
+    packs compacted when they are many; a mirror that cannot is logged and skipped."""
+    made = []
+    for mirror in sorted((data_dir / "mirrors").glob("*.git")):
+        try:
+            with worktrees.mirror_lock(mirror):
+                worktrees.compact_mirror(mirror)
+                if worktrees.prepare_spare(mirror):
+                    made.append(worktrees.spare_dir(mirror))
+        except (worktrees.GitError, OSError) as error:
+            log.warning("no spare worktree for %s: %s", mirror.name, error)
+    return made
+
+
+def housekeeping(settings: Settings, store: Store) -> None:
+    """A worker's periodic work on its host, between jobs."""
+    collect_garbage(settings, store)
+    prepare_spares(settings.data_dir)
