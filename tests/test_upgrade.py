@@ -23,7 +23,7 @@ def test_an_event_job_queued_by_the_previous_version_runs(github, start_bridge):
              "body": BODY, "comment_id": 0, "comment_body": "", "is_pull": False, "merged": False,
              "head_branch": "", "updated_at": ""}
 
-    Queue(PREVIOUS_EVENTS_QUEUE, connection=bridge.redis()).enqueue(PREVIOUS_EVENT_JOB, json.dumps(event))
+    Queue(PREVIOUS_EVENTS_QUEUE, connection=bridge.redis).enqueue(PREVIOUS_EVENT_JOB, json.dumps(event))
 
     _assert_reviewed(github, repo, issue, bridge)   # the event job ran, and the agent job it queued ran too
     assert bridge.stop() == 0
