@@ -1,5 +1,6 @@
-"""P6 memory: the resident size of each process `forge-bridge serve` runs while idle (web master and workers,
-RQ workers and their schedulers, the poller), against an idle Python interpreter measured in the same run.
+"""P6 memory: the resident size of each process `forge-bridge serve` runs while idle, with its default layout (web master
+and workers, the worker pool: one event worker and an agent worker per slot, their RQ scheduler, the poller),
+against an idle Python interpreter measured in the same run.
 
 Run: `.venv/bin/python bench/memory.py`."""
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main() -> None:
 
         port = free_port()
         config = root / "forge-bridge.toml"
-        config.write_text(f'data_dir = "{root / "data"}"\nbind = "127.0.0.1:{port}"\nworkers = 2\n'
+        config.write_text(f'data_dir = "{root / "data"}"\nbind = "127.0.0.1:{port}"\n'
                           + "".join(FORGES[kind] for kind in args.forges))
         serve = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(config), "serve"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))

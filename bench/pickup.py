@@ -1,7 +1,9 @@
 """P2 pickup: from a label delivery answered to the agent's process started, through `forge-bridge serve` with
 its default settings (GitHub's write spacing included) against the tests' fake forge on 127.0.0.1.
 
-Baseline, measured in the same run: starting the same agent program directly (the floor no bridge can beat).
+Baselines, measured in the same run: starting the same agent program directly (the floor no bridge can beat), and
+for the wrap-up case the idle bridge: a label that arrives just as another task's agent ended — while the bridge
+pushes its branch, opens its pull request and reports — should start its agent as fast as on an idle bridge.
 Run: `.venv/bin/python bench/pickup.py [--issues N] [--kind github|gitea]`."""
 from __future__ import annotations
 
@@ -25,15 +27,20 @@ from fakeforge.server import FakeForge  # noqa: E402
 from helpers import SECRET, healthy, wait_for  # noqa: E402
 
 # The agent writes when it started, then ends without work (the bridge's own steps are what is measured).
-AGENT = ("import json, os, sys, time; started = time.time(); sys.stdin.read(); "
-         "open(os.environ['PICKUP_RECORD'], 'a').write(json.dumps({'issue': os.environ['FORGE_BRIDGE_ISSUE_REF'], "
-         "'at': started}) + '\\n')")
+# Given a prompt with WRAPUP, it commits a file first, so the bridge has a branch to push and a pull request to open.
+AGENT = ("import json, os, subprocess, sys, time; started = time.time(); prompt = sys.stdin.read(); "
+         "record = lambda what: open(os.environ['PICKUP_RECORD'], 'a').write(json.dumps({'issue': "
+         "os.environ['FORGE_BRIDGE_ISSUE_REF'], 'what': what, 'at': time.time() if what == 'end' else started}) + "
+         "'\\n'); record('start'); "
+         "'WRAPUP' in prompt and (open('WORK.md', 'w').write(prompt), subprocess.run(['git', 'add', 'WORK.md']), "
+         "subprocess.run(['git', '-c', 'user.name=a', '-c', 'user.email=a@b.invalid', 'commit', '-qm', 'work'])); "
+         "record('end')")
 
 
 def _config(root: Path, forge: FakeForge, port: int, record: Path) -> Path:
     config = root / "forge-bridge.toml"
     config.write_text(
-        f'data_dir = "{root / "data"}"\nbind = "127.0.0.1:{port}"\nworkers = 2\nmax_concurrent_agents = 4\n'
+        f'data_dir = "{root / "data"}"\nbind = "127.0.0.1:{port}"\n'
         f'[agent]\npreset = "command"\nargv = {json.dumps([sys.executable, "-c", AGENT])}\n'
         f'pass_env = ["PICKUP_RECORD"]\nsandbox = "none"\n'
         f'[[forges]]\nname = "f"\nkind = "{forge.kind}"\nurl = "{forge.url}"\ntoken_env = "T"\n'
@@ -42,10 +49,11 @@ def _config(root: Path, forge: FakeForge, port: int, record: Path) -> Path:
     return config
 
 
-def _started(record: Path) -> dict[str, float]:
+def _started(record: Path, what: str = "start") -> dict[str, float]:
     if not record.exists():
         return {}
-    return {line["issue"]: line["at"] for line in map(json.loads, record.read_text().splitlines())}
+    return {line["issue"]: line["at"] for line in map(json.loads, record.read_text().splitlines())
+            if line.get("what", "start") == what}
 
 
 def baseline(record: Path, runs: int) -> float:
@@ -57,6 +65,21 @@ def baseline(record: Path, runs: int) -> float:
                                                                       "FORGE_BRIDGE_ISSUE_REF": f"direct-{n}"})
         seconds.append(_started(record)[f"direct-{n}"] - began)
     return statistics.median(seconds)
+
+
+def _label(forge: FakeForge, repo, title: str, body: str = "body") -> str:
+    issue = forge.create_issue(repo, title, body)
+    [answer] = forge.add_label(repo, issue, "kugetsu:todo")
+    assert answer.status_code == 202, answer.text
+    return f"{forge.host}/alice/widgets#{issue.number}"
+
+
+def _pickup(forge: FakeForge, repo, record: Path, title: str) -> float:
+    """Seconds from a label's delivery answered to its agent started."""
+    ref = _label(forge, repo, title)
+    answered = time.time()
+    wait_for(lambda: ref in _started(record), timeout=120, interval=0.01, what=f"agent for {ref}")
+    return _started(record)[ref] - answered
 
 
 def measure(kind: str, issues: int) -> None:
@@ -78,18 +101,18 @@ def measure(kind: str, issues: int) -> None:
             wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=60, what="serve")
             forge.add_hook(f"http://127.0.0.1:{port}/webhooks/{kind}", SECRET)
             floor = baseline(root / "direct.jsonl", 5)
-            pickups = []
+            pickups = [_pickup(forge, repo, record, f"Issue {n}") for n in range(issues)]
+            wrapped = []
             for n in range(issues):
-                issue = forge.create_issue(repo, f"Issue {n}", "body")
-                ref = f"{forge.host}/alice/widgets#{issue.number}"
-                [answer] = forge.add_label(repo, issue, "kugetsu:todo")
-                answered = time.time()
-                assert answer.status_code == 202, answer.text
-                wait_for(lambda ref=ref: ref in _started(record), timeout=120, interval=0.01, what=f"agent for {ref}")
-                pickups.append(_started(record)[ref] - answered)
-            p50 = statistics.median(pickups)
+                wrapping = _label(forge, repo, f"Wrapped {n}", "WRAPUP")
+                wait_for(lambda ref=wrapping: ref in _started(record, "end"), timeout=120, interval=0.01,
+                         what=f"the agent of {wrapping} to end")
+                wrapped.append(_pickup(forge, repo, record, f"During wrap-up {n}"))   # its task wraps up now
+            p50, during = statistics.median(pickups), statistics.median(wrapped)
             print(f"{kind}: pickup p50 {p50:.3f} s, first {pickups[0]:.3f} s, max {max(pickups):.3f} s over {issues} "
                   f"issues; starting the agent directly {floor:.3f} s; p50 = {p50 / floor:.1f}x that baseline")
+            print(f"{kind}: pickup while another task wraps up p50 {during:.3f} s, max {max(wrapped):.3f} s: "
+                  f"{during - p50:+.3f} s against the idle bridge's p50 in this run")
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(timeout=60)

@@ -169,7 +169,8 @@ class Settings:
     data_dir: Path = Path("~/.local/share/forge-bridge").expanduser()
     redis_url: str = ""
     bind: str = "127.0.0.1:8080"
-    workers: int = 2
+    workers: int = 0                 # agent worker processes on this host; 0: one per agent slot
+    event_workers: int = 1           # processes on this host that read only events, so none waits behind agents
     max_concurrent_agents: int = 3
     task_timeout: float = 3600.0
     poll_interval: float = 60.0
@@ -194,6 +195,11 @@ class Settings:
 
     def label(self, state: str) -> str:
         return f"{self.label_prefix}:{state}"
+
+    @property
+    def agent_workers(self) -> int:
+        """How many agents one host's `forge-bridge worker` (and so `serve`) can run at once."""
+        return self.workers or self.max_concurrent_agents
 
     def forge(self, name: str) -> ForgeConfig:
         for forge in self.forges:
@@ -280,7 +286,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, str]:
     return out
 
 
-AT_LEAST_ZERO = {"ci_feedback"}   # whole-number keys where 0 means "off"
+AT_LEAST_ZERO = {"ci_feedback", "workers"}   # whole-number keys where 0 means "off" (workers: "as slots")
 
 
 def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:

@@ -87,7 +87,8 @@ GH = {"name": "gh", "kind": "github", "url": "https://github.com"}
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"workers": 0}, "workers: must be a whole number from 1 to"),
+    ({"workers": -1}, "workers: must be a whole number from 0 to"),
+    ({"event_workers": 0}, "event_workers: must be a whole number from 1 to"),
     ({"task_timeout": "soon"}, "task_timeout: expected a duration"),
     ({"agent": {"preset": "command"}}, "agent.argv is required"),
     ({"agent": {"preset": "command", "argv": "my-agent --go"}}, "never a shell string"),

@@ -35,6 +35,7 @@ class Host:
     redis_url: str
     agent_args: list[str]
     limit: int = 3
+    workers: int = 1          # agent workers a `forge-bridge worker` forks (beside its event worker)
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -44,7 +45,7 @@ class Host:
         self.config = self.root / "forge-bridge.toml"
         self.config.write_text(
             f'data_dir = "{self.root}/data"\nredis_url = "{self.redis_url}"\nmax_concurrent_agents = {self.limit}\n'
-            f'task_timeout = "120s"\n[agent]\npreset = "command"\nargv = {argv}\n'
+            f'task_timeout = "120s"\nworkers = {self.workers}\n[agent]\npreset = "command"\nargv = {argv}\n'
             'sandbox = "none"\n'   # the agent-runs record lives under /tmp, which a sandbox would make private
             f'[[forges]]\nname = "{self.forge.kind}"\nkind = "{self.forge.kind}"\nurl = "{self.forge.url}"\n'
             f'token_env = "T"\nbot_login = "{self.forge.bot_login}"\nwrite_interval = 0\n'
@@ -376,3 +377,23 @@ def test_an_attempt_found_abandoned_after_its_task_was_requeued_does_not_fail_th
     jobs.tasks.agent_run_failed(Job.fetch(second, connection=conn), conn, AbandonedJobError, AbandonedJobError())
     assert Store(conn).task(task_id).state is TaskState.FAILED   # the latest attempt's death still ends it
     jobs.tasks.settings.cache_clear()
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["the pool's parent alone", "its process group"])
+def test_sigterm_to_a_worker_puts_its_running_task_back_in_line(hosts, conn, to_group):
+    """`forge-bridge worker` forks its workers: a SIGTERM to the parent alone is passed on, and one to the whole
+    group (as serve sends) reaches each worker twice; either way it is one warm stop — the agent is stopped and
+    its task goes back to the head of its line, never RQ's cold shutdown that would fail it."""
+    host = hosts("host", ["--mode", "hang"])
+    [ref] = make_issues(host.forge, 1)
+    task_id = submit(host, ref, "interrupted")
+    worker = host.start_worker()
+    [agent] = wait_for(lambda: _agent_pids(host.record, task_id), timeout=60, what="the agent to start")
+
+    (os.killpg if to_group else os.kill)(worker.pid, signal.SIGTERM)
+
+    assert worker.wait(timeout=40) == 0
+    assert not alive(agent)
+    assert Store(conn).task(task_id).state is TaskState.QUEUED
+    assert queue.Scheduler(conn, host.limit, 60).waiting(str(ref)) == [task_id]   # at the head of its line
+    assert "cold shut down" not in host.log.read_text()

@@ -7,9 +7,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+from redis import Redis
+from redis.exceptions import RedisError
+
 from forge_bridge.agents import presets, sandbox, streams
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
+from forge_bridge.store import embedded, queue
 
 VERSION_RE = re.compile(r"\b[0-9]+\.[0-9]+\.[0-9]+\b")
 VERSION_TIMEOUT = 20
@@ -28,6 +32,7 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
                      "confined agents included (other issues' titles and agent logs)")
     if settings.budget.any:
         yield check_budget(settings)
+    yield check_workers(settings)
     for forge in settings.forges:
         yield check_webhook_secret(settings, forge)
         yield from check_forge(settings, forge)
@@ -63,6 +68,34 @@ def _version_note(preset: str, program: str) -> str:
 
 def _parts(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def check_workers(settings: Settings) -> tuple[bool | None, str]:
+    """A warning when the running workers (or, with no Redis to ask, this host's) cannot fill every agent slot or
+    would leave events waiting behind agents."""
+    slots = settings.max_concurrent_agents
+    conn = _running_redis(settings)
+    if conn is not None:
+        try:
+            layout = queue.worker_layout(conn)
+        except RedisError as error:
+            return None, f"workers: redis not reached to count them ({error})"
+        if problems := queue.layout_warnings(layout, slots):
+            return None, "workers: " + "; ".join(problems)
+        return True, (f"workers: {layout.agent_workers} for agents on {layout.hosts} host(s) fill the {slots} "
+                      f"slot(s); {layout.event_only} read events alone")
+    here = settings.agent_workers
+    if here < slots:
+        return None, (f"workers: this host runs {here} agent(s) at once for {slots} slot(s): "
+                      f"{slots - here} fill only if other hosts run `forge-bridge worker` too")
+    return True, f"workers: this host runs {here} agent(s) at once and {settings.event_workers} event worker(s)"
+
+
+def _running_redis(settings: Settings) -> Redis | None:
+    """The configured Redis, or the embedded server of a `serve` running on this data_dir; None when neither."""
+    if settings.redis_url:
+        return queue.connect(settings.redis_url)
+    return queue.connect(embedded.url_for(settings.data_dir)) if embedded.answers(settings.data_dir) else None
 
 
 def check_sandbox(settings: Settings) -> tuple[bool | None, str]:

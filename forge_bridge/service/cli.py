@@ -16,6 +16,7 @@ from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_ur
 from forge_bridge.forges import ForgeError, make_client, preload
 from forge_bridge.forges.identity import with_bot_logins
 from forge_bridge.service.supervisor import Stopping, Supervisor, raise_on_signals, received_environ
+from forge_bridge.service.pool import Pool, Role, roles
 
 log = logging.getLogger("forge_bridge")
 FOLLOW_INTERVAL = 0.5
@@ -73,7 +74,18 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     jobs.tasks.configure(settings)  # every forked job inherits these
     app_reach.survey(settings, conn)
     sandbox.announce(settings, conn)
-    queue.work(conn, burst=args.burst, housekeeping=lambda: housekeeping(settings, Store(conn)))
+    if args.burst:   # one process on both queues until they are empty
+        queue.work(conn, burst=True, housekeeping=lambda: housekeeping(settings, Store(conn)))
+        return 0
+
+    def run(role: Role) -> None:
+        own = queue.connect(settings.redis_url)   # never a connection of the parent's
+        queue.work(own, queues=role.queues,
+                   housekeeping=(lambda: housekeeping(settings, Store(own))) if role.housekeeping else None)
+
+    log.info("worker: %d event worker(s), %d agent worker(s)", settings.event_workers, settings.agent_workers)
+    Pool(roles(settings.event_workers, settings.agent_workers, event_queues=queue.EVENT_QUEUES,
+               agent_queues=queue.AGENT_QUEUES), run).serve()
     return 0
 
 
@@ -172,6 +184,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     for session in view["sessions"]:
         where = session["pull_request_url"] or session["branch"] or "(no branch yet)"
         print(f"  session   {session['issue']}  {where}{'  [archived]' if session['archived'] else ''}")
+    for warning in view["warnings"]:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -298,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     web = sub.add_parser("web", help="the web app only (needs redis_url)")
     web.add_argument("--bind", help="HOST:PORT (default: $PORT, else bind from the configuration)")
     web.set_defaults(run=cmd_web)
-    worker = sub.add_parser("worker", help="one worker process (needs redis_url)")
-    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker = sub.add_parser("worker", help="this host's workers: `event_workers` for events, `workers` for agents "
+                                           "(needs redis_url)")
+    worker.add_argument("--burst", action="store_true", help="one process on both queues; exit when they are empty")
     worker.set_defaults(run=cmd_worker)
     poll = sub.add_parser("poll", help="the poller (needs redis_url)")
     poll.add_argument("--once", action="store_true", help="poll once and exit")

@@ -160,9 +160,8 @@ class Supervisor:
         self.env[CONFIG_ENV] = str(Path(settings.source).resolve())
 
     def roles(self) -> dict[str, list[str]]:
-        roles = {"web": ["web", "--bind", self.bind], "poller": ["poll"]}
-        roles.update({f"worker-{i + 1}": ["worker"] for i in range(self.settings.workers)})
-        return roles
+        # One `worker`: it forks this host's event and agent workers itself, sharing what it imported.
+        return {"web": ["web", "--bind", self.bind], "poller": ["poll"], "worker": ["worker"]}
 
     def spawn(self, name: str, argv: list[str]) -> None:
         # A session of its own: Ctrl-C reaches `serve` alone, which then stops the children in order. The secrets

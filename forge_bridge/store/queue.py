@@ -225,6 +225,14 @@ class BridgeWorker(Worker):
                 pass
         super().request_stop(signum, frame)
 
+    def request_force_stop(self, signum, frame):
+        """A second SIGTERM is the same stop heard twice (from its process group and from the pool that forked
+        it), not RQ's cold shutdown, which would kill the running agent instead of putting its task back in line.
+        A second Ctrl-C still forces; serve's grace period ends in SIGKILL regardless."""
+        if signum == signal.SIGTERM:
+            return
+        super().request_force_stop(signum, frame)
+
 
 def current_job(conn: Redis, task_id: str) -> str:
     """The RQ job id of the task's latest attempt ("" before its first)."""
@@ -240,17 +248,22 @@ def queue_depths(conn: Redis) -> dict[str, int]:
     return {name: Queue(name, connection=conn).count for name in (EVENTS_QUEUE, AGENTS_QUEUE)}
 
 
-def work(conn: Redis, *, name: str | None = None, burst: bool = False,
+EVENT_QUEUES = (EVENTS_QUEUE,)                 # an event worker: decisions, commands, reports; never an agent
+AGENT_QUEUES = (AGENTS_QUEUE,)                 # an agent worker: one agent run at a time
+ALL_QUEUES = (EVENTS_QUEUE, AGENTS_QUEUE)      # both, intake first (`worker --burst`)
+
+
+def work(conn: Redis, *, queues: tuple[str, ...] = ALL_QUEUES, name: str | None = None, burst: bool = False,
          housekeeping: Callable[[], None] | None = None) -> None:
-    """One worker on both queues, intake first so acknowledgements never wait behind agents. When Redis is
-    unreachable (at start or later), wait with backoff and carry on by itself when it returns: RQ's worker
-    retries its dequeues, but quits on a Redis error elsewhere, so a new one is started unless asked to stop."""
-    queues = [Queue(EVENTS_QUEUE, connection=conn), Queue(AGENTS_QUEUE, connection=conn)]
+    """One worker on `queues`, in that order. When Redis is unreachable (at start or later), wait with backoff and
+    carry on by itself when it returns: RQ's worker retries its dequeues, but quits on a Redis error elsewhere,
+    so a new one is started unless asked to stop."""
     wait = 1.0
     while True:
         try:
-            worker = BridgeWorker(queues, connection=conn, name=name, job_monitoring_interval=JOB_MONITORING_INTERVAL,
-                            maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
+            worker = BridgeWorker([Queue(queue, connection=conn) for queue in queues], connection=conn, name=name,
+                                  job_monitoring_interval=JOB_MONITORING_INTERVAL,
+                                  maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
             worker.housekeeping = housekeeping
             if housekeeping is not None:
                 housekeeping()  # a worker that starts first cleans up what a dead one left
@@ -262,3 +275,34 @@ def work(conn: Redis, *, name: str | None = None, burst: bool = False,
             log.warning("worker: Redis unreachable (%s); retrying in %.0fs", error, wait)
         time.sleep(wait)
         wait = min(wait * 2, MAX_RECONNECT_WAIT)
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    """The live workers of every host, by what they read (RQ registers each worker with its queues)."""
+    agent_workers: int      # workers that take agent runs
+    event_only: int         # workers that read events and never run an agent: events never wait behind agents
+    hosts: int
+
+
+def worker_layout(conn: Redis) -> WorkerLayout:
+    workers = Worker.all(connection=conn)
+    reads = [set(worker.queue_names()) for worker in workers]
+    return WorkerLayout(agent_workers=sum(AGENTS_QUEUE in queues for queues in reads),
+                        event_only=sum(queues == {EVENTS_QUEUE} for queues in reads),
+                        hosts=len({worker.hostname for worker in workers}))
+
+
+def layout_warnings(layout: WorkerLayout, slots: int) -> list[str]:
+    """What a layout of workers cannot do: fill every agent slot, or read events while every agent runs."""
+    if not layout.agent_workers and not layout.event_only:
+        return ["no worker is running: nothing reads events or runs agents (start `forge-bridge worker`)"]
+    found = []
+    if layout.agent_workers < slots:
+        found.append(f"{layout.agent_workers} worker(s) take agent runs for {slots} agent slots: "
+                     f"{slots - layout.agent_workers} slot(s) can never fill (raise `workers`, or run "
+                     f"`forge-bridge worker` on more hosts)")
+    if not layout.event_only:
+        found.append("no worker reads events alone: while every worker runs an agent, commands, stops and replies "
+                     "wait for one to finish (`forge-bridge worker` starts `event_workers` of them)")
+    return found

@@ -61,5 +61,7 @@ def overview(conn: Redis, settings: Settings) -> dict[str, Any]:
             "queues": queue.queue_depths(conn), "running": running, "queued": queued,
             "recent": [task_view(t) for t in tasks if t.state.finished][:SHOWN_RECENT],
             "sessions": [asdict(s) for s in sessions if s is not None], "poller": poller, "quota": quota,
-            "warnings": sandbox.warnings(conn), "apps": app_reach.reach(conn, settings),
+            "warnings": [*sandbox.warnings(conn), *queue.layout_warnings(queue.worker_layout(conn),
+                                                                         settings.max_concurrent_agents)],
+            "apps": app_reach.reach(conn, settings),
             "spend_today": budget.Ledger(conn).repos_today()}
