@@ -163,6 +163,7 @@ class ForgeEvent:
     merged: bool = False
     head_branch: str = ""
     updated_at: str = ""           # the forge's own timestamp of the change; part of the event's meaning
+    review_state: str = ""         # a review's verdict: changes_requested | approved | commented ("" unknown yet)
 
     def to_json(self) -> str:
         # Its fields are flat (asdict would walk and deep-copy each one: a quarter of the webhook's own time).

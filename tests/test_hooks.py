@@ -37,7 +37,7 @@ def test_plan_keeps_a_hook_that_is_up_to_date_and_updates_what_is_not():
                       events=EVENTS, current_secret={7})
     assert (stale.action, stale.hook_id) == ("update", 7)
     assert stale.why == ("inactive; content type form; events missing issue_comment, pull_request, "
-                         "pull_request_review")
+                         "pull_request_review, pull_request_review_comment")
 
 
 def _config(path: Path, forge, data_dir: Path) -> Path:

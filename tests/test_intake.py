@@ -231,11 +231,16 @@ def test_a_review_requesting_changes_continues_the_issue(world):
     subprocess.run(["git", "-C", str(repo.bare), "branch", "kugetsu/1-fix", "main"], check=True)
     pull = forge.state.create_pull(repo, title="Fix", body="", head="kugetsu/1-fix", base="main", author="x")
     intake.store.link_pull(repo_ref(intake), pull.number, f"{forge.host}/alice/widgets#1")
+    submitted = forge.state.add_review(pull, author="alice", state="CHANGES_REQUESTED",
+                                       body="Please handle the empty case.", comments=[])
     review = ForgeEvent(forge=forge.kind, kind=EventKind.REVIEW, issue=IssueRef(repo_ref(intake), pull.number),
-                        sender="alice", is_pull=True, comment_body="Please handle the empty case.")
+                        sender="alice", is_pull=True, comment_body="Please handle the empty case.",
+                        comment_id=submitted.id if forge.kind == "github" else 0, review_state="changes_requested")
     assert intake.handle(review).startswith("queued task")
     assert tasks(intake)[-1].action is TaskAction.CONTINUE
-    assert tasks(intake)[-1].message == "Please handle the empty case."
+    assert tasks(intake)[-1].message == ("A review of the pull request by @alice requests changes.\n\n"
+                                         "Please handle the empty case.")
+    assert intake.handle(review) == f"ignored: review {submitted.id} was taken already"   # the same review again
 
 
 def _status(forge, repo, issue):

@@ -20,6 +20,23 @@ def number_from_url(url: str) -> tuple[int, bool]:
     return int(match[2]), match[1] != "issues"
 
 
+_HUNK_HEADER = re.compile(r"^@@ -[0-9]+(?:,[0-9]+)? \+([0-9]+)(?:,[0-9]+)? @@")
+
+
+def line_from_hunk(hunk: str) -> int:
+    """The new file's line number of a diff hunk's last line: where an inline comment sits (GitHub's list of a
+    review's comments gives only the hunk and the comment's position in it); 0 when the hunk has no header."""
+    lines = hunk.rstrip("\n").splitlines()
+    header = _HUNK_HEADER.match(lines[0]) if lines else None
+    if header is None:
+        return 0
+    line = int(header[1]) - 1
+    for text in lines[1:]:
+        if not text.startswith("-"):
+            line += 1
+    return max(line, 0)
+
+
 class ForgeError(RuntimeError):
     """A forge API call failed; `status` is the HTTP status when there was one."""
 
@@ -75,6 +92,34 @@ class PullInfo:
 
 
 @dataclass(frozen=True)
+class ReviewInfo:
+    """A submitted review of a pull request; `state` in the forges' common words."""
+
+    id: int
+    author: str
+    state: str          # changes_requested | approved | commented | dismissed | pending
+    body: str
+
+
+@dataclass(frozen=True)
+class ReviewCommentInfo:
+    """One inline comment of a review: where in the code it sits and what it says."""
+
+    id: int
+    path: str
+    line: int           # its (last) line in the changed file; 0 when the forge no longer places it (outdated)
+    start_line: int     # the first line of a comment on several lines; 0 for one line
+    diff_hunk: str      # the diff up to the commented line, as the forge shows it
+    body: str
+
+
+# The forges' review states in common words (GitHub's, and Gitea's and Forgejo's).
+REVIEW_STATES = {"CHANGES_REQUESTED": "changes_requested", "REQUEST_CHANGES": "changes_requested",
+                 "APPROVED": "approved", "COMMENTED": "commented", "COMMENT": "commented",
+                 "DISMISSED": "dismissed", "PENDING": "pending"}
+
+
+@dataclass(frozen=True)
 class HookInfo:
     """A repository webhook as the forge shows it (never with its secret: forges do not return it)."""
 
@@ -112,6 +157,11 @@ class ForgeClient(Protocol):
     def permission(self, repo: RepoRef, user: str) -> str: ...
     def delete_branch(self, repo: RepoRef, branch: str) -> None: ...
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None: ...
+    # A review: by its id (GitHub), or the newest of `author`'s in `state` (Gitea's review webhooks carry no id).
+    def review(self, repo: RepoRef, number: int, review_id: int, *, author: str,
+               state: str) -> ReviewInfo | None: ...
+    def review_comments(self, repo: RepoRef, number: int, review_id: int) -> list[ReviewCommentInfo]: ...
+    def add_review_comment_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None: ...
     def label_actor(self, issue: IssueRef, label: str) -> str: ...
     def comments_since(self, repo: RepoRef, since: datetime) -> list[RepoComment]: ...
     def list_hooks(self, repo: RepoRef) -> list[HookInfo]: ...

@@ -38,11 +38,14 @@ from gitea_api_client.models import (  # noqa: E402
 from forge_bridge.forges.base import (  # noqa: E402
     CommentInfo,
     ForgeError,
+    REVIEW_STATES,
     HookInfo,
     IssueInfo,
     PullInfo,
     RepoComment,
     RepoInfo,
+    ReviewCommentInfo,
+    ReviewInfo,
     number_from_url,
 )
 from forge_bridge.models import FailedCheck, IssueRef, RepoRef  # noqa: E402
@@ -313,6 +316,30 @@ class GiteaClient:
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
         self._run("add reaction", lambda i, _: i.issue_post_comment_reaction(
             repo.owner, repo.name, comment_id, EditReactionOption(content=content)))
+
+    def review(self, repo: RepoRef, number: int, review_id: int, *, author: str, state: str) -> ReviewInfo | None:
+        """Gitea's review webhooks name no review: the newest submitted one of `author`'s in `state`."""
+        async def fetch(_: IssueApi, r: RepositoryApi) -> list[Any]:
+            return await self._all_pages(lambda page: r.repo_list_pull_reviews(repo.owner, repo.name, number,
+                                                                               page=page, limit=PAGE_SIZE))
+
+        reviews = [ReviewInfo(id=r.id, author=r.user.login if r.user else "",
+                              state=REVIEW_STATES.get(r.state or "", (r.state or "").lower()), body=r.body or "")
+                   for r in self._run("list reviews", fetch)]
+        if review_id:
+            return next((r for r in reviews if r.id == review_id), None)
+        theirs = [r for r in reviews if r.author.lower() == author.lower() and (not state or r.state == state)]
+        return max(theirs, key=lambda r: r.id, default=None)
+
+    def review_comments(self, repo: RepoRef, number: int, review_id: int) -> list[ReviewCommentInfo]:
+        comments = self._run("list review comments", lambda _, r: r.repo_get_pull_review_comments(
+            repo.owner, repo.name, number, review_id))
+        return [ReviewCommentInfo(id=c.id, path=c.path or "", line=c.position or c.original_position or 0,
+                                  start_line=0, diff_hunk=c.diff_hunk or "", body=c.body or "") for c in comments]
+
+    def add_review_comment_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+        """A review comment is a comment like any other on Gitea: its reactions are the same endpoint's."""
+        self.add_reaction(repo, comment_id, content)
 
     def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
         async def fetch(_: IssueApi, r: RepositoryApi) -> list[Any]:

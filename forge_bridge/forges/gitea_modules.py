@@ -28,8 +28,9 @@ OPERATIONS = {
         "issue_list_issues", "issue_list_labels", "issue_post_comment_reaction", "issue_remove_label")),
     "repository_api": ("RepositoryApi", (
         "repo_create_hook", "repo_create_pull_request", "repo_create_pull_review_requests", "repo_delete_branch",
-        "repo_edit_hook", "repo_edit_pull_request", "repo_get", "repo_get_pull_request", "repo_get_repo_permissions",
-        "repo_list_hooks", "repo_list_pull_requests", "repo_list_statuses")),
+        "repo_edit_hook", "repo_edit_pull_request", "repo_get", "repo_get_pull_request",
+        "repo_get_pull_review_comments", "repo_get_repo_permissions", "repo_list_hooks", "repo_list_pull_requests",
+        "repo_list_pull_reviews", "repo_list_statuses")),
     "user_api": ("UserApi", ("user_get", "user_get_current")),
 }
 # A member of a generated API class at class level, with its decorators: `    @validate_call\n    async def name(`.

@@ -9,16 +9,21 @@ from urllib.parse import quote
 
 import requests
 from github import Auth, Github, GithubException, GithubRetry
+from github.PullRequest import PullRequest
 from github.Repository import Repository
 
 from forge_bridge.forges.base import (
     CommentInfo,
     ForgeError,
+    REVIEW_STATES,
     HookInfo,
     IssueInfo,
     PullInfo,
     RepoComment,
     RepoInfo,
+    ReviewCommentInfo,
+    ReviewInfo,
+    line_from_hunk,
     number_from_url,
 )
 from forge_bridge.forges.github_app import GitHubApp
@@ -26,6 +31,7 @@ from forge_bridge.models import FAILING_CONCLUSIONS, FailedCheck, IssueRef, Repo
 from forge_bridge.forges.pacing import WriteBucket
 
 log = logging.getLogger(__name__)
+REVIEW_PAGE = 100   # GitHub's largest page
 EVENT_SCAN_LIMIT = 300
 SLOW_DOWN_BELOW = 0.05  # of the hourly quota: from there on, calls are spread out until the reset
 MAX_PACE = 60.0
@@ -325,6 +331,39 @@ class GitHubClient:
     def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
         self._write("add reaction", self._requester(repo).requestJsonAndCheck, "POST",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}/reactions", input={"content": content})
+
+    def _pull_lazy(self, repo: RepoRef, number: int) -> PullRequest:
+        return PullRequest(self._requester(repo), url=f"{self._api_url}/repos/{repo.full_name}/pulls/{number}")
+
+    def review(self, repo: RepoRef, number: int, review_id: int, *, author: str, state: str) -> ReviewInfo | None:
+        try:
+            found = self._pull_lazy(repo, number).get_review(review_id)
+        except GithubException as error:
+            if error.status == 404:
+                return None
+            raise _error(error, "get review") from None
+        return ReviewInfo(id=found.id, author=found.user.login if found.user else "",
+                          state=REVIEW_STATES.get(found.state or "", (found.state or "").lower()), body=found.body or "")
+
+    def review_comments(self, repo: RepoRef, number: int, review_id: int) -> list[ReviewCommentInfo]:
+        # Read as plain JSON: PyGithub would fetch each comment again for a field this list leaves out. The list
+        # gives no line numbers (GitHub's own example has none): the hunk, which ends on the comment's line, does.
+        path, found, page = f"/repos/{repo.full_name}/pulls/{number}/reviews/{review_id}/comments", [], 1
+        while True:
+            _, batch = self._call("list review comments", self._requester(repo).requestJsonAndCheck, "GET", path,
+                                  parameters={"per_page": REVIEW_PAGE, "page": page})
+            found += batch
+            if len(batch) < REVIEW_PAGE:
+                break
+            page += 1
+        return [ReviewCommentInfo(id=c["id"], path=c.get("path") or "",
+                                  line=c.get("line") or line_from_hunk(c.get("diff_hunk") or ""),
+                                  start_line=c.get("start_line") or 0, diff_hunk=c.get("diff_hunk") or "",
+                                  body=c.get("body") or "") for c in found]
+
+    def add_review_comment_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+        self._write("add reaction", self._requester(repo).requestJsonAndCheck, "POST",
+                   f"/repos/{repo.full_name}/pulls/comments/{comment_id}/reactions", input={"content": content})
 
     def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
         hooks = self._call("list webhooks", lambda: list(self._repo(repo).get_hooks()))

@@ -10,6 +10,7 @@ from forge_bridge import redact
 from forge_bridge.agents import budget
 from forge_bridge.workspace import worktrees
 from forge_bridge.intake.commands import Command, Verb
+from forge_bridge.intake.reviews import asks_for_work, review_message
 from forge_bridge.config import Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.work.lifecycle import safe_destroy
@@ -35,6 +36,7 @@ from forge_bridge.intake.triggers import (
     Answer,
     IssueClosed,
     PullClosed,
+    ReadReview,
     Skip,
     StartFromLabel,
     decide,
@@ -77,6 +79,8 @@ class Intake:
             return self.pull_closed(ref, merged=decision.merged)
         if isinstance(decision, IssueClosed):
             return self.issue_closed(event, ref)
+        if isinstance(decision, ReadReview):
+            return self.read_review(event, ref)
         if not self.authorized(event):
             return self.deny(event, ref)
         self.acknowledge(event)
@@ -89,7 +93,7 @@ class Intake:
 
     def _target(self, event: ForgeEvent, decision: object) -> IssueRef | None:
         """The issue an event is about: a pull request of the bridge's maps back to its issue."""
-        if not ((isinstance(decision, Act) and decision.on_pull) or isinstance(decision, PullClosed)):
+        if not ((isinstance(decision, Act) and decision.on_pull) or isinstance(decision, (PullClosed, ReadReview))):
             return event.issue
         linked = self.store.issue_for_pull(event.issue.repo, event.issue.number)
         return parse_issue_ref(linked) if linked else None
@@ -111,14 +115,42 @@ class Intake:
                                                     "repository can start or steer the agent here.")
         return f"denied: {event.sender} may not trigger the agent"
 
+    def read_review(self, event: ForgeEvent, ref: IssueRef) -> str:
+        """A review on the bridge's pull request, read whole: one `continue` when it asks for work. GitHub sends
+        the review and each of its inline comments as deliveries of their own; the review's id makes them one."""
+        repo, number = event.issue.repo, event.issue.number
+        review = self.client.review(repo, number, event.comment_id, author=event.sender, state=event.review_state)
+        if review is None:
+            return "ignored: the review is not on the forge (deleted, or still pending)"
+        comments = self.client.review_comments(repo, number, review.id)
+        if not asks_for_work(review, comments, self.settings.forge(event.forge).bot_login):
+            return f"ignored: the review ({review.state}) neither requests changes nor mentions the bot"
+        taken = f"review:{event.forge}:{repo}:{review.id}"
+        if not self.store.claim(taken):
+            return f"ignored: review {review.id} was taken already"
+        try:
+            if not self.authorized(event):
+                return self.deny(event, ref)
+            for comment in comments:
+                self._react(lambda c=comment: self.client.add_review_comment_reaction(repo, c.id, "eyes"), comment.id)
+            return self.act(Command(Verb.CONTINUE, message=review_message(review, comments)), event, ref)
+        except BaseException:   # the job runs again: the review must still be there to take
+            self.store.release_quietly(taken)
+            raise
+
     def acknowledge(self, event: ForgeEvent) -> None:
         """👀 on an accepted command comment; a forge that refuses it does not stop the command."""
-        if event.kind is not EventKind.COMMENT or not event.comment_id or not self.client.supports_reactions:
+        if event.kind is not EventKind.COMMENT or not event.comment_id:
+            return
+        self._react(lambda: self.client.add_reaction(event.issue.repo, event.comment_id, "eyes"), event.comment_id)
+
+    def _react(self, react, comment_id: int) -> None:
+        if not self.client.supports_reactions:
             return
         try:
-            self.client.add_reaction(event.issue.repo, event.comment_id, "eyes")
+            react()
         except ForgeError as error:
-            log.warning("could not react to comment %s on %s: %s", event.comment_id, event.issue, error)
+            log.warning("could not react to comment %s: %s", comment_id, error)
 
     # starting work
     def start_from_label(self, event: ForgeEvent, decision: StartFromLabel) -> str:

@@ -10,8 +10,6 @@ from forge_bridge.intake.commands import Command, NoCommand, Reply, Verb, mentio
 from forge_bridge.config import Settings
 from forge_bridge.models import EventKind, ForgeEvent
 
-REVIEW_MESSAGE = "Changes were requested in a review of the pull request."
-
 
 @dataclass(frozen=True)
 class StartFromLabel:
@@ -36,6 +34,12 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class ReadReview:
+    """A review on a pull request: read it whole, inline comments included, to know whether it asks for work
+    (changes requested, or the bot mentioned anywhere in it); if so it is one `continue`."""
+
+
+@dataclass(frozen=True)
 class PullClosed:
     """A pull request closed, merged or not: if it is the bridge's, destroy its issue's worktree safely."""
 
@@ -52,7 +56,7 @@ class Skip:
     reason: str
 
 
-Decision = StartFromLabel | Act | Answer | PullClosed | IssueClosed | Skip
+Decision = StartFromLabel | Act | ReadReview | Answer | PullClosed | IssueClosed | Skip
 
 
 def _sender_refused(event: ForgeEvent, settings: Settings) -> str:
@@ -115,7 +119,7 @@ def decide(event: ForgeEvent, settings: Settings, *, known_labels: tuple[str, ..
     if event.kind is EventKind.COMMENT:
         return _comment(event, settings)
     if event.kind is EventKind.REVIEW:
-        return Act(Command(Verb.CONTINUE, message=event.comment_body.strip() or REVIEW_MESSAGE), on_pull=True)
+        return ReadReview()
     return Skip(f"{event.kind.value} events are not acted on")
 
 

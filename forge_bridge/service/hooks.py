@@ -23,7 +23,8 @@ from forge_bridge.work.report import STATE_COLORS
 # The events the bridge acts on. Gitea and Forgejo store "issues" and "pull_request" with their whole
 # families (labels, comments, reviews), and answer the expanded list, so both checks below hold there too.
 HOOK_EVENTS = {
-    ForgeKind.GITHUB: ("issues", "issue_comment", "pull_request", "pull_request_review"),
+    ForgeKind.GITHUB: ("issues", "issue_comment", "pull_request", "pull_request_review",
+                       "pull_request_review_comment"),
     ForgeKind.GITEA: ("issues", "issue_comment", "pull_request", "pull_request_review"),
     ForgeKind.FORGEJO: ("issues", "issue_comment", "pull_request", "pull_request_review"),
 }

@@ -34,7 +34,7 @@ def pull_or_404(state: State, owner: str, name: str, number: int) -> tuple[Repo,
 
 def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, number: str, pull_number: str,
                     comment: str,
-                    no_head: tuple[dict, int], exists: tuple[dict, int]) -> None:
+                    no_head: tuple[dict, int], exists: tuple[dict, int], reviews_are_comments: bool = False) -> None:
     """`number`, `pull_number`: the path parameters' names in the API description (issue_number or index)."""
     state = forge.state
 
@@ -82,7 +82,12 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
     def react(owner, name, **path):
         repo = repo_or_404(state, owner, name)
         found = state.comments.get(path[comment])
-        if found is None or found.repo != repo.full_name:
+        if found is None and reviews_are_comments:   # Gitea keeps a review's inline comments with the others
+            found = state.review_comments.get(path[comment])
+            found = found if found is not None and found.number in repo.pulls else None
+        elif found is not None and found.repo != repo.full_name:
+            found = None
+        if found is None:
             return jsonify(message="Not Found"), 404
         content = request.get_json()["content"]
         again = (forge.bot_login, content) in found.reactions

@@ -7,7 +7,7 @@ from flask import Flask, jsonify, request
 
 from fakeforge.common import issue_or_404, pull_or_404, register_hooks, register_shared, repo_or_404
 from fakeforge.openapi import SPECS, overlay
-from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook
+from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook, Review, ReviewComment
 
 if TYPE_CHECKING:
     from fakeforge.server import FakeForge
@@ -93,6 +93,24 @@ class GiteaShapes:
             "issue_url": f"{self.forge.url}/{repo.full_name}/issues/{comment.number}",
             "created_at": comment.created_at, "updated_at": comment.created_at})
 
+    def review(self, repo: Repo, pull: Pull, review: Review) -> dict:
+        return _from_schema("PullReview", {
+            "id": review.id, "user": self.user(review.author), "state": GITEA_STATE[review.state], "body": review.body,
+            "comments_count": len(review.comments), "commit_id": repo.branch_sha(pull.head) or "0" * 40,
+            "submitted_at": review.submitted_at, "updated_at": review.submitted_at, "official": True,
+            "html_url": f"{self.forge.url}/{repo.full_name}/pulls/{pull.number}#issuecomment-{review.id}",
+            "pull_request_url": f"{self.forge.url}/{repo.full_name}/pulls/{pull.number}"})
+
+    def review_comment(self, repo: Repo, pull: Pull, comment: ReviewComment) -> dict:
+        return _from_schema("PullReviewComment", {
+            "id": comment.id, "body": comment.body, "user": self.user(comment.author), "path": comment.path,
+            "position": comment.line, "original_position": comment.line, "diff_hunk": comment.diff_hunk,
+            "pull_request_review_id": comment.review_id, "commit_id": repo.branch_sha(pull.head) or "0" * 40,
+            "original_commit_id": repo.branch_sha(pull.head) or "0" * 40, "created_at": comment.created_at,
+            "updated_at": comment.created_at,
+            "html_url": f"{self.forge.url}/{repo.full_name}/pulls/{pull.number}/files#issuecomment-{comment.id}",
+            "pull_request_url": f"{self.forge.url}/{repo.full_name}/pulls/{pull.number}"})
+
     def pull(self, repo: Repo, pull: Pull) -> dict:
         def branch(ref: str, full_name: str) -> dict:
             owner, name = full_name.split("/")
@@ -138,9 +156,11 @@ def register(app: Flask, forge: FakeForge) -> None:
                                                     "user": shapes.user(login), "pull_request_url": f"{forge.url}/"
                                                     f"{repo.full_name}/pulls/{pull.number}"}) for login in wanted]), 201
     _register_scans(app, forge, shapes)
+    _register_reviews(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="index", number="index", comment="id",
                     no_head=({"message": "head branch does not exist"}, 404),
-                    exists=({"message": "pull request already exists for these targets"}, 409))
+                    exists=({"message": "pull request already exists for these targets"}, 409),
+                    reviews_are_comments=True)
     register_hooks(app, forge, shapes, prefix=PREFIX, hook="id", events_of=stored_events,
                    not_admin=({"message": "Forbidden", "url": "/api/swagger"}, 403))
 
@@ -204,6 +224,30 @@ def register(app: Flask, forge: FakeForge) -> None:
         return jsonify([shapes.pull(repo, p) for p in _page(pulls)])
 
 
+# A review's state as Gitea words it (modules/structs/pull_review.go), and its webhook: the event and event type.
+GITEA_STATE = {"CHANGES_REQUESTED": "REQUEST_CHANGES", "APPROVED": "APPROVED", "COMMENTED": "COMMENT"}
+REVIEW_HOOKS = {"CHANGES_REQUESTED": ("pull_request_rejected", "pull_request_review_rejected"),
+                "APPROVED": ("pull_request_approved", "pull_request_review_approved"),
+                "COMMENTED": ("pull_request_comment", "pull_request_review_comment")}
+
+
+def _register_reviews(app: Flask, forge: FakeForge, shapes: GiteaShapes) -> None:
+    state = forge.state
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:index>/reviews")
+    def list_reviews(owner, name, index):
+        repo, pull = pull_or_404(state, owner, name, index)
+        return jsonify(_page([shapes.review(repo, pull, r) for r in pull.reviews]))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:index>/reviews/<int:id>/comments")
+    def review_comments(owner, name, index, id):
+        repo, pull = pull_or_404(state, owner, name, index)
+        review = next((r for r in pull.reviews if r.id == id), None)
+        if review is None:
+            return jsonify(message="review not found"), 404
+        return jsonify([shapes.review_comment(repo, pull, c) for c in review.comments])
+
+
 def _register_scans(app: Flask, forge: FakeForge, shapes: GiteaShapes) -> None:
     state = forge.state
 
@@ -249,6 +293,16 @@ def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender
     return "issues", "issue_label", {"action": "label_updated", "number": issue.number,
                                      "issue": shapes.issue(repo, issue), "repository": shapes.repo(repo),
                                      "sender": shapes.user(sender), "commit_id": ""}
+
+
+def review_payloads(forge: FakeForge, repo: Repo, pull: Pull, review: Review) -> list[tuple[str, str, dict]]:
+    """Gitea's one webhook for a submitted review (services/webhook/notifier.go): a PullRequestPayload with action
+    "reviewed" and the review's type and content, no id and no inline comments."""
+    shapes, (event, event_type) = GiteaShapes(forge), REVIEW_HOOKS[review.state]
+    return [(event, event_type, {"action": "reviewed", "number": pull.number, "pull_request": shapes.pull(repo, pull),
+                                 "requested_reviewer": None, "repository": shapes.repo(repo),
+                                 "sender": shapes.user(review.author), "commit_id": "",
+                                 "review": {"type": event_type, "content": review.body}})]
 
 
 def pull_closed_payload(forge: FakeForge, repo: Repo, pull: Pull, sender: str) -> tuple[str, str, dict]:

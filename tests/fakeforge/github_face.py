@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, abort, jsonify, make_response, request
 
 from fakeforge.common import issue_or_404, pull_or_404, register_hooks, register_shared, repo_or_404
 from fakeforge.openapi import SPECS, overlay
-from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook
+from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook, Review, ReviewComment
 
 if TYPE_CHECKING:
     from fakeforge.server import FakeForge
@@ -96,6 +96,32 @@ class GitHubShapes:
             "url": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}"})
 
 
+    def review(self, repo: Repo, pull: Pull, review: Review) -> dict:
+        return _from_schema("pull-request-review", {
+            "id": review.id, "node_id": f"PRR_{review.id}", "user": self.user(review.author), "body": review.body,
+            "state": review.state, "commit_id": repo.branch_sha(pull.head) or "0" * 40,
+            "submitted_at": review.submitted_at, "author_association": "OWNER",
+            "html_url": f"{self.forge.url}/{repo.full_name}/pull/{pull.number}#pullrequestreview-{review.id}",
+            "pull_request_url": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}",
+            "_links": {"html": {"href": f"{self.forge.url}/{repo.full_name}/pull/{pull.number}"},
+                       "pull_request": {"href": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}"}}})
+
+    def review_comment(self, repo: Repo, pull: Pull, comment: ReviewComment) -> dict:
+        url = f"{self.forge.api}/repos/{repo.full_name}/pulls/comments/{comment.id}"
+        html = f"{self.forge.url}/{repo.full_name}/pull/{pull.number}#discussion_r{comment.id}"
+        return _from_schema("review-comment", {
+            "id": comment.id, "node_id": f"PRRC_{comment.id}", "pull_request_review_id": comment.review_id,
+            "path": comment.path, "line": comment.line, "original_line": comment.line,
+            "start_line": comment.start_line, "original_start_line": comment.start_line, "side": "RIGHT",
+            "diff_hunk": comment.diff_hunk, "body": comment.body, "user": self.user(comment.author),
+            "position": 1, "original_position": 1, "commit_id": repo.branch_sha(pull.head) or "0" * 40,
+            "original_commit_id": repo.branch_sha(pull.head) or "0" * 40, "author_association": "OWNER",
+            "created_at": comment.created_at, "updated_at": comment.created_at, "url": url, "html_url": html,
+            "pull_request_url": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}",
+            "_links": {"self": {"href": url}, "html": {"href": html},
+                       "pull_request": {"href": f"{self.forge.api}/repos/{repo.full_name}/pulls/{pull.number}"}}})
+
+
 def _graphql(forge: FakeForge):
     """The one GraphQL mutation the bridge sends (PyGithub's mark_ready_for_review), answered as GitHub does."""
     data = request.get_json()
@@ -182,6 +208,7 @@ def register(app: Flask, forge: FakeForge) -> None:
         return jsonify(GitHubShapes(forge).pull(repo, pull, schema="pull-request-simple")), 201
     shapes, state = GitHubShapes(forge), forge.state
     _register_scans(app, forge, shapes)
+    _register_reviews(app, forge, shapes)
     register_shared(app, forge, shapes, prefix=PREFIX, pull_number="pull_number", number="issue_number",
                     comment="comment_id",
                     no_head=({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}, 422),
@@ -245,6 +272,43 @@ def register(app: Flask, forge: FakeForge) -> None:
         return jsonify([shapes.pull(repo, p, "pull-request-simple") for p in pulls])
 
 
+def _register_reviews(app: Flask, forge: FakeForge, shapes: GitHubShapes) -> None:
+    state = forge.state
+
+    def review_or_404(owner, name, pull_number, review_id):
+        repo, pull = pull_or_404(state, owner, name, pull_number)
+        review = next((r for r in pull.reviews if r.id == review_id), None)
+        if review is None:
+            abort(make_response(jsonify(message="Not Found"), 404))
+        return repo, pull, review
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:pull_number>/reviews/<int:review_id>")
+    def get_review(owner, name, pull_number, review_id):
+        repo, pull, review = review_or_404(owner, name, pull_number, review_id)
+        return jsonify(shapes.review(repo, pull, review))
+
+    @app.get(f"{PREFIX}/repos/<owner>/<name>/pulls/<int:pull_number>/reviews/<int:review_id>/comments")
+    def review_comments(owner, name, pull_number, review_id):
+        repo, pull, review = review_or_404(owner, name, pull_number, review_id)
+        per_page, page = int(request.args.get("per_page", 30)), int(request.args.get("page", 1))
+        shown = review.comments[(page - 1) * per_page: page * per_page]
+        return jsonify([_from_schema("review-comment", {
+            k: v for k, v in shapes.review_comment(repo, pull, c).items()
+            if k not in ("line", "original_line", "start_line", "original_start_line", "side")}) for c in shown])
+
+    @app.post(f"{PREFIX}/repos/<owner>/<name>/pulls/comments/<int:comment_id>/reactions")
+    def react_to_review_comment(owner, name, comment_id):
+        repo = repo_or_404(state, owner, name)
+        found = state.review_comments.get(comment_id)
+        if found is None or found.number not in repo.pulls:
+            return jsonify(message="Not Found"), 404
+        content = request.get_json()["content"]
+        again = (forge.bot_login, content) in found.reactions
+        if not again:
+            found.reactions.append((forge.bot_login, content))
+        return jsonify(shapes.reaction(content)), 200 if again else 201
+
+
 def _register_scans(app: Flask, forge: FakeForge, shapes: GitHubShapes) -> None:
     state = forge.state
 
@@ -290,6 +354,18 @@ def label_payload(forge: FakeForge, repo: Repo, issue: Issue, label: str, sender
     return "issues", "", {"action": "labeled", "issue": shapes.issue(repo, issue),
                           "label": shapes.label(repo.labels[label]), "repository": shapes.repo(repo),
                           "sender": shapes.user(sender)}
+
+
+def review_payloads(forge: FakeForge, repo: Repo, pull: Pull, review: Review) -> list[tuple[str, str, dict]]:
+    """What GitHub delivers for a submitted review: `pull_request_review_comment` for each inline comment, then
+    `pull_request_review` (submitted)."""
+    shapes = GitHubShapes(forge)
+    common = {"pull_request": shapes.pull(repo, pull, "pull-request-simple"), "repository": shapes.repo(repo),
+              "sender": shapes.user(review.author)}
+    return [*(("pull_request_review_comment", "", {"action": "created", "comment": shapes.review_comment(repo, pull, c),
+                                                     **common}) for c in review.comments),
+            ("pull_request_review", "", {"action": "submitted", "review": shapes.review(repo, pull, review),
+                                         **common})]
 
 
 def pull_closed_payload(forge: FakeForge, repo: Repo, pull: Pull, sender: str) -> tuple[str, str, dict]:

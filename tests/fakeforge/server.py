@@ -233,6 +233,16 @@ class FakeForge:
         comment = self.state.add_comment(repo, issue.number, body, author)
         return self.deliver(*self.face.comment_payload(self, repo, issue, comment))
 
+    def review(self, repo: Repo, pull, *, author: str = "alice", state: str = "CHANGES_REQUESTED", body: str = "",
+               comments: list[dict] = ()) -> list[requests.Response]:
+        """Submit a review as a person would (`state` in GitHub's words); the forge delivers its webhooks: on
+        GitHub one per inline comment and one for the review, on Gitea one named by the verdict."""
+        review = self.state.add_review(pull, author=author, state=state, body=body, comments=list(comments))
+        answers = []
+        for event, event_type, payload in self.face.review_payloads(self, repo, pull, review):
+            answers += self.deliver(event, event_type, payload)
+        return answers
+
     def merge_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
         self.state.merge(repo, pull)
         return self.deliver(*self.face.pull_closed_payload(self, repo, pull, sender))
@@ -293,7 +303,9 @@ class FakeForge:
         subscribes by event name, Gitea by its event type)."""
         full_name = (payload.get("repository") or {}).get("full_name", "")
         repo = self.state.repos.get(full_name)
-        return [h for h in (repo.hooks.values() if repo else ()) if h.active and event in h.events]
+        # Gitea's "pull_request_review" subscribes to each review verdict's event type.
+        family = "pull_request_review" if event.startswith("pull_request_review_") else event
+        return [h for h in (repo.hooks.values() if repo else ()) if h.active and {event, family} & set(h.events)]
 
     # what tests read back
     def labels_of(self, repo: Repo, issue: Issue) -> list[str]:

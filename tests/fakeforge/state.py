@@ -70,6 +70,35 @@ class Pull:
     head_repo: str = ""      # owner/name of the fork the head branch lives in ("": the repository itself)
     draft: bool = False
     reviewers: list[str] = field(default_factory=list)   # review requested from
+    reviews: list[Review] = field(default_factory=list)
+
+
+@dataclass
+class ReviewComment:
+    """An inline comment of a review: on `line` (and from `start_line`) of `path`, under the hunk shown."""
+
+    id: int
+    review_id: int
+    number: int
+    path: str
+    line: int
+    diff_hunk: str
+    body: str
+    author: str
+    start_line: int | None = None
+    created_at: str = field(default_factory=now_iso)
+    reactions: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Review:
+    id: int
+    number: int
+    author: str
+    state: str             # GitHub's words: APPROVED | CHANGES_REQUESTED | COMMENTED
+    body: str
+    comments: list[ReviewComment] = field(default_factory=list)
+    submitted_at: str = field(default_factory=now_iso)
 
 
 @dataclass
@@ -114,6 +143,7 @@ class State:
         self.root = root
         self.repos: dict[str, Repo] = {}
         self.comments: dict[int, Comment] = {}
+        self.review_comments: dict[int, ReviewComment] = {}
         self.lock = threading.RLock()
         self._next_id = 1000
 
@@ -206,6 +236,19 @@ class State:
             if number in repo.issues:
                 repo.issues[number].updated_at = comment.created_at
             return comment
+
+    def add_review(self, pull: Pull, *, author: str, state: str, body: str, comments: list[dict]) -> Review:
+        """A submitted review; `comments`: {path, line, hunk, body[, start_line]} each, in the order shown."""
+        with self.lock:
+            review = Review(id=self.next_id(), number=pull.number, author=author, state=state, body=body)
+            for c in comments:
+                inline = ReviewComment(id=self.next_id(), review_id=review.id, number=pull.number, path=c["path"],
+                                       line=c["line"], start_line=c.get("start_line"), diff_hunk=c["hunk"],
+                                       body=c["body"], author=author)
+                review.comments.append(inline)
+                self.review_comments[inline.id] = inline
+            pull.reviews.append(review)
+            return review
 
     def comments_since(self, repo: Repo, since: str | None) -> list[Comment]:
         """Comments of the repository at or after `since` (any ISO 8601 form), oldest first."""

@@ -10,9 +10,13 @@ from forge_bridge.models import ForgeKind
 from forge_bridge.intake.webhooks.errors import BadSignature, Malformed
 
 # Events whose body we ever need to read; anything else is answered from the headers alone.
-GITHUB_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "pull_request_review", "installation",
-                           "installation_repositories", "check_suite", "status"})
-GITEA_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "pull_request_rejected", "status"})
+GITHUB_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "pull_request_review",
+                           "pull_request_review_comment", "installation", "installation_repositories", "check_suite",
+                           "status"})
+# Gitea names a review's webhook by its verdict (modules/webhook/type.go, HookEventType.Event).
+GITEA_REVIEW_EVENTS = {"pull_request_rejected": "changes_requested", "pull_request_approved": "approved",
+                       "pull_request_comment": "commented"}
+GITEA_EVENTS = frozenset({"issues", "issue_comment", "pull_request", "status", *GITEA_REVIEW_EVENTS})
 MAX_ID_LENGTH = 200
 
 

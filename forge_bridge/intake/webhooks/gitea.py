@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from forge_bridge.models import EventKind, ForgeEvent
+from forge_bridge.intake.webhooks.delivery import GITEA_REVIEW_EVENTS
 from forge_bridge.intake.webhooks.errors import Ignored
 from forge_bridge.intake.webhooks.payload import field, issue_ref, label_names, pull_fields, status_failure, updated_at
 
@@ -53,15 +54,18 @@ def _pull_request(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
                       **pull_fields(payload), merged=field(payload, "pull_request.merged", bool, default=False))
 
 
-def _rejected(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
-    return ForgeEvent(
-        kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
-        title=field(payload, "pull_request.title"), is_pull=True,
-        comment_body=field(payload, "review.content", default=""),
-        head_branch=field(payload, "pull_request.head.ref"),
-    )
+def _review(verdict: str):
+    """A review's webhook, named by its verdict; Gitea sends no review id, so the job finds the review."""
+    def parse(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
+        return ForgeEvent(
+            kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
+            title=field(payload, "pull_request.title"), is_pull=True,
+            comment_body=field(payload, "review.content", default=""),
+            head_branch=field(payload, "pull_request.head.ref"), review_state=verdict,
+        )
+    return parse
 
 
 PARSERS = {"status": status_failure, "issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
-           "pull_request_rejected": _rejected}
+           **{event: _review(verdict) for event, verdict in GITEA_REVIEW_EVENTS.items()}}
 

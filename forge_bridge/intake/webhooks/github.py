@@ -61,13 +61,27 @@ def _pull_request(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
 
 
 def _review(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
-    action, state = field(payload, "action"), field(payload, "review.state", default="")
-    if action != "submitted" or state.lower() != "changes_requested":
-        return Ignored(f"review {action!r} with state {state!r} is not acted on")
+    """A submitted review, whatever its verdict: whether its inline comments mention the bot is read in the job."""
+    action = field(payload, "action")
+    if action != "submitted":
+        return Ignored(f"review {action!r} is not acted on")
     return ForgeEvent(
         kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
         title=field(payload, "pull_request.title"), is_pull=True,
         comment_id=field(payload, "review.id", int), comment_body=field(payload, "review.body", default=""),
+        head_branch=field(payload, "pull_request.head.ref"), review_state=field(payload, "review.state").lower(),
+    )
+
+
+def _review_comment(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
+    """An inline comment: the review it belongs to (a lone comment is a review of one), read whole in the job."""
+    action = field(payload, "action")
+    if action != "created":
+        return Ignored(f"pull_request_review_comment action {action!r} is not acted on")
+    return ForgeEvent(
+        kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
+        title=field(payload, "pull_request.title"), is_pull=True,
+        comment_id=field(payload, "comment.pull_request_review_id", int),
         head_branch=field(payload, "pull_request.head.ref"),
     )
 
@@ -117,6 +131,7 @@ def _status(payload: dict, **ctx: str) -> CheckFailed | Ignored:
 
 
 PARSERS = {"issues": _issues, "issue_comment": _issue_comment, "pull_request": _pull_request,
-           "pull_request_review": _review, "installation": _installation,
+           "pull_request_review": _review, "pull_request_review_comment": _review_comment,
+           "installation": _installation,
            "installation_repositories": _installation_repositories, "check_suite": _check_suite, "status": _status}
 
