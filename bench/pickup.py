@@ -3,7 +3,9 @@ its default settings (GitHub's write spacing included) against the tests' fake f
 
 Baselines, measured in the same run: starting the same agent program directly (the floor no bridge can beat), and
 for the wrap-up case the idle bridge: a label that arrives just as another task's agent ended — while the bridge
-pushes its branch, opens its pull request and reports — should start its agent as fast as on an idle bridge.
+pushes its branch, opens its pull request and reports — should start its agent as fast as on an idle bridge; and
+for a repository with a setup script of a few seconds, once its spare worktree is set up ahead of need, pickup
+should be as fast as for a repository without one.
 Run: `.venv/bin/python bench/pickup.py [--issues N] [--kind github|gitea]`."""
 from __future__ import annotations
 
@@ -67,19 +69,41 @@ def baseline(record: Path, runs: int) -> float:
     return statistics.median(seconds)
 
 
-def _label(forge: FakeForge, repo, title: str, body: str = "body") -> str:
+def _label(forge: FakeForge, repo, title: str, body: str = "body", *, name: str = "widgets") -> str:
     issue = forge.create_issue(repo, title, body)
     [answer] = forge.add_label(repo, issue, "kugetsu:todo")
     assert answer.status_code == 202, answer.text
-    return f"{forge.host}/alice/widgets#{issue.number}"
+    return f"{forge.host}/alice/{name}#{issue.number}"
 
 
-def _pickup(forge: FakeForge, repo, record: Path, title: str) -> float:
+def _pickup(forge: FakeForge, repo, record: Path, title: str, *, name: str = "widgets") -> float:
     """Seconds from a label's delivery answered to its agent started."""
-    ref = _label(forge, repo, title)
+    ref = _label(forge, repo, title, name=name)
     answered = time.time()
     wait_for(lambda: ref in _started(record), timeout=120, interval=0.01, what=f"agent for {ref}")
     return _started(record)[ref] - answered
+
+
+SETUP_SECONDS = 3
+
+
+def _pickups_with_setup(forge: FakeForge, root: Path, record: Path, issues: int) -> list[float]:
+    """Pickups in a repository whose setup script takes SETUP_SECONDS, each once its spare is set up (the worker's
+    housekeeping makes and prepares the next spare after each issue takes one)."""
+    from helpers import commit_to
+
+    repo = forge.create_repo("alice", "gadgets")
+    repo.permissions["alice"] = "write"
+    commit_to(repo.bare, "main", {".forge-bridge/setup.sh": f"sleep {SETUP_SECONDS}\n"})
+    spare_done = root / "data" / "spares" / "127.0.0.1_{port}-alice-gadgets.git".format(port=forge.port) / \
+        "forge-bridge-setup"
+    first = _label(forge, repo, "Prime the repository", "body", name="gadgets")
+    wait_for(lambda: first in _started(record), timeout=120, interval=0.05, what="the first agent")
+    times = []
+    for n in range(issues):
+        wait_for(spare_done.is_file, timeout=180, interval=0.1, what="the spare's setup")
+        times.append(_pickup(forge, repo, record, f"Prepared {n}", name="gadgets"))   # takes the spare, and its mark
+    return times
 
 
 def measure(kind: str, issues: int) -> None:
@@ -108,11 +132,15 @@ def measure(kind: str, issues: int) -> None:
                 wait_for(lambda ref=wrapping: ref in _started(record, "end"), timeout=120, interval=0.01,
                          what=f"the agent of {wrapping} to end")
                 wrapped.append(_pickup(forge, repo, record, f"During wrap-up {n}"))   # its task wraps up now
+            prepared = _pickups_with_setup(forge, root, record, min(issues, 4))
             p50, during = statistics.median(pickups), statistics.median(wrapped)
             print(f"{kind}: pickup p50 {p50:.3f} s, first {pickups[0]:.3f} s, max {max(pickups):.3f} s over {issues} "
                   f"issues; starting the agent directly {floor:.3f} s; p50 = {p50 / floor:.1f}x that baseline")
             print(f"{kind}: pickup while another task wraps up p50 {during:.3f} s, max {max(wrapped):.3f} s: "
                   f"{during - p50:+.3f} s against the idle bridge's p50 in this run")
+            ready = statistics.median(prepared)
+            print(f"{kind}: pickup with a {SETUP_SECONDS} s setup script, its spare set up ahead, p50 {ready:.3f} s "
+                  f"over {len(prepared)} issues: {ready / p50:.2f}x the p50 without a setup script in this run")
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(timeout=60)

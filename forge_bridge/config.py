@@ -122,6 +122,8 @@ class AgentConfig:
     home: str = ""                 # the agent's HOME; empty: <data_dir>/agent-home
     home_per_issue: bool = False   # each issue's agent gets a HOME of its own, copied from `home` when first used
     sandbox_paths: tuple[str, ...] = ()   # more host paths a sandboxed agent may read
+    setup_script: str = ".forge-bridge/setup.sh"   # in the repository: prepares the worktree before the agent
+    setup_timeout: float = 600.0
 
     @property
     def preassigned_session(self) -> bool:
@@ -428,7 +430,13 @@ def _agent(table: dict, source: str) -> AgentConfig:
     if not isinstance(paths, list) or not all(isinstance(p, str) and Path(p).expanduser().is_absolute()
                                               for p in paths):
         raise ConfigError(f"{source}: agent.sandbox_paths must be a list of absolute paths")
+    setup_script = table.get("setup_script", AgentConfig.setup_script)
+    if not isinstance(setup_script, str) or not setup_script or Path(setup_script).is_absolute() \
+            or ".." in Path(setup_script).parts:
+        raise ConfigError(f"{source}: agent.setup_script must be a path inside the repository, got {setup_script!r}")
+    setup_timeout = parse_duration(table.get("setup_timeout", "10m"), where=f"{source}: agent.setup_timeout")
     return AgentConfig(
+        setup_script=setup_script, setup_timeout=setup_timeout,
         preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success, cost=cost,
         tokens=tokens,
         pass_env=tuple(pass_env), extra_args=tuple(extra_args), sandbox=sandbox,

@@ -201,6 +201,7 @@ class Task:
     tokens: int = 0
     turns: int = 0
     session_note: str = ""         # why the run began a new agent session instead of resuming ("" when it did not)
+    setup_note: str = ""           # how long the run waited for the repository's setup script ("" when it did not)
     mode: str = ""                 # "plan": the agent only plans, read-only; its answer is posted, nothing pushed
 
     def to_json(self) -> str:

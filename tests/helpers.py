@@ -65,3 +65,25 @@ def agent_jobs_done(conn) -> bool:
     from forge_bridge.store.queue import AGENTS_QUEUE
 
     return StartedJobRegistry(AGENTS_QUEUE, connection=conn).count == 0
+
+
+def commit_to(bare: Path, branch: str, files: dict[str, str], *, links: dict[str, str] | None = None,
+              message: str = "change files") -> None:
+    """Commit files (and symbolic links) to a branch of a bare repository, as a person pushing would."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder) / "work"
+        subprocess.run(["git", "clone", "--quiet", "--branch", branch, str(bare), str(work)], check=True,
+                       capture_output=True)
+        for name, text in files.items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_text(text)
+        for name, target in (links or {}).items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).symlink_to(target)
+        subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+        subprocess.run(["git", "-c", "user.name=Person", "-c", "user.email=person@example.invalid", "commit",
+                        "--quiet", "-m", message], cwd=work, check=True)
+        subprocess.run(["git", "push", "--quiet", "origin", branch], cwd=work, check=True, capture_output=True)

@@ -140,6 +140,15 @@ def build_argv(agent: AgentConfig, action: TaskAction, values: Mapping[str, str]
     return [substitute(part, values) for part in template]
 
 
+def with_instructions(agent: AgentConfig, argv: list[str], *, has_agents_md: bool) -> list[str]:
+    """aider reads no instructions file by itself: given the worktree's AGENTS.md as a read-only file, it does.
+    (Claude Code, Codex and opencode find theirs in the worktree on their own.)"""
+    if agent.preset != "aider" or not has_agents_md:
+        return argv
+    head = COMMAND_WORDS["aider"]
+    return [*argv[:head], "--read", "AGENTS.md", *argv[head:]]
+
+
 def plan_argv(agent: AgentConfig, argv: list[str]) -> list[str]:
     """The same run in the preset's read-only mode, for a plan: Claude Code `--permission-mode plan`, Codex
     `--sandbox read-only`, opencode `--agent plan`, aider `--chat-mode ask` (each run against its real CLI by the

@@ -56,6 +56,14 @@ def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir
                        readable=tuple(Path(p) for p in settings.agent.sandbox_paths))
 
 
+def confined(settings: Settings, argv: list[str], *, worktree: Path, mirror: Path, session_dir: Path,
+             home: Path) -> list[str]:
+    """`argv` as the agent's runs get it: inside bubblewrap when the sandbox is on, as it is otherwise."""
+    if mode(settings.agent)[0] != "bwrap":
+        return argv
+    return wrap(argv, confinement(settings, worktree=worktree, mirror=mirror, session_dir=session_dir, home=home))
+
+
 def secret_files(settings: Settings) -> tuple[Path, ...]:
     """What would hand an agent the bridge's secrets or its queue when it lies outside data_dir and the HOME:
     the configuration file (it may hold redis_url with its password), each GitHub App's private key file (it

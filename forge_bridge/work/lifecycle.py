@@ -1,5 +1,5 @@
 """Worktrees over time: safe destroy (only when nothing would be lost, or with --force; the session is archived),
-garbage collection, and the spare worktrees made ahead of need."""
+garbage collection, and the spare worktrees made ahead of need (set up by the repository's script ahead too)."""
 from __future__ import annotations
 
 import logging
@@ -7,13 +7,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from forge_bridge.agents import presets, sandbox
 from forge_bridge.workspace import worktrees
+from forge_bridge.work import setup
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient
 from forge_bridge.models import IssueRef
 from forge_bridge.store.sessions import Store
 
 log = logging.getLogger(__name__)
+SPARE_SETUP_LOG = "forge-bridge-setup.log"   # in a spare's git directory: what its setup script printed
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,35 @@ def prepare_spares(data_dir: Path) -> list[Path]:
     return made
 
 
+def set_up_spares(settings: Settings) -> list[Path]:
+    """Run the repository's setup script in each ready spare that has not run this version of it, in the
+    agents' sandbox, shared HOME and environment, so the issue that takes the spare finds it prepared. A spare is
+    held while its setup runs: an issue arriving meanwhile makes a worktree of its own."""
+    done = []
+    for mirror in sorted((settings.data_dir / "mirrors").glob("*.git")):
+        spare = worktrees.spare_of(mirror)
+        if spare is None:
+            continue
+        with worktrees.hold(spare.gitdir) as held:
+            if not held:
+                continue
+            try:
+                ran = setup.run_if_needed(settings, spare, env=presets.agent_env(settings.agent, {
+                    "HOME": str(sandbox.agent_home(settings)), "FORGE_BRIDGE_MODE": "setup"}),
+                    confine=lambda argv, s=spare, m=mirror: sandbox.confined(
+                        settings, argv, worktree=s.worktree, mirror=m, session_dir=s.gitdir,
+                        home=sandbox.agent_home(settings)),
+                    log=spare.gitdir / SPARE_SETUP_LOG)
+            except (setup.SetupFailed, OSError) as error:
+                log.warning("the spare worktree of %s is not set up: %s", mirror.name, str(error).splitlines()[0])
+                continue
+            if ran.result is not None:
+                done.append(spare.worktree)
+    return done
+
+
 def housekeeping(settings: Settings, store: Store) -> None:
     """A worker's periodic work on its host, between jobs."""
     collect_garbage(settings, store)
     prepare_spares(settings.data_dir)
+    set_up_spares(settings)

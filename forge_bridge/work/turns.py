@@ -14,6 +14,7 @@ from forge_bridge.store import metrics
 from forge_bridge.workspace import worktrees
 from forge_bridge.config import AgentConfig, Settings
 from forge_bridge.forges import IssueInfo
+from forge_bridge.work import setup
 from forge_bridge.work.history import history_prompt, resume_obstacle
 from forge_bridge.models import IssueRef, Session, Task, TaskAction
 from forge_bridge.store.sessions import Store
@@ -42,7 +43,15 @@ class Turns:
 
     def run(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, checkout: worktrees.Checkout,
             log_file: Path, before: str) -> presets.AgentResult:
-        """The agent's turn; a resume that fails before naming any session is run again as a new session."""
+        """The agent's turn, after the workspace's setup when it needs one; a resume that fails before naming any
+        session is run again as a new session."""
+        prepared = setup.run_if_needed(self.settings, checkout, env=self.environment(task, session, issue, ref),
+                                       confine=lambda argv: self.confine(argv, ref, checkout.worktree), log=log_file,
+                                       should_stop=self.stop_reason)
+        if prepared.result is not None:
+            task.setup_note = f"waited {prepared.seconds:.0f} s for {self.settings.agent.setup_script}"
+            if prepared.result.stopped:
+                return prepared.result
         turn = self.plan(task, session, issue, ref)
         result = self.launch(task, session, issue, ref, checkout.worktree, log_file, turn)
         if turn.resumes and self.resume_failed(result) and self.unchanged(checkout, before):
@@ -94,17 +103,11 @@ class Turns:
                   "worktree": str(worktree), "branch": session.branch, "title": issue.title,
                   "message_file": str(message_file), "history_file": str(files / AIDER_HISTORY)}
         argv = presets.build_argv(self.priced_agent(task), turn.action, values)
+        argv = presets.with_instructions(self.settings.agent, argv, has_agents_md=(worktree / "AGENTS.md").is_file())
         if task.mode == "plan":
             argv = presets.plan_argv(self.settings.agent, argv)
-        home = sandbox.agent_home(self.settings, ref)
-        env = presets.agent_env(self.settings.agent, {
-            "HOME": str(home), "FORGE_BRIDGE_ISSUE_REF": str(ref), "FORGE_BRIDGE_ISSUE_TITLE": issue.title,
-            "FORGE_BRIDGE_BRANCH": session.branch, "FORGE_BRIDGE_SESSION_ID": session.agent_session_id,
-            "FORGE_BRIDGE_TASK_ID": task.id, "FORGE_BRIDGE_MODE": task.mode or "build"})
-        if sandbox.mode(self.settings.agent)[0] == "bwrap":
-            argv = sandbox.wrap(argv, sandbox.confinement(
-                self.settings, worktree=worktree, mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
-                session_dir=files, home=home))
+        env = self.environment(task, session, issue, ref)
+        argv = self.confine(argv, ref, worktree)
 
         def started(pid: int) -> None:
             task.host, task.agent_pid = socket.gethostname(), pid
@@ -124,6 +127,20 @@ class Turns:
         task.turns += result.verdict.turns
         self.book(task, ref, cost, tokens)
         return result
+
+    def environment(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef) -> dict[str, str]:
+        """What the agent (and the setup script before it) runs with."""
+        return presets.agent_env(self.settings.agent, {
+            "HOME": str(sandbox.agent_home(self.settings, ref)), "FORGE_BRIDGE_ISSUE_REF": str(ref),
+            "FORGE_BRIDGE_ISSUE_TITLE": issue.title, "FORGE_BRIDGE_BRANCH": session.branch,
+            "FORGE_BRIDGE_SESSION_ID": session.agent_session_id, "FORGE_BRIDGE_TASK_ID": task.id,
+            "FORGE_BRIDGE_MODE": task.mode or "build"})
+
+    def confine(self, argv: list[str], ref: IssueRef, worktree: Path) -> list[str]:
+        return sandbox.confined(self.settings, argv, worktree=worktree,
+                                mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
+                                session_dir=worktrees.session_dir(self.settings.data_dir, ref),
+                                home=sandbox.agent_home(self.settings, ref))
 
     def priced_agent(self, task: Task) -> AgentConfig:
         """Claude Code says what a run cost only when it ends, so a task's dollar limit is also handed to it as

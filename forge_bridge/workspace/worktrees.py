@@ -307,14 +307,48 @@ def _spare(mirror: Path) -> Checkout:
 
 def _take_spare(checkout: Checkout) -> bool:
     """Rename the spare and its git directory to the issue's; the files keep their index entries, so the
-    checkout that follows touches only what differs."""
+    checkout that follows touches only what differs. A spare whose setup script is still running is left."""
     spare = _spare(checkout.mirror)
     if not (spare.gitdir.is_dir() and (spare.worktree / ".git").is_file()) or checkout.gitdir.exists():
+        return False
+    if busy(spare.gitdir):
         return False
     spare.worktree.rename(checkout.worktree)
     spare.gitdir.rename(checkout.gitdir)
     checkout.restore()
     return True
+
+
+BUSY = "forge-bridge-busy.lock"   # in a spare's git directory: held while its setup script runs
+
+
+@contextmanager
+def hold(gitdir: Path) -> Iterator[bool]:
+    """Hold a spare while something runs in it (its setup): True when this caller holds it."""
+    with open(gitdir / BUSY, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def busy(gitdir: Path) -> bool:
+    if not (gitdir / BUSY).exists():
+        return False
+    with hold(gitdir) as held:
+        return not held
+
+
+def spare_of(mirror: Path) -> Checkout | None:
+    """The repository's spare, once it is checked out and settled (ready to be taken), else None."""
+    spare = _spare(mirror)
+    ready = (spare.worktree / ".git").is_file() and (spare.gitdir / SETTLED).exists()
+    return spare if ready else None
 
 
 SPARE_BASE = "forge-bridge-spare-base"   # in the mirror: which branch its spare is checked out from

@@ -25,9 +25,12 @@ def record(path, what):
                                   "task": os.environ.get("FORGE_BRIDGE_TASK_ID", "")}) + "\n")
 
 
-def commit(prompt):
+def commit(prompt, include=""):
     with open("AGENT_WORK.md", "a") as out:
         out.write(prompt + "\n")
+        if include:
+            found = open(include).read() if os.path.exists(include) else "(missing)\n"
+            out.write(f"{include}: {found}")
     subprocess.run(["git", "add", "AGENT_WORK.md"], check=True)
     subprocess.run(["git", "-c", "user.name=Fake Agent", "-c", "user.email=agent@example.invalid", "commit",
                     "--quiet", "-m", "agent: " + (prompt.splitlines() or ["work"])[0][:60]], check=True)
@@ -44,6 +47,8 @@ def main():
     parser.add_argument("--cost-per-tick", type=float, default=0.0,
                         help="with each tick, also a JSON line {cost, tokens}: the run's totals so far")
     parser.add_argument("--sessions", default="", help="keep sessions in this folder; resuming an unknown one fails")
+    parser.add_argument("--include", default="", help="a file of the worktree whose text goes into the committed work "
+                                                       "(what a setup script left there)")
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
     prompt = sys.stdin.read()   # blocks until the bridge closes stdin
@@ -90,7 +95,7 @@ def main():
               flush=True)
         return 0
     if args.mode == "commit":
-        commit(prompt)
+        commit(prompt, args.include)
     print(json.dumps({"type": "result", "session_id": session, "summary": f"fake agent did {args.mode}"}), flush=True)
     record(args.record, "end")
     return 0
