@@ -47,6 +47,7 @@ HEARTBEAT_GRACE = 25   # RQ allows 60 s; the worker that sends the heartbeat idl
 MAINTENANCE_INTERVAL = 15
 WORKER_TTL = MAINTENANCE_INTERVAL + 15
 MAX_RECONNECT_WAIT = 30.0
+PUBSUB_WAKE = 1.0
 
 _JOIN_LINE = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -224,6 +225,15 @@ class BridgeWorker(Worker):
             except ProcessLookupError:
                 pass
         super().request_stop(signum, frame)
+
+    def subscribe(self):
+        """RQ's command channel, read in a thread that wakes every second (RQ's wakes every minute): stopping the
+        worker waits for that thread, so with RQ's a warm shutdown could hang up to 60 s after its job ended."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=PUBSUB_WAKE, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
 
     def request_force_stop(self, signum, frame):
         """A second SIGTERM is the same stop heard twice (from its process group and from the pool that forked
