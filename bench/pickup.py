@@ -6,7 +6,9 @@ for the wrap-up case the idle bridge: a label that arrives just as another task'
 pushes its branch, opens its pull request and reports — should start its agent as fast as on an idle bridge; and
 for a repository with a setup script of a few seconds, once its spare worktree is set up ahead of need, pickup
 should be as fast as for a repository without one.
-Run: `.venv/bin/python bench/pickup.py [--issues N] [--kind github|gitea]`."""
+Last, confined pickup with `agent.network = "allowlist"` (the proxy and the relay in the sandbox) against an open
+network, both under bubblewrap.
+Run: `.venv/bin/python bench/pickup.py [--issues N] [--kind github|gitea] [--network]`."""
 from __future__ import annotations
 
 import argparse
@@ -39,12 +41,12 @@ AGENT = ("import json, os, subprocess, sys, time; started = time.time(); prompt 
          "record('end')")
 
 
-def _config(root: Path, forge: FakeForge, port: int, record: Path) -> Path:
+def _config(root: Path, forge: FakeForge, port: int, record: Path, agent: str = 'sandbox = "none"\n') -> Path:
     config = root / "forge-bridge.toml"
     config.write_text(
         f'data_dir = "{root / "data"}"\nbind = "127.0.0.1:{port}"\n'
         f'[agent]\npreset = "command"\nargv = {json.dumps([sys.executable, "-c", AGENT])}\n'
-        f'pass_env = ["PICKUP_RECORD"]\nsandbox = "none"\n'
+        f'pass_env = ["PICKUP_RECORD"]\n{agent}'
         f'[[forges]]\nname = "f"\nkind = "{forge.kind}"\nurl = "{forge.url}"\ntoken_env = "T"\n'
         f'webhook_secret_env = "S"\nbot_login = "{forge.bot_login}"\n'   # default write_interval
         '[[repos]]\nforge = "f"\nname = "alice/*"\n')
@@ -147,14 +149,56 @@ def measure(kind: str, issues: int) -> None:
             forge.stop()
 
 
+def _confined_pickups(kind: str, issues: int, network: str) -> list[float]:
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        forge = FakeForge(kind, root / "forge").start()
+        repo = forge.create_repo("alice", "widgets")
+        repo.permissions["alice"] = "write"
+        record = root / "data" / "agent-home" / "started.jsonl"   # the agent's HOME: writable inside the sandbox
+        record.parent.mkdir(parents=True)
+        from conftest import free_port
+
+        port = free_port()
+        readable = json.dumps([str(Path(sys.executable).resolve().parents[1]), str(ROOT)])
+        agent = f'sandbox = "bwrap"\nsandbox_paths = {readable}\nnetwork = "{network}"\n'
+        env = {**os.environ, "T": "fake-forge-token", "S": SECRET, "PICKUP_RECORD": str(record)}
+        with open(root / "serve.log", "wb") as log:
+            serve = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config",
+                                      str(_config(root, forge, port, record, agent)), "serve"], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=60, what="serve")
+            forge.add_hook(f"http://127.0.0.1:{port}/webhooks/{kind}", SECRET)
+            return [_pickup(forge, repo, record, f"Issue {n}") for n in range(issues)]
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=60)
+            forge.stop()
+
+
+def compare_networks(kind: str, issues: int, rounds: int = 2) -> None:
+    """The allowlist against an open network, both confined, alternating so a slow moment hits both."""
+    found: dict[str, list[float]] = {"open": [], "allowlist": []}
+    for _ in range(rounds):
+        for network in found:
+            found[network] += _confined_pickups(kind, issues, network)
+    opened, listed = statistics.median(found["open"]), statistics.median(found["allowlist"])
+    print(f"{kind}: confined pickup p50, network open {opened:.3f} s, allowlist {listed:.3f} s: "
+          f"{(listed - opened) * 1000:+.0f} ms for the proxy and its relay")
+
+
 def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)   # the fake forge's access log
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--issues", type=int, default=10)
     parser.add_argument("--kind", choices=["github", "gitea"], action="append")
+    parser.add_argument("--network", action="store_true", help="only compare confined pickup, open vs allowlist")
     args = parser.parse_args()
     for kind in args.kind or ["github", "gitea"]:
-        measure(kind, args.issues)
+        if not args.network:
+            measure(kind, args.issues)
+        compare_networks(kind, args.issues)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """A configuration mistake, with the file and key named."""
 
 
+NETWORKS = ("open", "allowlist", "none")
+# agent.allow_hosts: `host`, `*.domain`, `[v6]`, each with an optional `:port` (agents/allowlist.py reads them).
+HOST_PATTERN = re.compile(r"^(\*\.)?([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9a-fA-F:]+\])"
+                          r"(:([1-9][0-9]{0,4}))?$")
+
+
 def parse_duration(value: Any, *, where: str) -> float:
     """`90s`, `5m`, `1h` or a number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
@@ -124,6 +130,8 @@ class AgentConfig:
     sandbox_paths: tuple[str, ...] = ()   # more host paths a sandboxed agent may read
     setup_script: str = ".forge-bridge/setup.sh"   # in the repository: prepares the worktree before the agent
     setup_timeout: float = 600.0
+    network: str = "open"          # open | allowlist | none: what the sandboxed agent may reach
+    allow_hosts: tuple[str, ...] = ()   # with "allowlist": more hosts than its model API's
 
     @property
     def preassigned_session(self) -> bool:
@@ -435,8 +443,18 @@ def _agent(table: dict, source: str) -> AgentConfig:
             or ".." in Path(setup_script).parts:
         raise ConfigError(f"{source}: agent.setup_script must be a path inside the repository, got {setup_script!r}")
     setup_timeout = parse_duration(table.get("setup_timeout", "10m"), where=f"{source}: agent.setup_timeout")
+    network, allow_hosts = table.get("network", "open"), table.get("allow_hosts", [])
+    if network not in NETWORKS:
+        raise ConfigError(f"{source}: agent.network must be open, allowlist or none, got {network!r}")
+    if not isinstance(allow_hosts, list) or not all(isinstance(h, str) for h in allow_hosts):
+        raise ConfigError(f"{source}: agent.allow_hosts must be a list of host names")
+    for pattern in allow_hosts:
+        match = HOST_PATTERN.match(pattern)
+        if not match or (match[4] and int(match[4]) > 65535):
+            raise ConfigError(f"{source}: agent.allow_hosts: {pattern!r} is not a host name, `*.domain` or either "
+                              "with `:port`")
     return AgentConfig(
-        setup_script=setup_script, setup_timeout=setup_timeout,
+        setup_script=setup_script, setup_timeout=setup_timeout, network=network, allow_hosts=tuple(allow_hosts),
         preset=preset, argv=tuple(argv), session_id=session_id, summary=summary, success=success, cost=cost,
         tokens=tokens,
         pass_env=tuple(pass_env), extra_args=tuple(extra_args), sandbox=sandbox,

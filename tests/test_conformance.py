@@ -200,3 +200,41 @@ def test_real_cli_plans_in_its_read_only_mode(preset, github, start_bridge, mode
     assert not repo.pulls and repo.branch_sha("kugetsu/1-sort-the-list") is None
     worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
     assert not list(worktree.glob("WORK-*.md"))
+
+
+@pytest.mark.parametrize("preset", sorted(CLIS))
+def test_real_cli_reaches_its_model_through_the_allowlist_only(preset, github, start_bridge, models, tmp_path):
+    """Confined by bubblewrap with `network = "allowlist"`, each real CLI reaches the scripted model server (the
+    only host allowed) through the bridge's proxy — it honours the proxy variables — and its work is pushed."""
+    import sys
+
+    from forge_bridge.agents.sandbox import bwrap_works
+
+    if bwrap_works():
+        pytest.skip(bwrap_works())
+    # Its HOME outside /tmp (Codex will not keep its helper under /tmp), beside the installed CLIs.
+    home = cache_root() / "homes" / f"{tmp_path.parent.name}-{tmp_path.name}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    agent, env, _ = CLIS[preset](models, home)
+    if preset == "codex":   # its own home inside the agent's, which the sandbox lets it write
+        codex_home = home / ".codex"
+        shutil.copytree(Path(env["CODEX_HOME"]), codex_home)
+        env["CODEX_HOME"] = str(codex_home)
+    readable = [str(cache_root()), str(Path(sys.executable).resolve().parents[1]), str(Path(__file__).parents[1])]
+    agent |= {"home": json.dumps(str(home)), "sandbox": '"bwrap"', "network": '"allowlist"',
+              "sandbox_paths": json.dumps(readable),
+              "allow_hosts": json.dumps([models.url.removeprefix("http://")])}
+    repo = github.create_repo("alice", "widgets")
+    issue = github.create_issue(repo, "Sort the list", "alphabetically")
+    bridge = start_bridge([github], preset=preset, agent=agent, env=env)
+
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review") or _settled(github, repo, issue,
+                                                                                 "kugetsu:failed"),
+             timeout=180, what="the confined run")
+    status = _status_comments(github, repo, issue)[0]
+    assert "kugetsu:review" in github.labels_of(repo, issue), status
+    [pull] = repo.pulls.values()
+    assert _files_on(repo, pull.head) == ["WORK-1.md"] and models.main_requests()
+    shutil.rmtree(home, ignore_errors=True)

@@ -12,11 +12,14 @@ import logging
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from forge_bridge.agents import allowlist, egress, presets
 from forge_bridge.workspace import worktrees
 from forge_bridge.config import AgentConfig, Settings
 from forge_bridge.models import IssueRef
@@ -42,6 +45,29 @@ class Confinement:
     masked: tuple[Path, ...] = ()     # files seen empty (and sockets refused) wherever they are: secret_files()
     empty: Path | None = None         # the empty file mounted over each of them (not /dev/null: devices are not
                                       # opened on the mounts of an unprivileged user namespace)
+    network: str = "open"             # agent.network
+    egress_socket: Path | None = None  # the allowlist proxy's socket (egress.running)
+
+
+@dataclass(frozen=True)
+class Network:
+    """One run's network: its mode, the allowlist proxy's socket, and what the agent's environment gains."""
+    mode: str = "open"
+    socket: Path | None = None
+    env: dict = field(default_factory=dict)
+
+
+@contextmanager
+def network(settings: Settings, env: dict[str, str], on_refused) -> Iterator[Network]:
+    """The network for a run (the setup script's and the agent's): open, none, or the allowlist through a proxy
+    that runs as long as this does."""
+    mode = settings.agent.network
+    if mode != "allowlist":
+        yield Network(mode)
+        return
+    allowed = allowlist.allowed_hosts(settings.agent.preset, settings.agent.allow_hosts, env)
+    with egress.running(allowed, on_refused) as path:
+        yield Network(mode, path, egress.proxy_env(allowed))
 
 
 def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir: Path, home: Path) -> Confinement:
@@ -57,11 +83,75 @@ def confinement(settings: Settings, *, worktree: Path, mirror: Path, session_dir
 
 
 def confined(settings: Settings, argv: list[str], *, worktree: Path, mirror: Path, session_dir: Path,
-             home: Path) -> list[str]:
+             home: Path, net: Network = Network()) -> list[str]:
     """`argv` as the agent's runs get it: inside bubblewrap when the sandbox is on, as it is otherwise."""
     if mode(settings.agent)[0] != "bwrap":
+        if net.mode != "open":   # workers refuse to start so; this is the last line of defence
+            raise NetworkUnconfined(f"agent.network = {net.mode!r} needs bubblewrap, which does not run here")
         return argv
-    return wrap(argv, confinement(settings, worktree=worktree, mirror=mirror, session_dir=session_dir, home=home))
+    where = confinement(settings, worktree=worktree, mirror=mirror, session_dir=session_dir, home=home)
+    return wrap(argv, replace(where, network=net.mode, egress_socket=net.socket))
+
+
+class NetworkUnconfined(RuntimeError):
+    """A network policy was asked for where no sandbox can hold it."""
+
+
+def network_refusal(settings: Settings) -> str:
+    """Why agent.network cannot be held here, or "": a policy other than open needs bubblewrap (and the allowlist
+    socat, its relay inside the sandbox) rather than agents running with less than was asked."""
+    wanted = settings.agent.network
+    if wanted == "open":
+        return ""
+    chosen, warning = mode(settings.agent)
+    if chosen != "bwrap":
+        why = bwrap_works() or f"agent.sandbox = {settings.agent.sandbox!r}"
+        return f"agent.network = {wanted!r} needs bubblewrap, and agents here would run without it ({why})"
+    if wanted == "allowlist" and shutil.which("socat") is None:
+        return "agent.network = \"allowlist\" needs socat, the relay inside the sandbox (Debian: apt-get install socat)"
+    return ""
+
+
+def hidden_program(settings: Settings, path_variable: str) -> str:
+    """Why the agent's program cannot run in the sandbox, or "": it, the file it links to, or the interpreter its
+    `#!` line names lies under a folder the sandbox hides (the bridge user's HOME, data_dir, /tmp) and no
+    agent.sandbox_paths entry shows it again. Said before a run, so none ends with a bare `execvp … No such file`."""
+    program = presets.executable(settings.agent)
+    found = shutil.which(program, path=path_variable)
+    if found is None:
+        return ""   # not found at all: the run says so itself ("cannot start agent …"), as without a sandbox
+    hidden = [folder for folder in (settings.data_dir, Path.home(), Path("/tmp")) if str(folder) not in ("/", "")]
+    shown = [Path(p) for p in settings.agent.sandbox_paths]
+    for path in _program_files(Path(found), path_variable):
+        folder = next((f for f in hidden if path.is_relative_to(f)), None)
+        if folder is not None and not any(path.is_relative_to(s) for s in shown):
+            home = install_folder(path)
+            return (f"the agent's program {path} lies under {folder}, which the sandbox hides; let the agent see "
+                    f"it with agent.sandbox_paths = [\"{home}\"] (or install it outside {folder})")
+    return ""
+
+
+def _program_files(program: Path, path_variable: str) -> list[Path]:
+    """The program as found, what its links lead to, and the interpreter of a `#!` script."""
+    files = [program, program.resolve()]
+    try:
+        with open(files[-1], "rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        return files
+    if first.startswith(b"#!"):
+        words = first[2:].decode(errors="replace").split()
+        if words and words[0].endswith("/env") and len(words) > 1:
+            named = shutil.which(words[1], path=path_variable)
+            words = [named] if named else []
+        if words:
+            files += [Path(words[0]), Path(words[0]).resolve()]
+    return files
+
+
+def install_folder(path: Path) -> Path:
+    """What to show for a program: the prefix it was installed in (`…/bin/x` -> `…`)."""
+    return path.parent.parent if path.parent.name == "bin" else path.parent
 
 
 def secret_files(settings: Settings) -> tuple[Path, ...]:
@@ -175,12 +265,12 @@ def wrap(argv: list[str], where: Confinement) -> list[str]:
     for path in where.hidden:
         if str(path) not in ("/", "") and path.exists():
             command += ["--tmpfs", str(path)]
+    for path in where.readable:   # first: a folder shown read-only never covers one the agent may write
+        if path.exists():
+            command += ["--ro-bind", str(path), str(path)]
     for path in (where.home, where.worktree, where.gitdir, where.session_dir):
         command += ["--bind", str(path), str(path)]
     command += ["--ro-bind", str(where.mirror), str(where.mirror)]
-    for path in where.readable:
-        if path.exists():
-            command += ["--ro-bind", str(path), str(path)]
     gone = [folder for folder in (*where.hidden, Path("/tmp")) if str(folder) not in ("/", "")]
     shown = (where.home, where.worktree, where.gitdir, where.mirror, where.session_dir, *where.readable)
     for path in where.masked:   # last, so no bind above uncovers them
@@ -188,6 +278,7 @@ def wrap(argv: list[str], where: Confinement) -> list[str]:
             not any(path.is_relative_to(folder) for folder in shown)   # under a hidden folder, not bound back
         if path.exists() and not hidden:
             command += ["--ro-bind", str(where.empty), str(path)]
+    command += egress.sandbox_args(where.network, where.egress_socket)
     command += ["--unshare-pid", "--die-with-parent", "--chdir", str(where.worktree), "--setenv", "HOME",
                 str(where.home), "--"]
-    return command + argv
+    return command + (egress.relayed(argv) if where.network == "allowlist" else argv)

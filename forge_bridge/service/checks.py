@@ -2,6 +2,7 @@
 token (or as its GitHub App), the bot's permission on each repository, and how each forge takes events."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from redis import Redis
 from redis.exceptions import RedisError
 
-from forge_bridge.agents import presets, sandbox, streams
+from forge_bridge.agents import allowlist, presets, sandbox, streams
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
 from forge_bridge.store import embedded, queue
@@ -25,6 +26,7 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
         yield False, "no forge is configured"
     yield check_agent(settings)
     yield check_sandbox(settings)
+    yield from check_network(settings)
     if exposure := sandbox.redis_exposure(settings):
         yield False, f"redis: {exposure}"
     if sandbox.mode(settings.agent)[0] == "bwrap" and not settings.ui_token:
@@ -68,6 +70,21 @@ def _version_note(preset: str, program: str) -> str:
 
 def _parts(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def check_network(settings: Settings) -> Iterator[tuple[bool | None, str]]:
+    """The network policy can be held here, and the agent's program is one the sandbox lets it run."""
+    if refusal := sandbox.network_refusal(settings):
+        yield False, f"network: {refusal}"
+    elif settings.agent.network == "allowlist":
+        allowed = allowlist.allowed_hosts(settings.agent.preset, settings.agent.allow_hosts, os.environ)
+        yield True, "network: agents reach only " + ", ".join(
+            f"{'*.' if a.wildcard else ''}{a.host}:{a.port}" for a in allowed)
+    elif settings.agent.network == "none":
+        yield True, "network: agents have none"
+    if sandbox.mode(settings.agent)[0] == "bwrap":
+        if hidden := sandbox.hidden_program(settings, os.environ.get("PATH", "")):
+            yield False, f"agent {settings.agent.preset}: {hidden}"
 
 
 def check_workers(settings: Settings) -> tuple[bool | None, str]:

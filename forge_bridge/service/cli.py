@@ -64,6 +64,8 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings, "worker")
+    if refusal := sandbox.network_refusal(settings):   # no agent runs with less than was asked
+        raise UsageError(f"`forge-bridge worker` will not start: {refusal}")
     import jobs.tasks
     from forge_bridge.work.lifecycle import housekeeping
     from forge_bridge.store.sessions import Store
@@ -288,6 +290,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from forge_bridge.web import check_exposure, require_webhook_secrets
 
     require_webhook_secrets(settings)  # refuse before starting anything
+    if refusal := sandbox.network_refusal(settings):
+        raise UsageError(f"`forge-bridge serve` will not start: {refusal}")
     check_exposure(settings, args.bind or settings.bind)
     supervisor = Supervisor(settings, bind=args.bind or settings.bind)
     raise_on_signals()

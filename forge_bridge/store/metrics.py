@@ -24,6 +24,9 @@ FORGE_CALLS = f"{PREFIX}:metrics:forge_calls"
 QUOTA = f"{PREFIX}:metrics:quota"
 AGENT_COST = f"{PREFIX}:metrics:agent_cost"
 AGENT_TOKENS = f"{PREFIX}:metrics:agent_tokens"
+EGRESS_REFUSED = f"{PREFIX}:metrics:egress_refused"   # host:port -> connections an agent was refused
+EGRESS_RECENT = f"{PREFIX}:egress:recent"             # the latest refusals, for the status page
+RECENT_REFUSALS = 20
 RUN_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 TASK_WINDOW = 1000   # tasks by state and run times are over the most recent ones
 
@@ -46,6 +49,23 @@ def add_usage(conn: Redis, forge: str, repo: str, preset: str, *, cost: float, t
             pipe.execute()
     except RedisError:
         pass
+
+
+def refused_egress(conn: Redis, issue: str, address: str) -> None:
+    """An agent's connection the allowlist refused: counted by host, and kept among the latest for the page."""
+    try:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.hincrby(EGRESS_REFUSED, address, 1)
+            pipe.lpush(EGRESS_RECENT, f"{time.time():.0f}|{issue}|{address}")
+            pipe.ltrim(EGRESS_RECENT, 0, RECENT_REFUSALS - 1)
+            pipe.execute()
+    except RedisError:
+        pass
+
+
+def recent_refusals(conn: Redis) -> list[dict[str, Any]]:
+    rows = [raw.decode().split("|", 2) for raw in conn.lrange(EGRESS_RECENT, 0, -1)]
+    return [{"at": float(at), "issue": issue, "host": address} for at, issue, address in rows]
 
 
 FLUSH_INTERVAL = 1.0
@@ -157,6 +177,11 @@ class BridgeCollector:
                                 value=self.settings.max_concurrent_agents)
         yield from self._forge_api()
         yield from self._usage()
+        refused = CounterMetricFamily("forge_bridge_agent_egress_refused", "Agents' connections the allowlist refused",
+                                      labels=["host"])
+        for (address,), value in _pairs(self.conn, EGRESS_REFUSED):
+            refused.add_metric([address], value)
+        yield refused
 
     def _usage(self) -> Iterator[Any]:
         for key, name, what in ((AGENT_COST, "forge_bridge_agent_cost_usd", "Agents' reported cost in USD"),

@@ -63,5 +63,5 @@ def overview(conn: Redis, settings: Settings) -> dict[str, Any]:
             "sessions": [asdict(s) for s in sessions if s is not None], "poller": poller, "quota": quota,
             "warnings": [*sandbox.warnings(conn), *queue.layout_warnings(queue.worker_layout(conn),
                                                                          settings.max_concurrent_agents)],
-            "apps": app_reach.reach(conn, settings),
+            "apps": app_reach.reach(conn, settings), "egress_refused": metrics.recent_refusals(conn),
             "spend_today": budget.Ledger(conn).repos_today()}

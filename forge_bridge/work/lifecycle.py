@@ -122,18 +122,28 @@ def set_up_spares(settings: Settings) -> list[Path]:
             if not held:
                 continue
             try:
-                ran = setup.run_if_needed(settings, spare, env=presets.agent_env(settings.agent, {
-                    "HOME": str(sandbox.agent_home(settings)), "FORGE_BRIDGE_MODE": "setup"}),
-                    confine=lambda argv, s=spare, m=mirror: sandbox.confined(
-                        settings, argv, worktree=s.worktree, mirror=m, session_dir=s.gitdir,
-                        home=sandbox.agent_home(settings)),
-                    log=spare.gitdir / SPARE_SETUP_LOG)
-            except (setup.SetupFailed, OSError) as error:
+                ran = _set_up_spare(settings, spare, mirror)
+            except (setup.SetupFailed, sandbox.NetworkUnconfined, OSError) as error:
                 log.warning("the spare worktree of %s is not set up: %s", mirror.name, str(error).splitlines()[0])
                 continue
             if ran.result is not None:
                 done.append(spare.worktree)
     return done
+
+
+def _set_up_spare(settings: Settings, spare: worktrees.Checkout, mirror: Path) -> setup.Ran:
+    """The setup script in a spare, as an agent's run would have it: sandbox, shared HOME, network policy."""
+    home, log_file = sandbox.agent_home(settings), spare.gitdir / SPARE_SETUP_LOG
+    env = presets.agent_env(settings.agent, {"HOME": str(home), "FORGE_BRIDGE_MODE": "setup"})
+
+    def refused(address: str) -> None:
+        with open(log_file, "a") as out:
+            out.write(f"forge-bridge: refused a connection to {address} (not in agent.allow_hosts)\n")
+
+    with sandbox.network(settings, env, refused) as net:
+        return setup.run_if_needed(settings, spare, env={**env, **net.env}, log=log_file, confine=lambda argv: (
+            sandbox.confined(settings, argv, worktree=spare.worktree, mirror=mirror, session_dir=spare.gitdir,
+                             home=home, net=net)))
 
 
 def housekeeping(settings: Settings, store: Store) -> None:

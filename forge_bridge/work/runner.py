@@ -22,6 +22,7 @@ from forge_bridge.work.report import Reporter, render_pull_comment, status_url
 from forge_bridge.store.sessions import Store
 from forge_bridge.work.turns import Turns
 from forge_bridge.work.setup import SetupFailed
+from forge_bridge.agents.sandbox import NetworkUnconfined
 from forge_bridge.workspace.worktrees import GitError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class BudgetSpent(RuntimeError):
     """The task's issue or repository has spent its budget: the task fails before its agent starts."""
 
 
-EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError, BudgetSpent, SetupFailed)
+EXPECTED_FAILURES = (GitError, ForgeError, AgentConfigError, OSError, BudgetSpent, SetupFailed, NetworkUnconfined)
 PARTIAL_STATES = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)   # work that may be worth keeping
 PLAN_HEADING = "### Plan"
 PLAN_LIMIT = 60_000       # characters of a plan posted (a forge comment holds 65,536)

@@ -6,7 +6,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from forge_bridge.agents import presets, budget, sandbox
@@ -40,11 +40,26 @@ class Turns:
     settings: Settings
     store: Store
     stop_reason: Callable[[], str]   # why the agent must stop now ("" while it may run on)
+    net: sandbox.Network = field(default_factory=sandbox.Network)   # this turn's network (agent.network)
 
     def run(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, checkout: worktrees.Checkout,
             log_file: Path, before: str) -> presets.AgentResult:
         """The agent's turn, after the workspace's setup when it needs one; a resume that fails before naming any
-        session is run again as a new session."""
+        session is run again as a new session. Both run under the configured network policy."""
+        def refused(address: str) -> None:
+            with open(log_file, "a") as out:
+                out.write(f"forge-bridge: refused a connection to {address} (not in agent.allow_hosts)\n")
+            metrics.refused_egress(self.store.conn, str(ref), address)
+
+        with sandbox.network(self.settings, self.environment(task, session, issue, ref), refused) as self.net:
+            return self._run(task, session, issue, ref, checkout, log_file, before)
+
+    def _run(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, checkout: worktrees.Checkout,
+             log_file: Path, before: str) -> presets.AgentResult:
+        if sandbox.mode(self.settings.agent)[0] == "bwrap":
+            hidden = sandbox.hidden_program(self.settings, self.environment(task, session, issue, ref).get("PATH", ""))
+            if hidden:
+                raise presets.AgentConfigError(hidden)
         prepared = setup.run_if_needed(self.settings, checkout, env=self.environment(task, session, issue, ref),
                                        confine=lambda argv: self.confine(argv, ref, checkout.worktree), log=log_file,
                                        should_stop=self.stop_reason)
@@ -129,18 +144,18 @@ class Turns:
         return result
 
     def environment(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef) -> dict[str, str]:
-        """What the agent (and the setup script before it) runs with."""
+        """What the agent (and the setup script before it) runs with: its proxy too, under an allowlist."""
         return presets.agent_env(self.settings.agent, {
             "HOME": str(sandbox.agent_home(self.settings, ref)), "FORGE_BRIDGE_ISSUE_REF": str(ref),
             "FORGE_BRIDGE_ISSUE_TITLE": issue.title, "FORGE_BRIDGE_BRANCH": session.branch,
             "FORGE_BRIDGE_SESSION_ID": session.agent_session_id, "FORGE_BRIDGE_TASK_ID": task.id,
-            "FORGE_BRIDGE_MODE": task.mode or "build"})
+            "FORGE_BRIDGE_MODE": task.mode or "build", **self.net.env})
 
     def confine(self, argv: list[str], ref: IssueRef, worktree: Path) -> list[str]:
         return sandbox.confined(self.settings, argv, worktree=worktree,
                                 mirror=worktrees.mirror_dir(self.settings.data_dir, ref.repo),
                                 session_dir=worktrees.session_dir(self.settings.data_dir, ref),
-                                home=sandbox.agent_home(self.settings, ref))
+                                home=sandbox.agent_home(self.settings, ref), net=self.net)
 
     def priced_agent(self, task: Task) -> AgentConfig:
         """Claude Code says what a run cost only when it ends, so a task's dollar limit is also handed to it as
