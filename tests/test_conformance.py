@@ -36,6 +36,13 @@ def _texts(request) -> str:
     return json.dumps(request.body.get("messages") or request.body.get("input") or [])
 
 
+def _ends_as(forge, repo, issue, label: str, *, timeout: float) -> None:
+    """The run settles, and with `label` (else the status comment says why it did not)."""
+    wait_for(lambda: _settled(forge, repo, issue, label) or _settled(forge, repo, issue, "kugetsu:failed"),
+             timeout=timeout, what=f"the run to end ({label})")
+    assert label in forge.labels_of(repo, issue), _status_comments(forge, repo, issue)[0]
+
+
 def _task_rows(status: str) -> list[str]:
     return [line for line in status.splitlines() if line.startswith("| ") and " | @" in line]
 
@@ -190,11 +197,7 @@ def test_real_cli_plans_in_its_read_only_mode(preset, github, start_bridge, mode
     models.script.answer = "Plan: sort with a stable key, then test it."
     bridge = start_bridge([github], preset=preset, agent=agent, env=env)
     github.add_label(repo, issue, "kugetsu:plan")
-    wait_for(lambda: _settled(github, repo, issue, "kugetsu:planned") or _settled(github, repo, issue,
-                                                                                  "kugetsu:failed"),
-             timeout=120, what="the plan run")
-    status = _status_comments(github, repo, issue)[0]
-    assert "kugetsu:planned" in github.labels_of(repo, issue), status
+    _ends_as(github, repo, issue, "kugetsu:planned", timeout=120)
     [plan] = [c for c in github.comments_of(repo, issue) if c.startswith("### Plan")]
     assert "sort with a stable key" in plan
     assert not repo.pulls and repo.branch_sha("kugetsu/1-sort-the-list") is None
@@ -230,11 +233,7 @@ def test_real_cli_reaches_its_model_through_the_allowlist_only(preset, github, s
     bridge = start_bridge([github], preset=preset, agent=agent, env=env)
 
     github.add_label(repo, issue, "kugetsu:todo")
-    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review") or _settled(github, repo, issue,
-                                                                                 "kugetsu:failed"),
-             timeout=180, what="the confined run")
-    status = _status_comments(github, repo, issue)[0]
-    assert "kugetsu:review" in github.labels_of(repo, issue), status
+    _ends_as(github, repo, issue, "kugetsu:review", timeout=180)
     [pull] = repo.pulls.values()
     assert _files_on(repo, pull.head) == ["WORK-1.md"] and models.main_requests()
     shutil.rmtree(home, ignore_errors=True)

@@ -161,11 +161,8 @@ class BridgeCollector:
         self.conn, self.settings = conn, settings
 
     def collect(self) -> Iterator[Any]:
-        deliveries = CounterMetricFamily("forge_bridge_deliveries", "Webhook deliveries by forge and outcome",
-                                         labels=["forge", "outcome"])
-        for (forge, outcome), value in _pairs(self.conn, DELIVERIES):
-            deliveries.add_metric([forge, outcome], value)
-        yield deliveries
+        yield self._from_hash(CounterMetricFamily, "forge_bridge_deliveries", "Webhook deliveries by forge and outcome",
+                              ["forge", "outcome"], DELIVERIES)
         yield from self._tasks()
         depth = GaugeMetricFamily("forge_bridge_queue_depth", "Jobs waiting per queue", labels=["queue"])
         for name, waiting in queue.queue_depths(self.conn).items():
@@ -175,21 +172,22 @@ class BridgeCollector:
                                 value=queue.slots_in_use(self.conn))
         yield GaugeMetricFamily("forge_bridge_agent_slots_limit", "max_concurrent_agents",
                                 value=self.settings.max_concurrent_agents)
-        yield from self._forge_api()
-        yield from self._usage()
-        refused = CounterMetricFamily("forge_bridge_agent_egress_refused", "Agents' connections the allowlist refused",
-                                      labels=["host"])
-        for (address,), value in _pairs(self.conn, EGRESS_REFUSED):
-            refused.add_metric([address], value)
-        yield refused
-
-    def _usage(self) -> Iterator[Any]:
+        yield self._from_hash(CounterMetricFamily, "forge_bridge_forge_api_calls", "Forge API operations",
+                              ["forge", "operation"], FORGE_CALLS)
+        yield self._from_hash(GaugeMetricFamily, "forge_bridge_forge_quota", "Forge API quota as last seen",
+                              ["forge", "kind"], QUOTA)
         for key, name, what in ((AGENT_COST, "forge_bridge_agent_cost_usd", "Agents' reported cost in USD"),
                                 (AGENT_TOKENS, "forge_bridge_agent_tokens", "Agents' reported tokens")):
-            family = CounterMetricFamily(name, what, labels=["forge", "repository", "preset"])
-            for labels, value in _pairs(self.conn, key):
-                family.add_metric(labels, value)
-            yield family
+            yield self._from_hash(CounterMetricFamily, name, what, ["forge", "repository", "preset"], key)
+        yield self._from_hash(CounterMetricFamily, "forge_bridge_agent_egress_refused",
+                              "Agents' connections the allowlist refused", ["host"], EGRESS_REFUSED)
+
+    def _from_hash(self, kind: type, name: str, what: str, labels: list[str], key: str) -> Any:
+        """A metric family whose samples are a Redis hash's fields (labels joined by `|`) and values."""
+        family = kind(name, what, labels=labels)
+        for values, value in _pairs(self.conn, key):
+            family.add_metric(values, value)
+        return family
 
     def _tasks(self) -> Iterator[Any]:
         store = Store(self.conn)
@@ -203,17 +201,6 @@ class BridgeCollector:
         buckets = [(str(edge), sum(1 for d in durations if d <= edge)) for edge in RUN_BUCKETS]
         yield HistogramMetricFamily("forge_bridge_agent_run_seconds", "How long agent runs took",
                                     buckets=[*buckets, ("+Inf", len(durations))], sum_value=sum(durations))
-
-    def _forge_api(self) -> Iterator[Any]:
-        calls = CounterMetricFamily("forge_bridge_forge_api_calls", "Forge API operations",
-                                    labels=["forge", "operation"])
-        for (forge, operation), value in _pairs(self.conn, FORGE_CALLS):
-            calls.add_metric([forge, operation], value)
-        yield calls
-        quota = GaugeMetricFamily("forge_bridge_forge_quota", "Forge API quota as last seen", labels=["forge", "kind"])
-        for (forge, kind), value in _pairs(self.conn, QUOTA):
-            quota.add_metric([forge, kind], value)
-        yield quota
 
 
 def render(conn: Redis, settings: Settings) -> bytes:

@@ -32,6 +32,17 @@ def pull_or_404(state: State, owner: str, name: str, number: int) -> tuple[Repo,
     return repo, repo.pulls[number]
 
 
+def react_as_the_bot(forge: FakeForge, shapes: Any, found: Any):
+    """The bot's reaction (the request's content) on a comment: 201 when new, 200 when it was there already."""
+    if found is None:
+        return jsonify(message="Not Found"), 404
+    content = request.get_json()["content"]
+    again = (forge.bot_login, content) in found.reactions
+    if not again:
+        found.reactions.append((forge.bot_login, content))
+    return jsonify(shapes.reaction(content)), 200 if again else 201
+
+
 def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, number: str, pull_number: str,
                     comment: str,
                     no_head: tuple[dict, int], exists: tuple[dict, int], reviews_are_comments: bool = False) -> None:
@@ -87,13 +98,7 @@ def register_shared(app: Flask, forge: FakeForge, shapes: Any, *, prefix: str, n
             found = found if found is not None and found.number in repo.pulls else None
         elif found is not None and found.repo != repo.full_name:
             found = None
-        if found is None:
-            return jsonify(message="Not Found"), 404
-        content = request.get_json()["content"]
-        again = (forge.bot_login, content) in found.reactions
-        if not again:
-            found.reactions.append((forge.bot_login, content))
-        return jsonify(shapes.reaction(content)), 200 if again else 201
+        return react_as_the_bot(forge, shapes, found)
 
     @app.post(f"{prefix}/repos/<owner>/<name>/pulls")
     def create_pull(owner, name):

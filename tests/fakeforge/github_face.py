@@ -5,7 +5,14 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, abort, jsonify, make_response, request
 
-from fakeforge.common import issue_or_404, pull_or_404, register_hooks, register_shared, repo_or_404
+from fakeforge.common import (
+    issue_or_404,
+    pull_or_404,
+    react_as_the_bot,
+    register_hooks,
+    register_shared,
+    repo_or_404,
+)
 from fakeforge.openapi import SPECS, overlay
 from fakeforge.state import Comment, Issue, Label, Pull, Repo, RepoHook, Review, ReviewComment
 
@@ -300,13 +307,7 @@ def _register_reviews(app: Flask, forge: FakeForge, shapes: GitHubShapes) -> Non
     def react_to_review_comment(owner, name, comment_id):
         repo = repo_or_404(state, owner, name)
         found = state.review_comments.get(comment_id)
-        if found is None or found.number not in repo.pulls:
-            return jsonify(message="Not Found"), 404
-        content = request.get_json()["content"]
-        again = (forge.bot_login, content) in found.reactions
-        if not again:
-            found.reactions.append((forge.bot_login, content))
-        return jsonify(shapes.reaction(content)), 200 if again else 201
+        return react_as_the_bot(forge, shapes, found if found is not None and found.number in repo.pulls else None)
 
 
 def _register_scans(app: Flask, forge: FakeForge, shapes: GitHubShapes) -> None:

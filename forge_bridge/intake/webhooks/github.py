@@ -65,12 +65,9 @@ def _review(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
     action = field(payload, "action")
     if action != "submitted":
         return Ignored(f"review {action!r} is not acted on")
-    return ForgeEvent(
-        kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
-        title=field(payload, "pull_request.title"), is_pull=True,
-        comment_id=field(payload, "review.id", int), comment_body=field(payload, "review.body", default=""),
-        head_branch=field(payload, "pull_request.head.ref"), review_state=field(payload, "review.state").lower(),
-    )
+    return _review_event(payload, ctx, review_id=field(payload, "review.id", int),
+                         comment_body=field(payload, "review.body", default=""),
+                         review_state=field(payload, "review.state").lower())
 
 
 def _review_comment(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
@@ -78,12 +75,14 @@ def _review_comment(payload: dict, **ctx: str) -> ForgeEvent | Ignored:
     action = field(payload, "action")
     if action != "created":
         return Ignored(f"pull_request_review_comment action {action!r} is not acted on")
-    return ForgeEvent(
-        kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
-        title=field(payload, "pull_request.title"), is_pull=True,
-        comment_id=field(payload, "comment.pull_request_review_id", int),
-        head_branch=field(payload, "pull_request.head.ref"),
-    )
+    return _review_event(payload, ctx, review_id=field(payload, "comment.pull_request_review_id", int))
+
+
+def _review_event(payload: dict, ctx: dict, *, review_id: int, **fields) -> ForgeEvent:
+    """A REVIEW event names its review by id (comment_id), on the pull request the payload names."""
+    return ForgeEvent(kind=EventKind.REVIEW, **_common(payload, number_path="pull_request.number", **ctx),
+                      title=field(payload, "pull_request.title"), is_pull=True, comment_id=review_id,
+                      head_branch=field(payload, "pull_request.head.ref"), **fields)
 
 
 
