@@ -101,6 +101,7 @@ def test_the_clients_read_a_review_and_its_comments_and_react(forge):
 
 # End to end through serve
 def _pull_after_a_first_run(forge, start_bridge, **kwargs):
+    """The bridge's pull request after the issue's first run (`kwargs` go to start_bridge)."""
     repo = forge.create_repo("alice", "widgets")
     repo.permissions["bob"] = "read"
     issue = forge.create_issue(repo, TITLE, BODY)
@@ -173,3 +174,26 @@ def test_a_redelivered_review_is_one_task(github, start_bridge):
              what="the later message's run")
     wait_for(lambda: _all_done(bridge, github, issue, 2), timeout=90, what="every task to end")
     assert _branch_file(repo, pull.head, "AGENT_WORK.md").count("Again?") == 1
+
+
+def test_a_review_while_the_agent_runs_waits_for_the_next_turn_merged_with_other_messages(github, start_bridge,
+                                                                                          tmp_path):
+    """Behind a running task, a review and a later comment are one next `continue`, in the order they came."""
+    go_ahead = tmp_path / "go-ahead"
+    bridge, repo, issue, pull = _pull_after_a_first_run(github, start_bridge,
+                                                        agent_args=["--gate", "take your time", str(go_ahead)])
+    github.comment(repo, repo.issues[pull.number], f"@{github.bot_login} take your time")
+    wait_for(lambda: any(t.state.value == "running" for t in _tasks(bridge, github, issue)), timeout=60,
+             what="the second run to start")
+    github.review(repo, pull, state="CHANGES_REQUESTED", body="Rename it.", comments=[THREE[0]])
+    github.comment(repo, repo.issues[pull.number], f"@{github.bot_login} and keep the old name as an alias")
+    wait_for(lambda: len([c for c in github.comments_of(repo, repo.issues[pull.number])
+                          if "queued for the next turn" in c]) == 2, timeout=30, what="both told they wait")
+    go_ahead.touch()
+    wait_for(lambda: _all_done(bridge, github, issue, 3), timeout=120, what="the merged turn")
+    tasks = _tasks(bridge, github, issue)
+    assert len(tasks) == 3   # start, the slow continue, and one turn for the review and the comment together
+    merged = tasks[-1].message
+    assert merged.index("Rename it.") < merged.index("Return a sorted list here.") < merged.index("old name")
+    assert "kugetsu/1-fix-the-emoji-names" == pull.head and "old name" in _branch_file(repo, pull.head,
+                                                                                         "AGENT_WORK.md")

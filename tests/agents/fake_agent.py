@@ -47,6 +47,8 @@ def main():
     parser.add_argument("--cost-per-tick", type=float, default=0.0,
                         help="with each tick, also a JSON line {cost, tokens}: the run's totals so far")
     parser.add_argument("--sessions", default="", help="keep sessions in this folder; resuming an unknown one fails")
+    parser.add_argument("--gate", nargs=2, metavar=("WORD", "FILE"), default=None,
+                        help="when the prompt holds WORD, wait (up to a minute) until FILE exists: a test's go-ahead")
     parser.add_argument("--include", default="", help="a file of the worktree whose text goes into the committed work "
                                                        "(what a setup script left there)")
     parser.add_argument("rest", nargs="*")
@@ -64,6 +66,10 @@ def main():
             out.write(json.dumps({"prompt": prompt}) + "\n")
     print(json.dumps({"type": "start", "session_id": session}), flush=True)
     print(f"working on: {prompt.splitlines()[0] if prompt else '(no prompt)'}", flush=True)
+    if args.gate and args.gate[0] in prompt:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(args.gate[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     if args.sleep:   # simulated work: how long the agent takes, not a wait for anything
         time.sleep(args.sleep)
     for tick in range(args.ticks):
