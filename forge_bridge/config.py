@@ -4,6 +4,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ class ConfigError(ValueError):
 
 
 NETWORKS = ("open", "allowlist", "none")
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # agent.allow_hosts: `host`, `*.domain`, `[v6]`, each with an optional `:port` (agents/allowlist.py reads them).
 HOST_PATTERN = re.compile(r"^(\*\.)?([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9a-fA-F:]+\])"
                           r"(:([1-9][0-9]{0,4}))?$")
@@ -179,6 +181,7 @@ class Settings:
     data_dir: Path = Path("~/.local/share/forge-bridge").expanduser()
     redis_url: str = ""
     bind: str = "127.0.0.1:8080"
+    host_id: str = ""                # this host among several on one Redis; empty: the machine's host name
     workers: int = 0                 # agent worker processes on this host; 0: one per agent slot
     event_workers: int = 1           # processes on this host that read only events, so none waits behind agents
     max_concurrent_agents: int = 3
@@ -205,6 +208,11 @@ class Settings:
 
     def label(self, state: str) -> str:
         return f"{self.label_prefix}:{state}"
+
+    @property
+    def host(self) -> str:
+        """This host's id: `host_id`, or the machine's host name."""
+        return self.host_id or socket.gethostname()
 
     @property
     def agent_workers(self) -> int:
@@ -331,6 +339,8 @@ def _coerce_scalar(key: str, value: Any, *, source: str) -> Any:
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if key == "public_url" and value:
         return check_http_url(value, where=where)
+    if key == "host_id" and value and not HOST_ID_RE.match(value):
+        raise ConfigError(f"{where}: letters, digits, '.', '_' and '-' only (at most 64), got {value!r}")
     if key == "log_format" and value not in ("text", "json"):
         raise ConfigError(f"{where}: expected \"text\" or \"json\", got {value!r}")
     return value

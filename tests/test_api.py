@@ -139,3 +139,15 @@ def test_a_worker_whose_agents_could_write_to_its_redis_is_a_warning_on_the_page
         page = _app(redis_url).get("/").get_data(as_text=True)
         exposed = "Redis at 127.0.0.1:6390 asks for no password: an agent could queue a job" in page
         assert exposed == (url == "redis://127.0.0.1:6390/0"), url
+
+
+def test_hosts_are_served_as_the_document_describes(redis_url, conn):
+    from forge_bridge.store import hosts
+
+    hosts.beat(conn, "host-a", agent_workers=2)
+    hosts.set_draining(conn, "host-b", True)
+    answer = _app(redis_url).get("/api/hosts")
+    assert answer.status_code == 200
+    _valid("/api/hosts", 200, answer.json)
+    assert [(h["id"], h["alive"], h["draining"]) for h in answer.json["hosts"]] == [("host-a", True, False),
+                                                                                     ("host-b", False, True)]

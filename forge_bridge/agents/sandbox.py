@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,9 +249,9 @@ def announce(settings: Settings, conn) -> None:
     warning = redis_exposure(settings) or mode(settings.agent)[1]
     if warning:
         log.warning(warning)
-        conn.hset(WARNINGS_KEY, socket.gethostname(), warning)
+        conn.hset(WARNINGS_KEY, settings.host, warning)
     else:
-        conn.hdel(WARNINGS_KEY, socket.gethostname())
+        conn.hdel(WARNINGS_KEY, settings.host)
 
 
 def warnings(conn) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from forge_bridge.agents import sandbox
 from forge_bridge.forges import app_reach
-from forge_bridge.store import embedded, queue
+from forge_bridge.store import embedded, hosts, queue
 from forge_bridge.config import CONFIG_ENV, ConfigError, Settings, check_http_url, load_settings
 from forge_bridge.forges import ForgeError, make_client, preload
 from forge_bridge.forges.identity import with_bot_logins
@@ -21,6 +21,9 @@ from forge_bridge.service.pool import Pool, Role, roles
 log = logging.getLogger("forge_bridge")
 FOLLOW_INTERVAL = 0.5
 CHECK_MARKS = {True: "ok  ", False: "FAIL", None: "warn"}
+
+
+DRAIN_POLL = 1.0   # `drain --wait` looks again this often
 
 
 class UsageError(Exception):
@@ -80,15 +83,43 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         queue.work(conn, burst=True, housekeeping=lambda: housekeeping(settings, Store(conn)))
         return 0
 
-    def run(role: Role) -> None:
+    def run(role: Role) -> bool:
         own = queue.connect(settings.redis_url)   # never a connection of the parent's
-        queue.work(own, queues=role.queues,
-                   housekeeping=(lambda: housekeeping(settings, Store(own))) if role.housekeeping else None)
+        if not role.housekeeping:   # an event worker: it reads events whatever its host does
+            return queue.work(own, queues=role.queues)
+        return queue.work(own, queues=role.queues, housekeeping=lambda: housekeeping(settings, Store(own)),
+                          drains=lambda: hosts.draining(own, settings.host))
 
-    log.info("worker: %d event worker(s), %d agent worker(s)", settings.event_workers, settings.agent_workers)
+    def tick() -> bool:   # this host's heartbeat; its agent workers are wanted unless it drains
+        hosts.beat(conn, settings.host, agent_workers=settings.agent_workers)
+        return not hosts.draining(conn, settings.host)
+
+    log.info("worker %s: %d event worker(s), %d agent worker(s)", settings.host, settings.event_workers,
+             settings.agent_workers)
     Pool(roles(settings.event_workers, settings.agent_workers, event_queues=queue.EVENT_QUEUES,
-               agent_queues=queue.AGENT_QUEUES), run).serve()
+               agent_queues=queue.AGENT_QUEUES), run, tick=tick, beat=hosts.BEAT_INTERVAL).serve()
     return 0
+
+
+def cmd_drain(settings: Settings, args: argparse.Namespace) -> int:
+    """A host takes no new tasks while its running ones finish (`--off`, or `undrain`: it takes them again)."""
+    conn = queue.connect(_reach_redis(settings, "drain"))
+    host = args.host or settings.host
+    draining = not (args.off or args.run is cmd_undrain)
+    hosts.set_draining(conn, host, draining)
+    if not draining:
+        print(f"{host}: takes tasks again")
+        return 0
+    print(f"{host}: draining: no new tasks; {hosts.running_on(conn, host)} running task(s) finish")
+    while args.wait and hosts.running_on(conn, host):
+        time.sleep(DRAIN_POLL)
+    if args.wait:
+        print(f"{host}: drained, no task running")
+    return 0
+
+
+def cmd_undrain(settings: Settings, args: argparse.Namespace) -> int:
+    return cmd_drain(settings, args)
 
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
@@ -186,6 +217,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     for session in view["sessions"]:
         where = session["pull_request_url"] or session["branch"] or "(no branch yet)"
         print(f"  session   {session['issue']}  {where}{'  [archived]' if session['archived'] else ''}")
+    for host in view["hosts"]:
+        print(f"  host      {host['id']}  heartbeat {host['heartbeat_age']:.0f}s ago  {host['running']} running"
+              f"{'  [draining]' if host['draining'] else ''}{'  [gone]' if not host['alive'] else ''}")
     for warning in view["warnings"]:
         print(f"warning: {warning}")
     return 0
@@ -359,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     github_app.add_argument("--forge", help="the configured GitHub forge (GitHub Enterprise); default github.com")
     github_app.add_argument("--bind", help="listen here while it runs (default: bind of the configuration)")
     github_app.set_defaults(run=cmd_github_app)
+    drain = sub.add_parser("drain", help="a host takes no new tasks; its running ones finish")
+    drain.add_argument("--host", default="", help="the host's id (default: this one's host_id)")
+    drain.add_argument("--wait", action="store_true", help="return once no task runs there")
+    drain.add_argument("--off", action="store_true", help="take tasks again (as undrain)")
+    drain.set_defaults(run=cmd_drain)
+    undrain = sub.add_parser("undrain", help="a drained host takes tasks again")
+    undrain.add_argument("--host", default="", help="the host's id (default: this one's host_id)")
+    undrain.set_defaults(run=cmd_undrain, wait=False, off=True)
     stop = sub.add_parser("stop", help="cancel an issue's queued tasks and stop its running agent")
     stop.add_argument("issue_ref")
     stop.set_defaults(run=cmd_stop)

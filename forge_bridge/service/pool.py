@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger("forge_bridge")
 RESTART_DELAY = 1.0
+REAP_INTERVAL = 0.1
+DRAINED = 75   # a worker's exit code when it stopped because its host drains (EX_TEMPFAIL)
 PR_SET_PDEATHSIG = 1
 
 
@@ -37,33 +39,73 @@ def roles(event_workers: int, agent_workers: int, *, event_queues: tuple[str, ..
 
 class Pool:
     """Forks one child per role, replaces a child that dies, and on SIGTERM or SIGINT passes a single SIGTERM to
-    each child and waits for all of them (each puts its running task back in line, as a lone worker does)."""
+    each child and waits for all of them (each puts its running task back in line, as a lone worker does).
 
-    def __init__(self, roles: list[Role], run: Callable[[Role], None]) -> None:
-        self.roles, self.run = roles, run
+    Every BEAT seconds it calls `tick`, which says whether this host's agent workers are wanted (its heartbeat is
+    written there): while they are not (the host drains), each agent worker is asked once to stop — it finishes
+    its running task and takes no other — and none is started again until they are wanted once more."""
+
+    def __init__(self, roles: list[Role], run: Callable[[Role], bool],
+                 tick: Callable[[], bool] = lambda: True, beat: float = 5.0) -> None:
+        self.roles, self.run, self.tick, self.beat = roles, run, tick, beat
         self.children: dict[int, Role] = {}
         self.stopping = False
+        self.agents_wanted = True
+        self.told: set[int] = set()   # agent workers asked to stop while the host drains
 
     def serve(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         gc.freeze()   # what was imported stays shared with the children: no collection rewrites its pages
-        for role in self.roles:
-            self._fork(role)
+        next_beat = 0.0
+        while not (self.stopping and not self.children):
+            if not self.stopping and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.beat
+                self._follow(self._wanted())
+            if not self.stopping:
+                for role in self._missing():
+                    self._fork(role)
+            self._reap()
+            time.sleep(REAP_INTERVAL)
+
+    def _wanted(self) -> bool:
+        try:
+            return self.tick()
+        except Exception:   # Redis away: carry on as before; the workers wait for it themselves
+            log.warning("worker pool: could not beat or read whether this host drains", exc_info=True)
+            return self.agents_wanted
+
+    def _follow(self, wanted: bool) -> None:
+        self.agents_wanted = wanted
+        if wanted:
+            self.told.clear()
+            return
+        for pid, role in self.children.items():
+            if role.housekeeping and pid not in self.told:   # an agent worker: its running task finishes first
+                self.told.add(pid)
+                _signal(pid, signal.SIGTERM)
+
+    def _missing(self) -> list[Role]:
+        running = list(self.children.values())
+        return [role for role in self.roles if role not in running and (self.agents_wanted or not role.housekeeping)]
+
+    def _reap(self) -> None:
         while self.children:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
+                self.children.clear()
+                return
+            if pid == 0:
+                return
             role = self.children.pop(pid, None)
-            if role is None or self.stopping:
+            self.told.discard(pid)
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == DRAINED:   # it saw the drain before the beat did
+                self.agents_wanted = False
                 continue
-            log.warning("worker %s exited (%s); starting a new one", role.name, _exit_reason(status))
-            time.sleep(RESTART_DELAY)
-            if not self.stopping:
-                self._fork(role)
+            if role is not None and not self.stopping and (self.agents_wanted or not role.housekeeping):
+                log.warning("worker %s exited (%s); starting a new one", role.name, _exit_reason(status))
+                time.sleep(RESTART_DELAY)
 
     def _fork(self, role: Role) -> None:
         # A stop between the fork and the child's own handlers must neither run the parent's handler in the child
@@ -79,7 +121,7 @@ class Pool:
                 for sig in stops:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-                self.run(role)
+                code = DRAINED if self.run(role) else 0
             except BaseException:   # a child never returns into the parent's loop
                 log.exception("worker %s failed", role.name)
                 code = 1
@@ -93,10 +135,15 @@ class Pool:
             return
         self.stopping = True
         for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
+            if pid not in self.told:
+                _signal(pid, signal.SIGTERM)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _die_with(parent: int) -> None:

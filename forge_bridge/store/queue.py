@@ -202,7 +202,22 @@ class BridgeWorker(Worker):
     puts in a process group of its own: the runner there stops the agent and puts the task back in line."""
 
     housekeeping: Callable[[], None] | None = None   # the bridge's own periodic work on this host
+    drains: Callable[[], bool] | None = None          # whether its host drains: then it takes no new task
     asked_to_stop = False
+    drained = False
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """Nothing while the host drains; a job taken as the drain began goes back, first in line, for another."""
+        if self.drains is not None and self.drains():
+            self.drained = True
+            return None
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if result is not None and self.drains is not None and self.drains():
+            job, queue = result
+            queue.push_job_id(job.id, at_front=True)
+            self.drained = True
+            return None
+        return result
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return super().get_heartbeat_ttl(job, working_time) - 60 + HEARTBEAT_GRACE
@@ -264,22 +279,22 @@ ALL_QUEUES = (EVENTS_QUEUE, AGENTS_QUEUE)      # both, intake first (`worker --b
 
 
 def work(conn: Redis, *, queues: tuple[str, ...] = ALL_QUEUES, name: str | None = None, burst: bool = False,
-         housekeeping: Callable[[], None] | None = None) -> None:
+         housekeeping: Callable[[], None] | None = None, drains: Callable[[], bool] | None = None) -> bool:
     """One worker on `queues`, in that order. When Redis is unreachable (at start or later), wait with backoff and
     carry on by itself when it returns: RQ's worker retries its dequeues, but quits on a Redis error elsewhere,
-    so a new one is started unless asked to stop."""
+    so a new one is started unless asked to stop. True when it stopped because its host drains."""
     wait = 1.0
     while True:
         try:
             worker = BridgeWorker([Queue(queue, connection=conn) for queue in queues], connection=conn, name=name,
                                   job_monitoring_interval=JOB_MONITORING_INTERVAL,
                                   maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
-            worker.housekeeping = housekeeping
+            worker.housekeeping, worker.drains = housekeeping, drains
             if housekeeping is not None:
                 housekeeping()  # a worker that starts first cleans up what a dead one left
             worker.work(burst=burst, with_scheduler=True)
-            if burst or worker.asked_to_stop:
-                return
+            if burst or worker.asked_to_stop or worker.drained:
+                return worker.drained
             log.warning("worker: RQ's worker quit (Redis?); starting a new one in %.0fs", wait)
         except RedisError as error:
             log.warning("worker: Redis unreachable (%s); retrying in %.0fs", error, wait)

@@ -9,7 +9,7 @@ from importlib.resources import files
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from forge_bridge.store import queue
+from forge_bridge.store import hosts, queue
 from forge_bridge.web.overview import task_view
 
 bp = Blueprint("api", __name__)
@@ -65,6 +65,12 @@ def sessions():
     store = current_app.extensions["forge_bridge"].store
     found = [store.session(issue) for issue in sorted(store.session_ids())]
     return jsonify(sessions=[asdict(s) for s in found if s is not None])
+
+
+@bp.get("/api/hosts")
+def hosts_():
+    conn = current_app.extensions["forge_bridge"].conn
+    return jsonify(hosts=[{**asdict(host), "alive": host.alive} for host in hosts.hosts(conn)])
 
 
 @bp.get("/api/openapi.json")

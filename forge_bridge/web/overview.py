@@ -11,7 +11,7 @@ from redis import Redis
 from forge_bridge import redact
 from forge_bridge.agents import presets, budget, sandbox
 from forge_bridge.forges import app_reach
-from forge_bridge.store import metrics, queue
+from forge_bridge.store import hosts, metrics, queue
 from forge_bridge.workspace import worktrees
 from forge_bridge.config import Settings
 from forge_bridge.store.line import Line
@@ -64,4 +64,5 @@ def overview(conn: Redis, settings: Settings) -> dict[str, Any]:
             "warnings": [*sandbox.warnings(conn), *queue.layout_warnings(queue.worker_layout(conn),
                                                                          settings.max_concurrent_agents)],
             "apps": app_reach.reach(conn, settings), "egress_refused": metrics.recent_refusals(conn),
+            "hosts": [{**asdict(host), "alive": host.alive} for host in hosts.hosts(conn)],
             "spend_today": budget.Ledger(conn).repos_today()}

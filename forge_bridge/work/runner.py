@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -342,7 +341,7 @@ def fail_abandoned(settings: Settings, store: Store, client: ForgeClient, schedu
     task = store.task(task_id)
     if task is None or task.state.finished:
         return task
-    if task.agent_pid and task.host == socket.gethostname():
+    if task.agent_pid and task.host == settings.host:
         presets.kill_group(task.agent_pid)
     task.state, task.outcome, task.finished_at = TaskState.FAILED, reason, time.time()
     store.save_task(task)

@@ -2,7 +2,6 @@
 history, and keep the session id the moment the agent names it."""
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -85,7 +84,7 @@ class Turns:
         if task.action is TaskAction.START or not resumable(agent):
             return Turn(task.action, task.message)
         history_file_exists = agent.preset != "aider" or Path(session.agent_session_id).exists()
-        obstacle = resume_obstacle(session, preset=agent.preset, host=socket.gethostname(),
+        obstacle = resume_obstacle(session, preset=agent.preset, host=self.settings.host,
                                    history_file_exists=history_file_exists)
         if obstacle:
             return self.fresh_turn(task, session, issue, ref, obstacle)
@@ -125,7 +124,7 @@ class Turns:
         argv = self.confine(argv, ref, worktree)
 
         def started(pid: int) -> None:
-            task.host, task.agent_pid = socket.gethostname(), pid
+            task.host, task.agent_pid = self.settings.host, pid
             self.store.save_task(task)
 
         limits = self.settings.budget
@@ -204,6 +203,6 @@ class Turns:
     def remember_session(self, session: Session, session_id: str) -> None:
         """Stored the moment it is known, even if the run then fails, so a continue can resume it."""
         session.agent_session_id, session.agent, session.agent_host = \
-            session_id, self.settings.agent.preset, socket.gethostname()
+            session_id, self.settings.agent.preset, self.settings.host
         self.store.save_session(session)
 

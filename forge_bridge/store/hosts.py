@@ -1,0 +1,67 @@
+"""Several hosts on one Redis: each worker host's heartbeat, its agent workers, and whether it drains (takes no new
+tasks while its running ones finish), as the status page, `status` and `drain` read them."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+
+from forge_bridge.models import TaskState
+from forge_bridge.store.sessions import PREFIX, Store
+
+HOSTS = f"{PREFIX}:hosts"            # host id -> {"beat": time, "agent_workers": n}
+DRAINING = f"{PREFIX}:hosts:draining"   # host id -> when it was asked to drain
+BEAT_INTERVAL = 5.0
+GONE_AFTER = 60.0                    # a host whose heartbeat is older is gone
+RECENT = 1000                        # running tasks are looked for among this many recent ones
+
+
+@dataclass(frozen=True)
+class Host:
+    id: str
+    heartbeat_age: float
+    agent_workers: int
+    draining: bool
+    running: int
+
+    @property
+    def alive(self) -> bool:
+        return self.heartbeat_age <= GONE_AFTER
+
+
+def beat(conn: Redis, host: str, *, agent_workers: int) -> None:
+    conn.hset(HOSTS, host, json.dumps({"beat": time.time(), "agent_workers": agent_workers}))
+
+
+def set_draining(conn: Redis, host: str, draining: bool) -> None:
+    if draining:
+        conn.hset(DRAINING, host, time.time())
+    else:
+        conn.hdel(DRAINING, host)
+
+
+def draining(conn: Redis, host: str) -> bool:
+    return bool(conn.hexists(DRAINING, host))
+
+
+def running_on(conn: Redis, host: str) -> int:
+    store = Store(conn)
+    return sum(1 for task in store.tasks(store.recent_task_ids(RECENT))
+               if task.state is TaskState.RUNNING and task.host == host)
+
+
+def hosts(conn: Redis, *, now: float | None = None) -> list[Host]:
+    """Every host that ever beat (or was asked to drain), with its heartbeat's age and its running tasks."""
+    now = time.time() if now is None else now
+    beats = {key.decode(): json.loads(value) for key, value in conn.hgetall(HOSTS).items()}
+    drains = {key.decode() for key in conn.hkeys(DRAINING)}
+    store = Store(conn)
+    running: dict[str, int] = {}
+    for task in store.tasks(store.recent_task_ids(RECENT)):
+        if task.state is TaskState.RUNNING:
+            running[task.host] = running.get(task.host, 0) + 1
+    return [Host(id=host, heartbeat_age=round(now - beats.get(host, {}).get("beat", 0.0), 1),
+                 agent_workers=beats.get(host, {}).get("agent_workers", 0), draining=host in drains,
+                 running=running.get(host, 0)) for host in sorted(set(beats) | drains)]
