@@ -56,12 +56,12 @@ class Host:
     def settings(self) -> Settings:
         return load_settings(self.config, environ={"T": self.forge.token})
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, *args: str) -> subprocess.Popen:
         env = {**os.environ, "T": self.forge.token}
         env.pop("FORGE_BRIDGE_REDIS_URL", None)
         with open(self.log, "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(self.config), "worker"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen([sys.executable, "-m", "forge_bridge", "--config", str(self.config), "worker",
+                                        *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -387,7 +387,7 @@ def test_sigterm_to_a_worker_puts_its_running_task_back_in_line(hosts, conn, to_
     host = hosts("host", ["--mode", "hang"])
     [ref] = make_issues(host.forge, 1)
     task_id = submit(host, ref, "interrupted")
-    worker = host.start_worker()
+    worker = host.start_worker("--stop-grace", "0")   # as serve runs it: the agent is stopped at once
     [agent] = wait_for(lambda: _agent_pids(host.record, task_id), timeout=60, what="the agent to start")
 
     (os.killpg if to_group else os.kill)(worker.pid, signal.SIGTERM)
@@ -397,3 +397,22 @@ def test_sigterm_to_a_worker_puts_its_running_task_back_in_line(hosts, conn, to_
     assert Store(conn).task(task_id).state is TaskState.QUEUED
     assert queue.Scheduler(conn, host.limit, 60).waiting(str(ref)) == [task_id]   # at the head of its line
     assert "cold shut down" not in host.log.read_text()
+
+
+def test_sigterm_to_a_worker_lets_a_running_agent_finish_within_its_grace(hosts, conn, tmp_path):
+    """A worker stopped by itself (not by serve) drains first: its running agent may finish for --stop-grace
+    seconds, and a task that ends meanwhile is done, not put back."""
+    gate = tmp_path / "go-ahead"
+    host = hosts("host", ["--gate", "finishing", str(gate)])
+    [ref] = make_issues(host.forge, 1)
+    task_id = submit(host, ref, "finishing touches")
+    worker = host.start_worker("--stop-grace", "30")
+    wait_for(lambda: _agent_pids(host.record, task_id), timeout=60, what="the agent to start")
+
+    os.kill(worker.pid, signal.SIGTERM)
+    wait_for(lambda: "warm shut down requested" in host.log.read_text(), timeout=15, what="the stop to be heard")
+    gate.touch()   # it finishes inside the grace
+
+    assert worker.wait(timeout=40) == 0
+    assert Store(conn).task(task_id).state is TaskState.SUCCEEDED
+

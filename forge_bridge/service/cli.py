@@ -24,6 +24,7 @@ CHECK_MARKS = {True: "ok  ", False: "FAIL", None: "warn"}
 
 
 DRAIN_POLL = 1.0   # `drain --wait` looks again this often
+STOP_GRACE = 30.0  # a worker's SIGTERM drains it this long before its agents are stopped (serve's: at once)
 
 
 class UsageError(Exception):
@@ -87,8 +88,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         own = queue.connect(settings.redis_url)   # never a connection of the parent's
         if not role.housekeeping:   # an event worker: it reads events whatever its host does
             return queue.work(own, queues=role.queues)
+        scheduler = queue.Scheduler(own, settings.max_concurrent_agents, settings.task_timeout)
         return queue.work(own, queues=role.queues, housekeeping=lambda: housekeeping(settings, Store(own)),
-                          drains=lambda: hosts.draining(own, settings.host))
+                          drains=lambda: hosts.draining(own, settings.host),
+                          pull_waiting=lambda: scheduler.pull_waiting(settings.host), stop_grace=args.stop_grace)
 
     def tick() -> bool:   # this host's heartbeat; its agent workers are wanted unless it drains
         hosts.beat(conn, settings.host, agent_workers=settings.agent_workers)
@@ -96,8 +99,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     log.info("worker %s: %d event worker(s), %d agent worker(s)", settings.host, settings.event_workers,
              settings.agent_workers)
-    Pool(roles(settings.event_workers, settings.agent_workers, event_queues=queue.EVENT_QUEUES,
-               agent_queues=queue.AGENT_QUEUES), run, tick=tick, beat=hosts.BEAT_INTERVAL).serve()
+    agent_queues = (queue.host_queue(settings.host), *queue.AGENT_QUEUES)   # its own issues' tasks first
+    try:
+        Pool(roles(settings.event_workers, settings.agent_workers, event_queues=queue.EVENT_QUEUES,
+                   agent_queues=agent_queues), run, tick=tick, beat=hosts.BEAT_INTERVAL).serve()
+    finally:
+        hosts.leave(conn, settings.host)
     return 0
 
 
@@ -353,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="this host's workers: `event_workers` for events, `workers` for agents "
                                            "(needs redis_url)")
     worker.add_argument("--burst", action="store_true", help="one process on both queues; exit when they are empty")
+    worker.add_argument("--stop-grace", type=float, default=STOP_GRACE, metavar="SECONDS",
+                        help=f"on SIGTERM, how long running agents may still finish (default {STOP_GRACE:.0f})")
     worker.set_defaults(run=cmd_worker)
     poll = sub.add_parser("poll", help="the poller (needs redis_url)")
     poll.add_argument("--once", action="store_true", help="poll once and exit")

@@ -161,7 +161,8 @@ class Supervisor:
 
     def roles(self) -> dict[str, list[str]]:
         # One `worker`: it forks this host's event and agent workers itself, sharing what it imported.
-        return {"web": ["web", "--bind", self.bind], "poller": ["poll"], "worker": ["worker"]}
+        # Its stop is serve's: agents are stopped at once and their tasks go back (serve exits within 30 s).
+        return {"web": ["web", "--bind", self.bind], "poller": ["poll"], "worker": ["worker", "--stop-grace", "0"]}
 
     def spawn(self, name: str, argv: list[str]) -> None:
         # A session of its own: Ctrl-C reaches `serve` alone, which then stops the children in order. The secrets

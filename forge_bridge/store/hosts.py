@@ -9,12 +9,10 @@ from dataclasses import dataclass
 from redis import Redis
 
 from forge_bridge.models import TaskState
-from forge_bridge.store.sessions import PREFIX, Store
+from forge_bridge.store.queue import DRAINING, GONE_AFTER, HOSTS
+from forge_bridge.store.sessions import Store
 
-HOSTS = f"{PREFIX}:hosts"            # host id -> {"beat": time, "agent_workers": n}
-DRAINING = f"{PREFIX}:hosts:draining"   # host id -> when it was asked to drain
 BEAT_INTERVAL = 5.0
-GONE_AFTER = 60.0                    # a host whose heartbeat is older is gone
 RECENT = 1000                        # running tasks are looked for among this many recent ones
 
 
@@ -33,6 +31,11 @@ class Host:
 
 def beat(conn: Redis, host: str, *, agent_workers: int) -> None:
     conn.hset(HOSTS, host, json.dumps({"beat": time.time(), "agent_workers": agent_workers}))
+
+
+def leave(conn: Redis, host: str) -> None:
+    """A host's workers stopped: its issues' next tasks go to the other hosts at once, not after GONE_AFTER."""
+    conn.hdel(HOSTS, host)
 
 
 def set_draining(conn: Redis, host: str, draining: bool) -> None:

@@ -11,9 +11,11 @@ Two limits hold by construction:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 import zlib
@@ -94,6 +96,41 @@ class PreparedJob:
 
 CI_JOB = "jobs.tasks.handle_failed_check"
 EVENT_JOB = "jobs.tasks.handle_event"
+# Several hosts. Each issue's tasks go to the host holding its agent session while that host takes tasks.
+ISSUE_HOME = "fb:issue-host:"        # issue -> the host that ran its last task (its CLI session lives there)
+HOST_WAIT = "fb:host-wait:"          # host -> tasks waiting for one of its agent workers, holding no slot
+WAITS_ON = "fb:waits-on:"            # task -> the host it waits for
+HOSTS = "fb:hosts"                   # host -> its heartbeat, {"beat": time, "agent_workers": n}
+DRAINING = "fb:hosts:draining"       # host -> when it was asked to drain
+GONE_AFTER = 60.0                    # a host whose heartbeat is older is gone
+
+
+def host_queue(host: str) -> str:
+    return f"{AGENTS_QUEUE}@{host}"
+
+
+def takes_tasks(conn: Redis, host: str) -> bool:
+    """Alive (a heartbeat within GONE_AFTER) and not draining."""
+    beat, draining = conn.hget(HOSTS, host), conn.hexists(DRAINING, host)
+    return bool(beat) and not draining and time.time() - json.loads(beat)["beat"] <= GONE_AFTER
+
+
+def idle_agent_worker(conn: Redis, host: str) -> bool:
+    return any(worker.get_state() == "idle"
+               for worker in Worker.all(queue=Queue(host_queue(host), connection=conn)))
+
+
+def remember_home(conn: Redis, issue: str, host: str) -> None:
+    conn.set(ISSUE_HOME + issue, host)
+
+
+def release_gone_hosts(conn: Redis, scheduler: "Scheduler") -> int:
+    """Housekeeping on any host: the waiting tasks of hosts gone or draining go to any host."""
+    known = {raw.decode() for raw in conn.hkeys(HOSTS)} | \
+        {key.decode().removeprefix(HOST_WAIT) for key in conn.scan_iter(match=HOST_WAIT + "*")}
+    return sum(scheduler.release(host) for host in sorted(known) if not takes_tasks(conn, host))
+
+
 _DESCRIPTION_LENGTH = 75   # RQ's own (Job.get_call_string)
 _PER_JOB = ("created_at", "data", "description", "enqueued_at")   # all else is the same for every job of a kind
 
@@ -151,7 +188,7 @@ class Scheduler:
     def submit(self, task_id: str, issue: str) -> bool:
         """Put the task in its issue's line; hand it to RQ at once when it is the head."""
         if self.conn.eval(_JOIN_LINE, 1, self.line_key(issue), task_id):
-            self._enqueue_run(task_id)
+            self._route(task_id, issue)
             return True
         return False
 
@@ -160,12 +197,48 @@ class Scheduler:
         following = self.conn.eval(_LEAVE_LINE, 1, self.line_key(issue), task_id)
         if following:
             following = following.decode()
-            self._enqueue_run(following)
+            self._route(following, issue)
         return following
 
-    def resubmit(self, task_id: str) -> None:
+    def resubmit(self, task_id: str, issue: str = "") -> None:
         """Run the head again (after a shutdown interrupted it): a new RQ job for the same task."""
-        self._enqueue_run(task_id)
+        self._route(task_id, issue)
+
+    def _route(self, task_id: str, issue: str) -> None:
+        """To the host holding the issue's agent session while it takes tasks — at once when one of its agent
+        workers is idle, else in its wait list, holding no slot, until one is —, otherwise to any host."""
+        home = self.conn.get(ISSUE_HOME + issue) if issue else None
+        home = home.decode() if home else ""
+        if not home or not takes_tasks(self.conn, home):
+            self._enqueue_run(task_id)
+        elif idle_agent_worker(self.conn, home):
+            self._enqueue_run(task_id, host_queue(home))
+        else:
+            with self.conn.pipeline() as pipe:
+                pipe.rpush(HOST_WAIT + home, task_id)
+                pipe.set(WAITS_ON + task_id, home)
+                pipe.execute()
+
+    def pull_waiting(self, host: str) -> bool:
+        """An idle agent worker of `host` takes the first task waiting for its host onto its host's queue."""
+        task_id = self.conn.lpop(HOST_WAIT + host)
+        if not task_id:
+            return False
+        self.conn.delete(WAITS_ON + task_id.decode())
+        self._enqueue_run(task_id.decode(), host_queue(host))
+        return True
+
+    def release(self, host: str) -> int:
+        """A host gone or draining: the tasks waiting for it, and those on its queue, go to any host."""
+        moved = 0
+        while task_id := self.conn.lpop(HOST_WAIT + host):
+            self.conn.delete(WAITS_ON + task_id.decode())
+            self._enqueue_run(task_id.decode())
+            moved += 1
+        source, target = Queue(host_queue(host), connection=self.conn), Queue(AGENTS_QUEUE, connection=self.conn)
+        while job_id := self.conn.rpoplpush(source.key, target.key):   # admitted already: their slots go along
+            moved += 1
+        return moved
 
     def waiting(self, issue: str) -> list[str]:
         return [raw.decode() for raw in self.conn.lrange(self.line_key(issue), 0, -1)]
@@ -178,7 +251,12 @@ class Scheduler:
         return [job_id.split("-")[1] for job_id in ids if job_id.startswith("task-") and job_id.count("-") == 2]
 
     def cancel(self, task_id: str) -> None:
-        """Take a task's queued agent run off RQ (and out of the rate limiter's waiting set)."""
+        """Take a task's queued agent run off RQ (and out of the rate limiter's waiting set, or its host's)."""
+        host = self.conn.get(WAITS_ON + task_id)
+        if host:
+            self.conn.lrem(HOST_WAIT + host.decode(), 0, task_id)
+            self.conn.delete(WAITS_ON + task_id)
+            return
         job_id = current_job(self.conn, task_id)
         if not job_id:
             return
@@ -187,11 +265,11 @@ class Scheduler:
         except NoSuchJobError:
             pass
 
-    def _enqueue_run(self, task_id: str) -> None:
+    def _enqueue_run(self, task_id: str, queue: str = AGENTS_QUEUE) -> None:
         attempt = self.conn.incr(f"fb:attempts:{task_id}")
         job_id = f"task-{task_id}-{attempt}"
         self.conn.set(f"fb:job:{task_id}", job_id)
-        Queue(AGENTS_QUEUE, connection=self.conn).enqueue(
+        Queue(queue, connection=self.conn).enqueue(
             "jobs.tasks.run_task", task_id, job_id=job_id, job_timeout=int(self.task_timeout) + JOB_TIMEOUT_MARGIN,
             rate_limit=RateLimit(AGENT_SLOTS, concurrency=self.max_agents), failure_ttl=FAILURE_TTL,
             on_failure=Callback("jobs.tasks.agent_run_failed"), on_stopped=Callback("jobs.tasks.agent_run_failed"))
@@ -203,14 +281,19 @@ class BridgeWorker(Worker):
 
     housekeeping: Callable[[], None] | None = None   # the bridge's own periodic work on this host
     drains: Callable[[], bool] | None = None          # whether its host drains: then it takes no new task
+    pull_waiting: Callable[[], bool] | None = None    # takes a task waiting for this host onto its queue
+    stop_grace: float = 0.0                           # on SIGTERM, how long a running agent may still finish
     asked_to_stop = False
     drained = False
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
-        """Nothing while the host drains; a job taken as the drain began goes back, first in line, for another."""
+        """Nothing while the host drains; a job taken as the drain began goes back, first in line, for another.
+        Idle, it first takes a task that waits for this host (its agent session lives here)."""
         if self.drains is not None and self.drains():
             self.drained = True
             return None
+        if self.pull_waiting is not None:
+            self.pull_waiting()
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         if result is not None and self.drains is not None and self.drains():
             job, queue = result
@@ -233,12 +316,17 @@ class BridgeWorker(Worker):
                 log.exception("worker housekeeping failed")
 
     def request_stop(self, signum, frame):
+        """Take no new job; the running agent may finish for `stop_grace` seconds, then it is stopped and its task
+        goes back, first in its line."""
         self.asked_to_stop = True
         if self.horse_pid:
-            try:
-                os.kill(self.horse_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            horse = self.horse_pid
+            if self.stop_grace > 0:
+                timer = threading.Timer(self.stop_grace, _stop_horse, args=(horse,))
+                timer.daemon = True
+                timer.start()
+            else:
+                _stop_horse(horse)
         super().request_stop(signum, frame)
 
     def subscribe(self):
@@ -257,6 +345,13 @@ class BridgeWorker(Worker):
         if signum == signal.SIGTERM:
             return
         super().request_force_stop(signum, frame)
+
+
+def _stop_horse(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass   # it ended meanwhile
 
 
 def current_job(conn: Redis, task_id: str) -> str:
@@ -279,7 +374,8 @@ ALL_QUEUES = (EVENTS_QUEUE, AGENTS_QUEUE)      # both, intake first (`worker --b
 
 
 def work(conn: Redis, *, queues: tuple[str, ...] = ALL_QUEUES, name: str | None = None, burst: bool = False,
-         housekeeping: Callable[[], None] | None = None, drains: Callable[[], bool] | None = None) -> bool:
+         housekeeping: Callable[[], None] | None = None, drains: Callable[[], bool] | None = None,
+         pull_waiting: Callable[[], bool] | None = None, stop_grace: float = 0.0) -> bool:
     """One worker on `queues`, in that order. When Redis is unreachable (at start or later), wait with backoff and
     carry on by itself when it returns: RQ's worker retries its dequeues, but quits on a Redis error elsewhere,
     so a new one is started unless asked to stop. True when it stopped because its host drains."""
@@ -289,7 +385,8 @@ def work(conn: Redis, *, queues: tuple[str, ...] = ALL_QUEUES, name: str | None 
             worker = BridgeWorker([Queue(queue, connection=conn) for queue in queues], connection=conn, name=name,
                                   job_monitoring_interval=JOB_MONITORING_INTERVAL,
                                   maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL)
-            worker.housekeeping, worker.drains = housekeeping, drains
+            worker.housekeeping, worker.drains, worker.pull_waiting = housekeeping, drains, pull_waiting
+            worker.stop_grace = stop_grace
             if housekeeping is not None:
                 housekeeping()  # a worker that starts first cleans up what a dead one left
             worker.work(burst=burst, with_scheduler=True)

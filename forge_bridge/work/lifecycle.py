@@ -13,6 +13,7 @@ from forge_bridge.work import setup
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient
 from forge_bridge.models import IssueRef
+from forge_bridge.store import queue
 from forge_bridge.store.sessions import Store
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ def _set_up_spare(settings: Settings, spare: worktrees.Checkout, mirror: Path) -
 
 def housekeeping(settings: Settings, store: Store) -> None:
     """A worker's periodic work on its host, between jobs."""
+    queue.release_gone_hosts(store.conn, queue.Scheduler(store.conn, settings.max_concurrent_agents,
+                                                         settings.task_timeout))
     collect_garbage(settings, store)
     prepare_spares(settings.data_dir)
     set_up_spares(settings)

@@ -86,7 +86,7 @@ class Runner:
         if task.state is TaskState.QUEUED:   # interrupted by a shutdown: it runs again, first in its line
             task.started_at, task.agent_pid = 0.0, 0
             self.store.save_task(task)
-            self.scheduler.resubmit(task.id)
+            self.scheduler.resubmit(task.id, task.issue)
         else:
             task.finished_at = time.time()
             self.store.save_task(task)

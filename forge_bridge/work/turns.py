@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from forge_bridge.agents import presets, budget, sandbox
-from forge_bridge.store import metrics
+from forge_bridge.store import metrics, queue
 from forge_bridge.workspace import worktrees
 from forge_bridge.config import AgentConfig, Settings
 from forge_bridge.forges import IssueInfo
@@ -126,6 +126,7 @@ class Turns:
         def started(pid: int) -> None:
             task.host, task.agent_pid = self.settings.host, pid
             self.store.save_task(task)
+            queue.remember_home(self.store.conn, str(ref), self.settings.host)   # its next task comes here
 
         limits = self.settings.budget
         meter = budget.RunMeter(self.settings.agent, limits, task.cost_usd, task.tokens,
