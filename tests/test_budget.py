@@ -98,6 +98,9 @@ def test_where_a_queued_task_stands():
                                                           "slots busy"
     assert line.stands(tasks["next"], ["b", "next"]).startswith("waits for an earlier task of this issue")
     assert line.stands(tasks["run"], ["run"]) == ""
+    for_host = Line(["run"], tasks, slots_busy=1, slots=2, hosts={"b": "host-a"})
+    assert for_host.stands(tasks["b"], ["b"]) == ("waits for a free agent on host-a, which keeps its agent session · "
+                                                  "1 of 2 agent slots busy")
 
 
 # end to end --------------------------------------------------------------------------------------------------

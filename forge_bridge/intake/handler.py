@@ -404,5 +404,5 @@ class Intake:
         issue_line, order = self.scheduler.waiting(str(ref)), self.scheduler.agent_line()
         known = {task.id: task for task in self.store.tasks(list(dict.fromkeys([*order, *issue_line])))}
         snapshot = Line(order, {**known, **{task.id: task for task in tasks}}, slots_in_use(self.store.conn),
-                        self.settings.max_concurrent_agents)
+                        self.settings.max_concurrent_agents, self.scheduler.waits_on([queued[0].id]))
         return snapshot.stands(queued[0], issue_line)

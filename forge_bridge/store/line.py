@@ -2,7 +2,7 @@
 own issue it waits for, and how busy the slots are — decided from what the scheduler says, without I/O."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forge_bridge.models import Task, TaskState
 
@@ -19,6 +19,7 @@ class Line:
     tasks: dict[str, Task]           # at least every task named in `order` and every task asked about
     slots_busy: int
     slots: int
+    hosts: dict[str, str] = field(default_factory=dict)   # task -> the host it waits for (Scheduler.waits_on)
 
     def waiting(self) -> list[str]:
         """The queued tasks of the agent line, in the order they will start."""
@@ -34,6 +35,8 @@ class Line:
             if ahead is not None and ahead.state is TaskState.RUNNING:
                 return f"waits for the running task of this issue · {slots}"
             return f"waits for an earlier task of this issue · {slots}"
+        if task.id in self.hosts:
+            return f"waits for a free agent on {self.hosts[task.id]}, which keeps its agent session · {slots}"
         waiting = self.waiting()
         if task.id in waiting:
             return f"{ordinal(waiting.index(task.id) + 1)} in line · {slots}"

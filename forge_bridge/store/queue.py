@@ -228,6 +228,11 @@ class Scheduler:
         self._enqueue_run(task_id.decode(), host_queue(host))
         return True
 
+    def waits_on(self, task_ids: list[str]) -> dict[str, str]:
+        """Which of these tasks wait for a host of their own, and for which."""
+        hosts = self.conn.mget([WAITS_ON + task_id for task_id in task_ids]) if task_ids else []
+        return {task_id: host.decode() for task_id, host in zip(task_ids, hosts) if host}
+
     def release(self, host: str) -> int:
         """A host gone or draining: the tasks waiting for it, and those on its queue, go to any host."""
         moved = 0

@@ -40,8 +40,9 @@ def _the_line(conn: Redis, settings: Settings, store: Store, tasks: list[Task]) 
     scheduler = queue.Scheduler(conn, settings.max_concurrent_agents, settings.task_timeout)
     order = scheduler.agent_line()
     known = {t.id: t for t in store.tasks([tid for tid in order if tid not in {t.id for t in tasks}])}
-    snapshot = Line(order, {**known, **{t.id: t for t in tasks}}, queue.slots_in_use(conn),
-                    settings.max_concurrent_agents)
+    everyone = {**known, **{t.id: t for t in tasks}}
+    snapshot = Line(order, everyone, queue.slots_in_use(conn), settings.max_concurrent_agents,
+                    scheduler.waits_on(list(everyone)))
     waiting = snapshot.waiting()
     queued = [t for t in {**known, **{t.id: t for t in tasks}}.values() if t.state is TaskState.QUEUED]
     queued.sort(key=lambda t: (waiting.index(t.id) if t.id in waiting else len(waiting), t.queued_at))
