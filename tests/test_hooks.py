@@ -26,15 +26,15 @@ def _hook(hook_id: int = 7, *, url: str = URL, events: tuple[str, ...] = EVENTS,
 
 
 def test_plan_creates_when_no_hook_has_the_url():
-    plan = plan_hook([_hook(url="https://ci.example.com/hook")], url=URL, events=EVENTS, current_secret={7})
+    plan = plan_hook([_hook(url="https://ci.example.com/hook")], url=URL, events=EVENTS)
     assert (plan.action, plan.hook_id) == ("create", None)
 
 
-def test_plan_keeps_a_hook_that_is_up_to_date_and_updates_what_is_not():
-    assert plan_hook([_hook()], url=URL + "/", events=EVENTS, current_secret={7}).action == "keep"
-    assert plan_hook([_hook()], url=URL, events=EVENTS, current_secret=set()).why == "secret not set by this bridge"
+def test_plan_sends_the_secret_again_to_a_hook_that_looks_right_and_says_what_else_was_wrong():
+    again = plan_hook([_hook()], url=URL + "/", events=EVENTS)
+    assert (again.action, again.hook_id, again.why) == ("update", 7, "secret sent again")
     stale = plan_hook([_hook(events=("push", "issues"), content_type="form", active=False)], url=URL,
-                      events=EVENTS, current_secret={7})
+                      events=EVENTS)
     assert (stale.action, stale.hook_id) == ("update", 7)
     assert stale.why == ("inactive; content type form; events missing issue_comment, pull_request, "
                          "pull_request_review, pull_request_review_comment")
@@ -81,7 +81,7 @@ def test_hooks_install_creates_updates_and_a_second_run_changes_nothing(forge, s
 
     first = _hooks(config, "install", "--url", bridge.url)
     assert first.returncode == 1 and "Traceback" not in first.stderr
-    assert "f: alice/widgets: updated hook 1" in first.stdout and "secret not set by this bridge" in first.stdout
+    assert "f: alice/widgets: updated hook 1" in first.stdout and "events missing" in first.stdout
     assert "f: alice/gadgets: created hook" in first.stdout
     [refused] = [line for line in first.stdout.splitlines() if "alice/locked" in line]
     assert refused.startswith("FAIL f: alice/locked: no admin right on the repository")
@@ -94,11 +94,12 @@ def test_hooks_install_creates_updates_and_a_second_run_changes_nothing(forge, s
     assert (created.url, created.secret, created.active) == (url, SECRET, True)
     assert {f"kugetsu:{s}" for s in ("todo", "queued", "running", "review", "failed", "done")} <= set(widgets.labels)
 
-    writes_before = len(_writes(forge))
+    installed = {(h.id, h.url, tuple(h.events), h.secret, h.active) for r in (widgets, gadgets) for h in r.hooks.values()}
+    widgets.hooks[1].secret = "changed by hand"   # forges never show it: only sending it again puts it right
     again = _hooks(config, "install", "--url", bridge.url)
-    assert "f: alice/widgets: hook 1 → " in again.stdout and "is up to date" in again.stdout
-    assert len(_writes(forge)) == writes_before   # nothing changed on the forge
-    assert len(widgets.hooks) == 1 and len(gadgets.hooks) == 1
+    assert "f: alice/widgets: updated hook 1 → " in again.stdout and "(secret sent again)" in again.stdout
+    assert {(h.id, h.url, tuple(h.events), h.secret, h.active) for r in (widgets, gadgets)
+            for h in r.hooks.values()} == installed   # no new hook; the same URL, events and secret as before
 
     listed = _hooks(config, "list", "--url", bridge.url)
     assert f"f: alice/widgets: hook 1 → {url} (this bridge); active, json" in listed.stdout

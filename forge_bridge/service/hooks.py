@@ -1,19 +1,13 @@
 """`forge-bridge hooks install|list`: the bridge's webhook on each configured repository, found by its URL and
-created or brought up to date (a second run changes nothing), and the state labels.
+created or brought up to date, and the state labels.
 
-Forges never show a hook's secret, so whether a hook already carries the current one cannot be read back:
-the bridge remembers, per hook, a salted slow hash of the secret it last set (never the secret itself) in
-`<data_dir>/hooks.json`. A hook it did not set, or set with another secret, is updated."""
+Forges never show a hook's secret, so whether a hook carries the current one cannot be read back: each run sends
+it again (a secret changed by hand on the forge is put right). A second run changes nothing: no new hook, and the
+same URL, events and secret."""
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges import ForgeClient, ForgeError, HookInfo
@@ -30,14 +24,12 @@ HOOK_EVENTS = {
 }
 CI_EVENTS = {ForgeKind.GITHUB: ("check_suite", "status"), ForgeKind.GITEA: ("status",),
              ForgeKind.FORGEJO: ("status",)}   # subscribed too when ci_feedback is on
-RECORD_FILE = "hooks.json"
-HASH_ROUNDS = 200_000
 NO_ADMIN = (403, 404)   # GitHub hides hooks from non-admins with a 404; Gitea refuses with a 403
 
 
 @dataclass(frozen=True)
 class HookPlan:
-    action: str          # create | update | keep
+    action: str          # create | update
     hook_id: int | None
     why: str = ""
 
@@ -50,9 +42,9 @@ def hook_url(public_url: str, forge: ForgeConfig) -> str:
     return f"{public_url.rstrip('/')}/webhooks/{forge.kind.value}"
 
 
-def plan_hook(found: list[HookInfo], *, url: str, events: tuple[str, ...], current_secret: set[int]) -> HookPlan:
-    """What to do, from the repository's hooks: `current_secret` holds the ids of hooks known to carry the
-    forge's current secret."""
+def plan_hook(found: list[HookInfo], *, url: str, events: tuple[str, ...]) -> HookPlan:
+    """What to do, from the repository's hooks. A hook of the bridge's is always updated: forges never show its
+    secret, so the only way to know it is right (someone may have changed it by hand) is to send it again."""
     mine = [hook for hook in found if hook.url.rstrip("/") == url.rstrip("/")]
     if not mine:
         return HookPlan("create", None)
@@ -60,39 +52,8 @@ def plan_hook(found: list[HookInfo], *, url: str, events: tuple[str, ...], curre
     wrong = [*(["inactive"] if not hook.active else []),
              *([f"content type {hook.content_type or 'unset'}"] if hook.content_type != "json" else []),
              *([f"events missing {', '.join(e for e in events if e not in hook.events)}"]
-               if not set(events) <= set(hook.events) else []),
-             *(["secret not set by this bridge"] if hook.id not in current_secret else [])]
-    return HookPlan("update", hook.id, "; ".join(wrong)) if wrong else HookPlan("keep", hook.id)
-
-
-class SecretRecord:
-    """Salted PBKDF2 hashes of the secret last set on each hook: enough to know it is current, useless to
-    recover it."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / RECORD_FILE
-        self.entries: dict[str, str] = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    @staticmethod
-    def key(forge: ForgeConfig, repo: RepoRef, hook_id: int) -> str:
-        return f"{forge.name}:{repo.full_name}#{hook_id}"
-
-    def matches(self, key: str, secret: bytes) -> bool:
-        salt, _, digest = self.entries.get(key, "").partition("$")
-        return bool(digest) and hmac.compare_digest(digest, self._hash(secret, salt))
-
-    def remember(self, key: str, secret: bytes) -> None:
-        salt = secrets.token_hex(16)
-        self.entries[key] = f"{salt}${self._hash(secret, salt)}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump(self.entries, out, indent=1, sort_keys=True)
-        os.replace(self.path.with_suffix(".tmp"), self.path)
-
-    @staticmethod
-    def _hash(secret: bytes, salt: str) -> str:
-        return hashlib.pbkdf2_hmac("sha256", secret, bytes.fromhex(salt), HASH_ROUNDS).hex()
+               if not set(events) <= set(hook.events) else [])]
+    return HookPlan("update", hook.id, "; ".join(wrong) or "secret sent again")
 
 
 def install(settings: Settings, forge: ForgeConfig, client: ForgeClient, *, public_url: str,
@@ -114,36 +75,27 @@ def install(settings: Settings, forge: ForgeConfig, client: ForgeClient, *, publ
     for pattern in patterns:
         yield True, f"{forge.name}: {pattern} is a pattern; name each repository to install its hook"
     url, events = hook_url(public_url, forge), hook_events(settings, forge)
-    record = SecretRecord(settings.data_dir)
     for repo in repos:
         try:
-            yield from _install_one(forge, client, repo, url=url, events=events, secret=secret, record=record,
-                                    dry_run=dry_run)
+            yield from _install_one(forge, client, repo, url=url, events=events, secret=secret, dry_run=dry_run)
             yield from _ensure_labels(settings, forge, client, repo, dry_run=dry_run)
         except ForgeError as error:
             yield False, f"{forge.name}: {repo.full_name}: {_explain(error)}"
 
 
 def _install_one(forge: ForgeConfig, client: ForgeClient, repo: RepoRef, *, url: str, events: tuple[str, ...],
-                 secret: bytes, record: SecretRecord, dry_run: bool) -> Iterator[tuple[bool, str]]:
-    found = client.list_hooks(repo)
-    current = {h.id for h in found if record.matches(SecretRecord.key(forge, repo, h.id), secret)}
-    plan = plan_hook(found, url=url, events=events, current_secret=current)
+                 secret: bytes, dry_run: bool) -> Iterator[tuple[bool, str]]:
+    plan = plan_hook(client.list_hooks(repo), url=url, events=events)
     where = f"{forge.name}: {repo.full_name}"
-    if plan.action == "keep":
-        yield True, f"{where}: hook {plan.hook_id} → {url} is up to date"
-        return
     if dry_run:
         yield True, (f"{where}: would create a hook → {url} ({', '.join(events)})" if plan.action == "create"
                      else f"{where}: would update hook {plan.hook_id} → {url} ({plan.why})")
         return
     if plan.action == "create":
         hook_id = client.create_hook(repo, url=url, secret=secret.decode(), events=events)
-        record.remember(SecretRecord.key(forge, repo, hook_id), secret)
         yield True, f"{where}: created hook {hook_id} → {url} ({', '.join(events)})"
         return
     client.update_hook(repo, plan.hook_id, url=url, secret=secret.decode(), events=events)
-    record.remember(SecretRecord.key(forge, repo, plan.hook_id), secret)
     yield True, f"{where}: updated hook {plan.hook_id} → {url} ({plan.why})"
 
 
