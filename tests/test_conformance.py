@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 from models.server import ModelServer
-from realclis import cache_root, install
+from realclis import PINS, cache_root, install
 from test_end_to_end import _settled, _status_comments
 
 from forge_bridge.store.sessions import Store
@@ -68,8 +68,10 @@ def _aider(models, home):
 def _codex(models, home):
     bin_dir = install("codex")
     # Codex puts the helper its own sandbox runs (codex-linux-sandbox) in its home, and refuses to under /tmp,
-    # where pytest's folders are: its home goes beside the installed CLIs instead.
-    codex_home = cache_root() / "homes" / home.parent.name / "codex"
+    # where pytest's folders are: its home goes beside the installed CLIs instead (inside the agent's HOME when
+    # that is not under /tmp, so a confined Codex may write it).
+    codex_home = home / ".codex" if not home.is_relative_to("/tmp") else cache_root() / "homes" / home.parent.name / \
+        "codex"
     shutil.rmtree(codex_home, ignore_errors=True)
     codex_home.mkdir(parents=True)
     (codex_home / "config.toml").write_text(   # a provider of its own: Codex reads no base URL variable
@@ -95,12 +97,38 @@ def _opencode(models, home):
 CLIS = {"claude": _claude, "aider": _aider, "codex": _codex, "opencode": _opencode}
 
 
-@pytest.mark.parametrize("preset", sorted(CLIS))
-def test_real_cli(preset, github, start_bridge, models, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def _agent_setup(preset: str, network: str, models, tmp_path: Path):
+    """The CLI's HOME, [agent] keys, environment and a way to lose its session. With `network = "allowlist"` it
+    runs confined by bubblewrap, with the scripted model server the only host allowed: its HOME then lies beside
+    the installed CLIs (Codex will not keep its helper under /tmp), which the sandbox shows it read-only."""
+    import sys
+
+    from forge_bridge.agents.sandbox import bwrap_works
+
+    if network == "open":
+        home = tmp_path / "home"
+    elif bwrap_works():
+        pytest.skip(bwrap_works())
+    else:
+        home = cache_root() / "homes" / f"{tmp_path.parent.name}-{tmp_path.name}"
+        shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
     agent, env, lose_session = CLIS[preset](models, home)
     agent["home"] = json.dumps(str(home))   # the agent's HOME, where each CLI keeps its configuration and sessions
+    if network == "allowlist":
+        readable = [str(cache_root() / f"{preset}-{PINS[preset][2]}"), str(Path(sys.executable).resolve().parents[1]),
+                    str(Path(__file__).parents[1])]
+        agent |= {"sandbox": '"bwrap"', "network": '"allowlist"', "sandbox_paths": json.dumps(readable),
+                  "allow_hosts": json.dumps([models.url.removeprefix("http://")])}
+    return home, agent, env, lose_session
+
+
+@pytest.mark.parametrize("network", ["open", "allowlist"])
+@pytest.mark.parametrize("preset", sorted(CLIS))
+def test_real_cli(preset, network, github, start_bridge, models, tmp_path):
+    """With `network = "allowlist"` too: each CLI honours the proxy variables, reaching its model (the only host
+    allowed) through the bridge's proxy from a sandbox with no network of its own."""
+    home, agent, env, lose_session = _agent_setup(preset, network, models, tmp_path)
     repo = github.create_repo("alice", "widgets")
     issue = github.create_issue(repo, "Sort the list", "alphabetically")
     bridge = start_bridge([github], preset=preset, agent=agent, env=env)
@@ -137,6 +165,8 @@ def test_real_cli(preset, github, start_bridge, models, tmp_path):
     wait_for(lambda: _settled(github, repo, issue, "kugetsu:failed"), timeout=120, what="the failed run")
     models.script.fail_with = None
     assert "unknown model 'nope'" in _status_comments(github, repo, issue)[0]
+    if network == "allowlist":
+        shutil.rmtree(home, ignore_errors=True)   # beside the installed CLIs, not in pytest's folders
 
 
 def test_a_real_cli_with_a_home_per_issue_has_its_settings_and_resumes_its_session(github, start_bridge, models,
@@ -203,21 +233,6 @@ def test_real_cli_plans_in_its_read_only_mode(preset, github, start_bridge, mode
     assert not repo.pulls and repo.branch_sha("kugetsu/1-sort-the-list") is None
     worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
     assert not list(worktree.glob("WORK-*.md"))
-
-
-@pytest.mark.parametrize("preset", sorted(CLIS))
-def test_real_cli_reaches_its_model_through_the_allowlist_only(preset, github, start_bridge, models, tmp_path):
-    """Confined by bubblewrap with `network = "allowlist"`, each real CLI reaches the scripted model server (the
-    only host allowed) through the bridge's proxy — it honours the proxy variables — and its work is pushed."""
-    import sys
-
-    from forge_bridge.agents.sandbox import bwrap_works
-
-    if bwrap_works():
-        pytest.skip(bwrap_works())
-    # Its HOME outside /tmp (Codex will not keep its helper under /tmp), beside the installed CLIs.
-    home = cache_root() / "homes" / f"{tmp_path.parent.name}-{tmp_path.name}"
-    shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     agent, env, _ = CLIS[preset](models, home)
     if preset == "codex":   # its own home inside the agent's, which the sandbox lets it write
