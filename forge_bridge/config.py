@@ -1,7 +1,7 @@
 """Load forge-bridge.toml and FORGE_BRIDGE_* environment overrides into one validated Settings object."""
 from __future__ import annotations
 
-import fnmatch
+import functools
 import os
 import re
 import socket
@@ -109,8 +109,16 @@ class RepoConfig:
         return self.name.startswith("!")
 
     def matches(self, forge: str, full_name: str) -> bool:
-        pattern = self.name.lstrip("!")
-        return forge == self.forge and fnmatch.fnmatchcase(full_name.lower(), pattern.lower())
+        """`*` and `?` stay within one path segment; `**` spans any depth (`group/**`: every project below)."""
+        return forge == self.forge and _pattern(self.name.lstrip("!").lower()).fullmatch(full_name.lower()) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern:
+    parts = []
+    for piece in re.split(r"(\*\*|\*|\?)", pattern):
+        parts.append({"**": ".+", "*": "[^/]*", "?": "[^/]"}.get(piece, re.escape(piece)))
+    return re.compile("".join(parts))
 
 
 @dataclass(frozen=True)
@@ -254,7 +262,7 @@ class Settings:
             if any(ch in repo.name for ch in "*?["):
                 patterns.append(repo.name)
                 continue
-            owner, name = repo.name.split("/", 1)
+            owner, name = repo.name.rsplit("/", 1)
             repos.append(RepoRef(forge.host, owner, name))
         return repos, patterns
 

@@ -54,6 +54,18 @@ def _check_segment(value: str, what: str) -> str:
     return value
 
 
+MAX_NAMESPACE_DEPTH = 20   # GitLab's groups nest at most 20 deep
+
+
+def _check_namespace(value: str) -> str:
+    """An owner: a user or organization, or (GitLab) a group path `group/sub/…`, each part a safe segment."""
+    if not isinstance(value, str) or not 0 < value.count("/") + 1 <= MAX_NAMESPACE_DEPTH:
+        raise InvalidRef(f"invalid owner: {value!r}")
+    for part in value.split("/"):
+        _check_segment(part, "owner")
+    return value
+
+
 @dataclass(frozen=True, order=True)
 class RepoRef:
     host: str
@@ -63,7 +75,7 @@ class RepoRef:
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not HOST_RE.match(self.host) or ".." in self.host:
             raise InvalidRef(f"invalid host: {self.host!r}")
-        _check_segment(self.owner, "owner")
+        _check_namespace(self.owner)
         _check_segment(self.name, "repository name")
 
     @property
@@ -72,8 +84,9 @@ class RepoRef:
 
     @property
     def dir_name(self) -> str:
-        """A file-system-safe name; a host's port is kept as `_port` (`127.0.0.1_3000`)."""
-        return f"{self.host.replace(':', '_')}-{self.owner}-{self.name}"
+        """A file-system-safe name, one path component: a host's port is kept as `_port` (`127.0.0.1_3000`), a
+        group path's slashes as `+` (no segment may hold one, so no two repositories share a name)."""
+        return f"{self.host.replace(':', '_')}-{self.owner.replace('/', '+')}-{self.name}"
 
     def __str__(self) -> str:
         return f"{self.host}/{self.full_name}"
@@ -101,9 +114,9 @@ class IssueRef:
         (Refs as people write them, in their several forms, are refs.parse_issue_ref's job.)"""
         repo, _, number = text.rpartition("#")
         parts = repo.split("/")
-        if len(parts) != 3 or not number.isdigit():
+        if len(parts) < 3 or not number.isdigit():
             raise InvalidRef(f"not a stored issue ref: {text!r}")
-        return cls(RepoRef(parts[0].lower(), parts[1], parts[2]), int(number))
+        return cls(RepoRef(parts[0].lower(), "/".join(parts[1:-1]), parts[-1]), int(number))
 
 
 CI_SENDER = "ci"   # who a CI round's task is "asked by": no person, so never credited nor asked to review

@@ -1,4 +1,5 @@
-"""Parse and format issue refs: `host/owner/repo#N`, `owner/repo#N`, and issue or pull request URLs."""
+"""Parse and format issue refs: `host/owner/repo#N`, `owner/repo#N`, and issue or pull request URLs; an owner may
+be a group path (`host/group/sub/project#N`, `…/group/sub/project/-/issues/N`)."""
 from __future__ import annotations
 
 import re
@@ -7,12 +8,15 @@ from urllib.parse import urlsplit
 from forge_bridge.models import InvalidRef, IssueRef, RepoRef
 
 _SEG = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
-_HOST = r"[A-Za-z0-9][A-Za-z0-9.-]*(?::[0-9]{1,5})?"
+_NAMESPACE = rf"{_SEG}(?:/{_SEG})*?"   # an owner, or a group path (GitLab): the last segment is the repository
+# Told apart from a group by its form: a name with a dot, a port, or localhost.
+_HOST = r"(?:localhost|[A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)(?::[0-9]{1,5})?|[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}"
 URL_RE = re.compile(
-    rf"https?://(?P<host>{_HOST})/(?P<owner>{_SEG})/(?P<repo>{_SEG})/(?:issues|pulls|pull)/(?P<number>[0-9]+)"
+    rf"https?://(?P<host>{_HOST})/(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})/(?:-/)?(?:issues|pulls|pull)/"
+    rf"(?P<number>[0-9]+)"
 )
-FULL_RE = re.compile(rf"(?P<host>{_HOST})/(?P<owner>{_SEG})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
-SHORT_RE = re.compile(rf"(?P<owner>{_SEG})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
+FULL_RE = re.compile(rf"(?P<host>{_HOST})/(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
+SHORT_RE = re.compile(rf"(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
 
 
 def _from_match(match: re.Match, default_host: str | None) -> IssueRef:

@@ -35,10 +35,41 @@ def test_bad_refs_are_refused(text):
         parse_issue_ref(text, default_host="h.example")
 
 
-@pytest.mark.parametrize("owner", ["..", ".hidden", "a/b", "", "-rf"])
+@pytest.mark.parametrize("owner", ["..", ".hidden", "", "-rf", "a//b", "a/../b", "/a", "a/", "a/.hidden",
+                                   "a%2F..", "/".join(["g"] * 21)])
 def test_repo_refs_refuse_names_that_could_leave_data_dir(owner):
     with pytest.raises(InvalidRef):
         RepoRef("h.example", owner, "r")
+
+
+@pytest.mark.parametrize("text, canonical", [
+    ("gitlab.example.com/group/sub/project#3", "gitlab.example.com/group/sub/project#3"),
+    ("group/sub/project#3", "gitlab.example.com/group/sub/project#3"),
+    ("https://gitlab.example.com/group/sub/deeper/project/-/issues/9", "gitlab.example.com/group/sub/deeper/project#9"),
+    ("gitlab.example.com:8443/a/b#1", "gitlab.example.com:8443/a/b#1"),
+])
+def test_group_paths_of_any_depth_are_refs_and_stay_one_folder(text, canonical):
+    ref = parse_issue_ref(text, default_host="gitlab.example.com")
+    assert str(ref) == canonical and IssueRef.from_str(str(ref)) == ref
+    assert "/" not in ref.dir_name and ".." not in ref.dir_name and ref.dir_name.endswith(f"-{ref.number}")
+    assert ref.repo.full_name == canonical.split("/", 1)[1].split("#")[0]
+
+
+def test_group_paths_never_share_a_folder_with_a_dashed_name():
+    nested = RepoRef("h.example", "a/b", "c")
+    dashed = RepoRef("h.example", "a-b", "c")
+    assert nested.dir_name != dashed.dir_name and nested.dir_name == "h.example-a+b-c"
+
+
+@pytest.mark.parametrize("pattern, name, matches", [
+    ("group/*", "group/project", True), ("group/*", "group/sub/project", False),
+    ("group/**", "group/sub/project", True), ("group/**", "group/project", True), ("group/**", "other/x", False),
+    ("alice/*", "alice/widgets", True), ("alice/w?dgets", "alice/widgets", True), ("alice/*", "bob/widgets", False),
+])
+def test_repo_patterns_match_one_level_or_any_depth(pattern, name, matches):
+    from forge_bridge.config import RepoConfig
+
+    assert RepoConfig(forge="f", name=pattern).matches("f", name) is matches
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("1h", 3600), (45, 45), ("12", 12)])

@@ -78,7 +78,7 @@ class Poller:
             if any(ch in repo.name for ch in "*?["):
                 log.warning("poll: %s is a pattern; polling needs a concrete owner/repo", repo.name)
                 continue
-            owner, name = repo.name.split("/", 1)
+            owner, name = repo.name.rsplit("/", 1)
             ref_repo = RepoRef(self.settings.forge(repo.forge).host, owner, name)
             for event in [*self.label_events(repo, ref_repo), *self.comment_events(repo, ref_repo)]:
                 handed += self.hand_over(event)
