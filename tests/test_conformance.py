@@ -233,22 +233,3 @@ def test_real_cli_plans_in_its_read_only_mode(preset, github, start_bridge, mode
     assert not repo.pulls and repo.branch_sha("kugetsu/1-sort-the-list") is None
     worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{github.port}-alice-widgets-1"
     assert not list(worktree.glob("WORK-*.md"))
-    home.mkdir(parents=True)
-    agent, env, _ = CLIS[preset](models, home)
-    if preset == "codex":   # its own home inside the agent's, which the sandbox lets it write
-        codex_home = home / ".codex"
-        shutil.copytree(Path(env["CODEX_HOME"]), codex_home)
-        env["CODEX_HOME"] = str(codex_home)
-    readable = [str(cache_root()), str(Path(sys.executable).resolve().parents[1]), str(Path(__file__).parents[1])]
-    agent |= {"home": json.dumps(str(home)), "sandbox": '"bwrap"', "network": '"allowlist"',
-              "sandbox_paths": json.dumps(readable),
-              "allow_hosts": json.dumps([models.url.removeprefix("http://")])}
-    repo = github.create_repo("alice", "widgets")
-    issue = github.create_issue(repo, "Sort the list", "alphabetically")
-    bridge = start_bridge([github], preset=preset, agent=agent, env=env)
-
-    github.add_label(repo, issue, "kugetsu:todo")
-    _ends_as(github, repo, issue, "kugetsu:review", timeout=180)
-    [pull] = repo.pulls.values()
-    assert _files_on(repo, pull.head) == ["WORK-1.md"] and models.main_requests()
-    shutil.rmtree(home, ignore_errors=True)

@@ -313,6 +313,21 @@ def test_garbage_collection_removes_only_unowned_worktrees(world):
     assert [path.name for path in homes.iterdir()] == ["owned"]   # an issue's own HOME goes with its worktree
 
 
+def test_garbage_collection_keeps_this_hosts_copy_of_a_worktree_another_host_ran_last(world, tmp_path):
+    """With several hosts, a live session names the worktree of the host that ran its last task: this host's
+    copy of the issue's worktree is kept all the same (its next task may run here)."""
+    from forge_bridge.work.lifecycle import collect_garbage
+    from forge_bridge.workspace import worktrees
+
+    forge, repo, issue, intake = world
+    ref = parse_issue_ref(f"{forge.host}/alice/widgets#1")
+    here = worktrees.worktree_dir(intake.settings.data_dir, ref)
+    here.mkdir(parents=True)
+    intake.store.save_session(Session(issue=str(ref), forge=forge.kind,
+                                      worktree=str(tmp_path / "other-host" / "worktrees" / here.name)))
+    assert collect_garbage(intake.settings, intake.store) == [] and here.is_dir()
+
+
 def test_one_event_makes_at_most_one_task_when_a_later_step_fails_and_the_job_runs_again(world):
     from forge_bridge.forges import ForgeError
 

@@ -69,7 +69,9 @@ def safe_destroy(settings: Settings, store: Store, client: ForgeClient, ref: Iss
 
 def collect_garbage(settings: Settings, store: Store) -> list[Path]:
     """Remove worktrees no live session owns, then prune each mirror's worktree list. A worktree whose issue
-    has a queued or running task is never touched."""
+    has a queued or running task is never touched. Kept by issue, on this host's path: with several hosts a
+    session names the worktree of the host that ran its last task, and this host's copy is the issue's all the
+    same (its next task may run here)."""
     root = settings.data_dir / "worktrees"
     if not root.is_dir():
         return []
@@ -77,8 +79,9 @@ def collect_garbage(settings: Settings, store: Store) -> list[Path]:
     for issue in store.session_ids():
         session = store.session(issue)
         latest = store.latest_task(session)
-        if session and session.worktree and (not session.archived or (latest and not latest.state.finished)):
-            keep.add(session.worktree)
+        if session and (not session.archived or (latest and not latest.state.finished)):
+            keep |= {str(worktrees.worktree_dir(settings.data_dir, IssueRef.from_str(issue)).resolve()),
+                     *([session.worktree] if session.worktree else [])}
     removed = []
     for path in sorted(root.iterdir()):   # a worktree, or the git directory beside it (<worktree>.git)
         if str(path.with_name(path.name.removesuffix(".git")).resolve()) not in keep:
