@@ -165,7 +165,7 @@ def relayed(argv: list[str]) -> list[str]:
 
 
 def proxy_env(allowed: tuple[allowlist.Allowed, ...]) -> dict[str, str]:
+    """The proxy variables, upper and lower case (tools read one or the other)."""
     url = f"http://127.0.0.1:{INSIDE_PORT}"
-    skip = allowlist.no_proxy(allowed)
-    return {name: value for pair in (("HTTPS_PROXY", url), ("HTTP_PROXY", url), ("ALL_PROXY", url),
-                                     ("NO_PROXY", skip)) for name, value in (pair, (pair[0].lower(), pair[1]))}
+    values = {"HTTPS_PROXY": url, "HTTP_PROXY": url, "ALL_PROXY": url, "NO_PROXY": allowlist.no_proxy(allowed)}
+    return {**values, **{name.lower(): value for name, value in values.items()}}

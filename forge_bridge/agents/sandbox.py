@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -57,15 +57,22 @@ class Network:
 
 
 @contextmanager
-def network(settings: Settings, env: dict[str, str], on_refused) -> Iterator[Network]:
+def network(settings: Settings, env: dict[str, str], log: Path,
+            count: Callable[[str], None] = lambda address: None) -> Iterator[Network]:
     """The network for a run (the setup script's and the agent's): open, none, or the allowlist through a proxy
-    that runs as long as this does."""
+    that runs as long as this does; each refused connection is written in `log` and handed to `count`."""
     mode = settings.agent.network
     if mode != "allowlist":
         yield Network(mode)
         return
+
+    def refused(address: str) -> None:
+        with open(log, "a") as out:
+            out.write(f"forge-bridge: refused a connection to {address} (not in agent.allow_hosts)\n")
+        count(address)
+
     allowed = allowlist.allowed_hosts(settings.agent.preset, settings.agent.allow_hosts, env)
-    with egress.running(allowed, on_refused) as path:
+    with egress.running(allowed, refused) as path:
         yield Network(mode, path, egress.proxy_env(allowed))
 
 

@@ -112,9 +112,8 @@ def cmd_drain(settings: Settings, args: argparse.Namespace) -> int:
     """A host takes no new tasks while its running ones finish (`--off`, or `undrain`: it takes them again)."""
     conn = queue.connect(_reach_redis(settings, "drain"))
     host = args.host or settings.host
-    draining = not (args.off or args.run is cmd_undrain)
-    hosts.set_draining(conn, host, draining)
-    if not draining:
+    hosts.set_draining(conn, host, not args.off)
+    if args.off:
         print(f"{host}: takes tasks again")
         return 0
     print(f"{host}: draining: no new tasks; {hosts.running_on(conn, host)} running task(s) finish")
@@ -123,10 +122,6 @@ def cmd_drain(settings: Settings, args: argparse.Namespace) -> int:
     if args.wait:
         print(f"{host}: drained, no task running")
     return 0
-
-
-def cmd_undrain(settings: Settings, args: argparse.Namespace) -> int:
-    return cmd_drain(settings, args)
 
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
@@ -409,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     drain.set_defaults(run=cmd_drain)
     undrain = sub.add_parser("undrain", help="a drained host takes tasks again")
     undrain.add_argument("--host", default="", help="the host's id (default: this one's host_id)")
-    undrain.set_defaults(run=cmd_undrain, wait=False, off=True)
+    undrain.set_defaults(run=cmd_drain, wait=False, off=True)
     stop = sub.add_parser("stop", help="cancel an issue's queued tasks and stop its running agent")
     stop.add_argument("issue_ref")
     stop.set_defaults(run=cmd_stop)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 
 from redis import Redis
 
@@ -50,9 +51,14 @@ def draining(conn: Redis, host: str) -> bool:
 
 
 def running_on(conn: Redis, host: str) -> int:
+    return _running(conn).get(host, 0)
+
+
+def _running(conn: Redis) -> dict[str, int]:
+    """Running tasks by the host they run on."""
     store = Store(conn)
-    return sum(1 for task in store.tasks(store.recent_task_ids(RECENT))
-               if task.state is TaskState.RUNNING and task.host == host)
+    return dict(Counter(task.host for task in store.tasks(store.recent_task_ids(RECENT))
+                        if task.state is TaskState.RUNNING))
 
 
 def hosts(conn: Redis, *, now: float | None = None) -> list[Host]:
@@ -60,11 +66,12 @@ def hosts(conn: Redis, *, now: float | None = None) -> list[Host]:
     now = time.time() if now is None else now
     beats = {key.decode(): json.loads(value) for key, value in conn.hgetall(HOSTS).items()}
     drains = {key.decode() for key in conn.hkeys(DRAINING)}
-    store = Store(conn)
-    running: dict[str, int] = {}
-    for task in store.tasks(store.recent_task_ids(RECENT)):
-        if task.state is TaskState.RUNNING:
-            running[task.host] = running.get(task.host, 0) + 1
+    running = _running(conn)
     return [Host(id=host, heartbeat_age=round(now - beats.get(host, {}).get("beat", 0.0), 1),
                  agent_workers=beats.get(host, {}).get("agent_workers", 0), draining=host in drains,
                  running=running.get(host, 0)) for host in sorted(set(beats) | drains)]
+
+
+def shown(conn: Redis) -> list[dict]:
+    """Every host as the page, `status` and /api/hosts show it."""
+    return [{**asdict(host), "alive": host.alive} for host in hosts(conn)]

@@ -100,6 +100,7 @@ EVENT_JOB = "jobs.tasks.handle_event"
 ISSUE_HOME = "fb:issue-host:"        # issue -> the host that ran its last task (its CLI session lives there)
 HOST_WAIT = "fb:host-wait:"          # host -> tasks waiting for one of its agent workers, holding no slot
 WAITS_ON = "fb:waits-on:"            # task -> the host it waits for
+ROUTED_TO = "fb:routed-hosts"        # every host a task was routed to: whose lists and queues to release
 HOSTS = "fb:hosts"                   # host -> its heartbeat, {"beat": time, "agent_workers": n}
 DRAINING = "fb:hosts:draining"       # host -> when it was asked to drain
 GONE_AFTER = 60.0                    # a host whose heartbeat is older is gone
@@ -126,9 +127,8 @@ def remember_home(conn: Redis, issue: str, host: str) -> None:
 
 def release_gone_hosts(conn: Redis, scheduler: "Scheduler") -> int:
     """Housekeeping on any host: the waiting tasks of hosts gone or draining go to any host."""
-    known = {raw.decode() for raw in conn.hkeys(HOSTS)} | \
-        {key.decode().removeprefix(HOST_WAIT) for key in conn.scan_iter(match=HOST_WAIT + "*")}
-    return sum(scheduler.release(host) for host in sorted(known) if not takes_tasks(conn, host))
+    routed = sorted(raw.decode() for raw in conn.smembers(ROUTED_TO))
+    return sum(scheduler.release(host) for host in routed if not takes_tasks(conn, host))
 
 
 _DESCRIPTION_LENGTH = 75   # RQ's own (Job.get_call_string)
@@ -211,7 +211,9 @@ class Scheduler:
         home = home.decode() if home else ""
         if not home or not takes_tasks(self.conn, home):
             self._enqueue_run(task_id)
-        elif idle_agent_worker(self.conn, home):
+            return
+        self.conn.sadd(ROUTED_TO, home)
+        if idle_agent_worker(self.conn, home):
             self._enqueue_run(task_id, host_queue(home))
         else:
             with self.conn.pipeline() as pipe:
@@ -241,7 +243,7 @@ class Scheduler:
             self._enqueue_run(task_id.decode())
             moved += 1
         source, target = Queue(host_queue(host), connection=self.conn), Queue(AGENTS_QUEUE, connection=self.conn)
-        while job_id := self.conn.rpoplpush(source.key, target.key):   # admitted already: their slots go along
+        while self.conn.rpoplpush(source.key, target.key):   # admitted already: their slots go along
             moved += 1
         return moved
 

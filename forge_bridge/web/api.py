@@ -70,7 +70,7 @@ def sessions():
 @bp.get("/api/hosts")
 def hosts_():
     conn = current_app.extensions["forge_bridge"].conn
-    return jsonify(hosts=[{**asdict(host), "alive": host.alive} for host in hosts.hosts(conn)])
+    return jsonify(hosts=hosts.shown(conn))
 
 
 @bp.get("/api/openapi.json")

@@ -65,5 +65,5 @@ def overview(conn: Redis, settings: Settings) -> dict[str, Any]:
             "warnings": [*sandbox.warnings(conn), *queue.layout_warnings(queue.worker_layout(conn),
                                                                          settings.max_concurrent_agents)],
             "apps": app_reach.reach(conn, settings), "egress_refused": metrics.recent_refusals(conn),
-            "hosts": [{**asdict(host), "alive": host.alive} for host in hosts.hosts(conn)],
+            "hosts": hosts.shown(conn),
             "spend_today": budget.Ledger(conn).repos_today()}

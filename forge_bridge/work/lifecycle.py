@@ -139,12 +139,7 @@ def _set_up_spare(settings: Settings, spare: worktrees.Checkout, mirror: Path) -
     """The setup script in a spare, as an agent's run would have it: sandbox, shared HOME, network policy."""
     home, log_file = sandbox.agent_home(settings), spare.gitdir / SPARE_SETUP_LOG
     env = presets.agent_env(settings.agent, {"HOME": str(home), "FORGE_BRIDGE_MODE": "setup"})
-
-    def refused(address: str) -> None:
-        with open(log_file, "a") as out:
-            out.write(f"forge-bridge: refused a connection to {address} (not in agent.allow_hosts)\n")
-
-    with sandbox.network(settings, env, refused) as net:
+    with sandbox.network(settings, env, log_file) as net:
         return setup.run_if_needed(settings, spare, env={**env, **net.env}, log=log_file, confine=lambda argv: (
             sandbox.confined(settings, argv, worktree=spare.worktree, mirror=mirror, session_dir=spare.gitdir,
                              home=home, net=net)))

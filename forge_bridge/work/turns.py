@@ -45,21 +45,17 @@ class Turns:
             log_file: Path, before: str) -> presets.AgentResult:
         """The agent's turn, after the workspace's setup when it needs one; a resume that fails before naming any
         session is run again as a new session. Both run under the configured network policy."""
-        def refused(address: str) -> None:
-            with open(log_file, "a") as out:
-                out.write(f"forge-bridge: refused a connection to {address} (not in agent.allow_hosts)\n")
-            metrics.refused_egress(self.store.conn, str(ref), address)
-
-        with sandbox.network(self.settings, self.environment(task, session, issue, ref), refused) as self.net:
-            return self._run(task, session, issue, ref, checkout, log_file, before)
+        env = self.environment(task, session, issue, ref)
+        if sandbox.mode(self.settings.agent)[0] == "bwrap" and \
+                (hidden := sandbox.hidden_program(self.settings, env.get("PATH", ""))):
+            raise presets.AgentConfigError(hidden)
+        count = lambda address: metrics.refused_egress(self.store.conn, str(ref), address)  # noqa: E731
+        with sandbox.network(self.settings, env, log_file, count) as self.net:
+            return self._run(task, session, issue, ref, checkout, log_file, before, {**env, **self.net.env})
 
     def _run(self, task: Task, session: Session, issue: IssueInfo, ref: IssueRef, checkout: worktrees.Checkout,
-             log_file: Path, before: str) -> presets.AgentResult:
-        if sandbox.mode(self.settings.agent)[0] == "bwrap":
-            hidden = sandbox.hidden_program(self.settings, self.environment(task, session, issue, ref).get("PATH", ""))
-            if hidden:
-                raise presets.AgentConfigError(hidden)
-        prepared = setup.run_if_needed(self.settings, checkout, env=self.environment(task, session, issue, ref),
+             log_file: Path, before: str, env: dict[str, str]) -> presets.AgentResult:
+        prepared = setup.run_if_needed(self.settings, checkout, env=env,
                                        confine=lambda argv: self.confine(argv, ref, checkout.worktree), log=log_file,
                                        should_stop=self.stop_reason)
         if prepared.result is not None:
