@@ -225,3 +225,22 @@ def test_a_network_policy_without_a_sandbox_stops_check_and_the_worker(tmp_path)
     worker = run("worker")
     assert worker.returncode == 2 and "Traceback" not in worker.stderr
     assert "`forge-bridge worker` will not start: agent.network = 'allowlist' needs bubblewrap" in worker.stderr
+
+
+def test_the_setup_script_runs_under_the_same_network_policy(github, start_bridge, servers, bwrap):
+    from helpers import commit_to
+
+    allowed, _ = servers
+    repo = github.create_repo("alice", "widgets")
+    probe = (f"#!/bin/bash\nif (exec 3<>/dev/tcp/127.0.0.1/{allowed.port}) 2>/dev/null; then echo reached; "
+             "else echo 'no network'; fi > .setup-trace\n")
+    commit_to(repo.bare, "main", {".forge-bridge/setup.sh": probe, ".gitignore": ".setup-trace\n"})
+    issue = github.create_issue(repo, "Set up offline", "b")
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "agents" / "fake_agent.py"), "--include",
+            ".setup-trace"]
+    start_bridge([github], agent={"argv": _toml(argv), "session_id": '"none"', "sandbox": '"bwrap"',
+                                  "sandbox_paths": _toml(_readable()), "network": '"none"'})
+    github.add_label(repo, issue, "kugetsu:todo")
+    wait_for(lambda: _settled(github, repo, issue, "kugetsu:review"), timeout=90, what="the confined run")
+    [pull] = repo.pulls.values()
+    assert ".setup-trace: no network" in _branch_file(repo, pull.head, "AGENT_WORK.md") and allowed.seen == []
