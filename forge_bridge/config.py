@@ -363,7 +363,7 @@ def _forge(table: dict, index: int, source: str, environ: dict[str, str]) -> For
     try:
         kind = ForgeKind(table["kind"])
     except ValueError:
-        raise ConfigError(f"{source}: {where}kind must be github, gitea or forgejo, got {table['kind']!r}") from None
+        raise ConfigError(f"{source}: {where}kind must be github, gitea, forgejo or gitlab, got {table['kind']!r}") from None
     url = table["url"].rstrip("/")
     try:
         host_of_url(url)
@@ -413,6 +413,8 @@ def _app_keys(table: dict, kind: ForgeKind, *, where: str, base: Path) -> dict[s
 def _default_api_url(kind: ForgeKind, url: str) -> str:
     if kind is ForgeKind.GITHUB:
         return "https://api.github.com" if url == "https://github.com" else f"{url}/api/v3"
+    if kind is ForgeKind.GITLAB:
+        return f"{url}/api/v4"
     return f"{url}/api/v1"
 
 

@@ -20,6 +20,7 @@ class ForgeKind(StrEnum):
     GITHUB = "github"
     GITEA = "gitea"
     FORGEJO = "forgejo"
+    GITLAB = "gitlab"
 
 
 class EventKind(StrEnum):
@@ -52,6 +53,17 @@ def _check_segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not SEGMENT_RE.match(value) or ".." in value:
         raise InvalidRef(f"invalid {what}: {value!r}")
     return value
+
+
+# GitLab numbers merge requests apart from issues (issue 3 and merge request !3 both exist). Inside the bridge a
+# merge request's number is its iid above this base, so one number names one thing everywhere (sessions, links,
+# events); the GitLab client and parser add and remove it. GitHub's and Gitea's numbers stay far below it.
+MERGE_REQUEST_BASE = 1_000_000_000
+
+
+def shown_number(number: int) -> str:
+    """`#7` for an issue or pull request, `!7` for a GitLab merge request, as the forge writes them."""
+    return f"!{number - MERGE_REQUEST_BASE}" if number > MERGE_REQUEST_BASE else f"#{number}"
 
 
 MAX_NAMESPACE_DEPTH = 20   # GitLab's groups nest at most 20 deep
@@ -106,17 +118,19 @@ class IssueRef:
         return f"{self.repo.dir_name}-{self.number}"
 
     def __str__(self) -> str:
-        return f"{self.repo}#{self.number}"
+        return f"{self.repo}{shown_number(self.number)}"
 
     @classmethod
     def from_str(cls, text: str) -> IssueRef:
-        """The ref as `str()` wrote it (`host/owner/repo#N`), read back from storage; every part checked again.
-        (Refs as people write them, in their several forms, are refs.parse_issue_ref's job.)"""
-        repo, _, number = text.rpartition("#")
+        """The ref as `str()` wrote it (`host/owner/repo#N`, `…!M` for a merge request), read back from storage;
+        every part checked again. (Refs as people write them are refs.parse_issue_ref's job.)"""
+        mark = "!" if "!" in text else "#"
+        repo, _, number = text.rpartition(mark)
         parts = repo.split("/")
-        if len(parts) < 3 or not number.isdigit():
+        if len(parts) < 3 or not number.isdigit() or (mark == "!" and not 0 < int(number) < MERGE_REQUEST_BASE):
             raise InvalidRef(f"not a stored issue ref: {text!r}")
-        return cls(RepoRef(parts[0].lower(), "/".join(parts[1:-1]), parts[-1]), int(number))
+        base = MERGE_REQUEST_BASE if mark == "!" else 0
+        return cls(RepoRef(parts[0].lower(), "/".join(parts[1:-1]), parts[-1]), base + int(number))
 
 
 CI_SENDER = "ci"   # who a CI round's task is "asked by": no person, so never credited nor asked to review

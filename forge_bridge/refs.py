@@ -1,29 +1,42 @@
 """Parse and format issue refs: `host/owner/repo#N`, `owner/repo#N`, and issue or pull request URLs; an owner may
-be a group path (`host/group/sub/project#N`, `…/group/sub/project/-/issues/N`)."""
+be a group path (`host/group/sub/project#N`, `…/group/sub/project/-/issues/N`), and `!M` or `/-/merge_requests/M`
+names a GitLab merge request."""
 from __future__ import annotations
 
 import re
 from urllib.parse import urlsplit
 
-from forge_bridge.models import InvalidRef, IssueRef, RepoRef
+from forge_bridge.models import MERGE_REQUEST_BASE, InvalidRef, IssueRef, RepoRef
 
 _SEG = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
 _NAMESPACE = rf"{_SEG}(?:/{_SEG})*?"   # an owner, or a group path (GitLab): the last segment is the repository
 # Told apart from a group by its form: a name with a dot, a port, or localhost.
 _HOST = r"(?:localhost|[A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)(?::[0-9]{1,5})?|[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}"
+# `!M` and `/-/merge_requests/M` name a GitLab merge request: its own number space (models.MERGE_REQUEST_BASE).
+_NUMBER = r"(?:(?P<mark>[#!])(?P<number>[0-9]+))"
 URL_RE = re.compile(
-    rf"https?://(?P<host>{_HOST})/(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})/(?:-/)?(?:issues|pulls|pull)/"
-    rf"(?P<number>[0-9]+)"
+    rf"https?://(?P<host>{_HOST})/(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})/(?:-/)?"
+    rf"(?:(?:issues|pulls|pull)/(?P<issue>[0-9]+)|merge_requests/(?P<merge_request>[0-9]+))"
 )
-FULL_RE = re.compile(rf"(?P<host>{_HOST})/(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
-SHORT_RE = re.compile(rf"(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG})#(?P<number>[0-9]+)")
+FULL_RE = re.compile(rf"(?P<host>{_HOST})/(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG}){_NUMBER}")
+SHORT_RE = re.compile(rf"(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG}){_NUMBER}")
+
+
+def _number(match: re.Match) -> int:
+    found = match.groupdict()
+    if found.get("merge_request") or found.get("mark") == "!":
+        number = int(found.get("merge_request") or found["number"])
+        if not 0 < number < MERGE_REQUEST_BASE:
+            raise InvalidRef(f"invalid merge request number: {number}")
+        return MERGE_REQUEST_BASE + number
+    return int(found.get("issue") or found["number"])
 
 
 def _from_match(match: re.Match, default_host: str | None) -> IssueRef:
     host = match.groupdict().get("host") or default_host
     if not host:
         raise InvalidRef(f"{match.group(0)!r} names no host and no default forge is configured")
-    return IssueRef(RepoRef(host.lower(), match["owner"], match["repo"]), int(match["number"]))
+    return IssueRef(RepoRef(host.lower(), match["owner"], match["repo"]), _number(match))
 
 
 def parse_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef:
@@ -33,7 +46,7 @@ def parse_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef:
         match = pattern.fullmatch(text)
         if match:
             return _from_match(match, default_host)
-    raise InvalidRef(f"not an issue ref: {text!r} (expected host/owner/repo#N, owner/repo#N or an issue URL)")
+    raise InvalidRef(f"not an issue ref: {text!r} (expected host/owner/repo#N, owner/repo#N, group/project!M or an issue or merge request URL)")
 
 
 def parse_repo_ref(text: str) -> RepoRef:

@@ -131,7 +131,7 @@ GH = {"name": "gh", "kind": "github", "url": "https://github.com"}
     ({"agent": {"pass_env": "ANTHROPIC_API_KEY"}}, "pass_env must be a list"),
     ({"agent": {"extra_args": "--model opus"}}, "extra_args must be a list of strings"),
     ({"agent": {"home_per_issue": "yes"}}, "agent.home_per_issue must be true or false, got 'yes'"),
-    ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea or forgejo"),
+    ({"forges": [{"name": "g", "kind": "svn", "url": "https://x"}]}, "kind must be github, gitea, forgejo or gitlab"),
     ({"repos": [{"forge": "nope", "name": "a/b"}]}, "names no configured forge"),
     ({"public_url": "bridge.example.com"}, "public_url must look like https://"),
     ({"forges": [{**GH, "app_id": "abc", "private_key_env": "K"}]}, "app_id must be a positive whole number"),

@@ -14,7 +14,7 @@ from forge_bridge.config import settings_from_dict
 from forge_bridge.forges import make_client
 from forge_bridge.forges.base import ReviewCommentInfo, ReviewInfo, line_from_hunk
 from forge_bridge.intake.reviews import HUNK_LINES, MAX_COMMENTS, asks_for_work, review_message
-from forge_bridge.models import RepoRef
+from forge_bridge.models import IssueRef, RepoRef
 from forge_bridge.store.sessions import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -94,7 +94,7 @@ def test_the_clients_read_a_review_and_its_comments_and_react(forge):
     assert [(c.path, c.line, c.body) for c in comments] == [("src/names.py", 13, "Return a sorted list here."),
                                                             ("src/names.py", 13, "And skip empty rows.")]
     assert comments[0].diff_hunk == HUNK
-    client.add_review_comment_reaction(ref, comments[1].id, "eyes")
+    client.add_review_comment_reaction(IssueRef(ref, pull.number), comments[1].id, "eyes")
     assert forge.state.review_comments[comments[1].id].reactions == [(forge.bot_login, "eyes")]
     assert forge.violations == []
 

@@ -73,6 +73,7 @@ class _Session(threading.local):
 
 class GiteaClient:
     supports_reactions = True
+    git_user = "x-access-token"
     def __init__(self, api_url: str, token: str) -> None:
         self._config, self._token = Configuration(host=api_url), token
         self._sessions = _Session()
@@ -234,7 +235,8 @@ class GiteaClient:
             r.owner, r.name, issue.number, CreateIssueCommentOption(body=body)))
         return comment.id
 
-    def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None:
+    def edit_comment(self, issue: IssueRef, comment_id: int, body: str) -> None:
+        repo = issue.repo
         self._run("edit comment", lambda i, _: i.issue_edit_comment(
             repo.owner, repo.name, comment_id, EditIssueCommentOption(body=body)))
 
@@ -313,7 +315,8 @@ class GiteaClient:
             if error.status != 404:  # already gone
                 raise
 
-    def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+    def add_reaction(self, issue: IssueRef, comment_id: int, content: str) -> None:
+        repo = issue.repo
         self._run("add reaction", lambda i, _: i.issue_post_comment_reaction(
             repo.owner, repo.name, comment_id, EditReactionOption(content=content)))
 
@@ -337,9 +340,9 @@ class GiteaClient:
         return [ReviewCommentInfo(id=c.id, path=c.path or "", line=c.position or c.original_position or 0,
                                   start_line=0, diff_hunk=c.diff_hunk or "", body=c.body or "") for c in comments]
 
-    def add_review_comment_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+    def add_review_comment_reaction(self, pull: IssueRef, comment_id: int, content: str) -> None:
         """A review comment is a comment like any other on Gitea: its reactions are the same endpoint's."""
-        self.add_reaction(repo, comment_id, content)
+        self.add_reaction(pull, comment_id, content)
 
     def list_hooks(self, repo: RepoRef) -> list[HookInfo]:
         async def fetch(_: IssueApi, r: RepositoryApi) -> list[Any]:

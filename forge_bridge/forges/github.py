@@ -50,6 +50,7 @@ class GitHubClient:
     """With a token, one identity for every repository; with a GitHub App, each repository's installation (its
     tokens minted and renewed by `app`)."""
     supports_reactions = True
+    git_user = "x-access-token"
 
     def __init__(self, api_url: str, token: str = "", *, app: GitHubApp | None = None,
                  write_interval: float = 1.0) -> None:
@@ -252,7 +253,8 @@ class GitHubClient:
     def create_comment(self, issue: IssueRef, body: str) -> int:
         return self._write("create comment", self._issue_lazy(issue).create_comment, body).id
 
-    def edit_comment(self, repo: RepoRef, comment_id: int, body: str) -> None:
+    def edit_comment(self, issue: IssueRef, comment_id: int, body: str) -> None:
+        repo = issue.repo
         # PATCH /repos/{owner}/{repo}/issues/comments/{id} without fetching the comment first.
         self._write("edit comment", self._requester(repo).requestJsonAndCheck, "PATCH",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}", input={"body": body})
@@ -328,7 +330,8 @@ class GitHubClient:
             if error.status not in (404, 422):  # already gone
                 raise _error(error, "delete branch") from None
 
-    def add_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+    def add_reaction(self, issue: IssueRef, comment_id: int, content: str) -> None:
+        repo = issue.repo
         self._write("add reaction", self._requester(repo).requestJsonAndCheck, "POST",
                    f"/repos/{repo.full_name}/issues/comments/{comment_id}/reactions", input={"content": content})
 
@@ -361,7 +364,8 @@ class GitHubClient:
                                   start_line=c.get("start_line") or 0, diff_hunk=c.get("diff_hunk") or "",
                                   body=c.get("body") or "") for c in found]
 
-    def add_review_comment_reaction(self, repo: RepoRef, comment_id: int, content: str) -> None:
+    def add_review_comment_reaction(self, pull: IssueRef, comment_id: int, content: str) -> None:
+        repo = pull.repo
         self._write("add reaction", self._requester(repo).requestJsonAndCheck, "POST",
                    f"/repos/{repo.full_name}/pulls/comments/{comment_id}/reactions", input={"content": content})
 

@@ -132,7 +132,7 @@ class Intake:
             if not self.authorized(event):
                 return self.deny(event, ref)
             for comment in comments:
-                self._react(lambda c=comment: self.client.add_review_comment_reaction(repo, c.id, "eyes"), comment.id)
+                self._react(lambda c=comment: self.client.add_review_comment_reaction(event.issue, c.id, "eyes"), comment.id)
             return self.act(Command(Verb.CONTINUE, message=review_message(review, comments)), event, ref)
         except BaseException:   # the job runs again: the review must still be there to take
             self.store.release_quietly(taken)
@@ -142,7 +142,7 @@ class Intake:
         """👀 on an accepted command comment; a forge that refuses it does not stop the command."""
         if event.kind is not EventKind.COMMENT or not event.comment_id:
             return
-        self._react(lambda: self.client.add_reaction(event.issue.repo, event.comment_id, "eyes"), event.comment_id)
+        self._react(lambda: self.client.add_reaction(event.issue, event.comment_id, "eyes"), event.comment_id)
 
     def _react(self, react, comment_id: int) -> None:
         if not self.client.supports_reactions:

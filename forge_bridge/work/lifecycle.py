@@ -12,7 +12,7 @@ from forge_bridge.workspace import worktrees
 from forge_bridge.work import setup
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient
-from forge_bridge.models import IssueRef
+from forge_bridge.models import IssueRef, shown_number
 from forge_bridge.store import queue
 from forge_bridge.store.sessions import Store
 
@@ -32,14 +32,14 @@ def _refusal(store: Store, client: ForgeClient, ref: IssueRef, settings: Setting
     if session.pull_request_number:
         pull = client.get_pull(ref.repo, session.pull_request_number)
         if pull.state == "open":
-            return f"pull request #{pull.number} is still open"
+            return f"pull request {shown_number(pull.number)} is still open"
     worktree = worktrees.worktree_dir(settings.data_dir, ref)
     if session.worktree and worktree.exists():
         repo = client.get_repo(ref.repo)
         checkout = worktrees.Checkout(worktrees.mirror_dir(settings.data_dir, ref.repo), worktree)
         with worktrees.mirror_lock(checkout.mirror):
             worktrees.sync_mirror(checkout.mirror, repo.clone_url,
-                                  worktrees.git_env(repo.clone_url, client.git_token(ref.repo)))
+                                  worktrees.git_env(repo.clone_url, client.git_token(ref.repo), client.git_user))
             checkout.restore()
         return worktrees.unpushed_work(checkout)
     return ""

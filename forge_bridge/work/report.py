@@ -104,9 +104,13 @@ def render_pull_comment(task: Task, *, number: int, subjects: list[str], status_
                                                           status_url=status_url)
 
 
-def status_url(forge_url: str, issue: IssueRef, comment_id: int) -> str:
-    """The status comment's address on the forge (GitHub and Gitea both anchor comments this way)."""
-    return f"{forge_url}/{issue.repo.full_name}/issues/{issue.number}#issuecomment-{comment_id}" if comment_id else ""
+def status_url(forge_url: str, issue: IssueRef, comment_id: int, *, gitlab: bool = False) -> str:
+    """The status comment's address on the forge (GitHub and Gitea anchor comments alike; GitLab its own way)."""
+    if not comment_id:
+        return ""
+    if gitlab:
+        return f"{forge_url}/{issue.repo.full_name}/-/issues/{issue.number}#note_{comment_id}"
+    return f"{forge_url}/{issue.repo.full_name}/issues/{issue.number}#issuecomment-{comment_id}"
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Reporter:
             session.status_comment_id = mine[0].id if mine else 0
         try:
             if session.status_comment_id:
-                self.client.edit_comment(issue.repo, session.status_comment_id, body)
+                self.client.edit_comment(issue, session.status_comment_id, body)
             else:
                 session.status_comment_id = self.client.create_comment(issue, body)
         except ForgeError as error:

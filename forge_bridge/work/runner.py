@@ -13,7 +13,7 @@ from forge_bridge.workspace import worktrees
 from forge_bridge.agents.presets import AgentConfigError
 from forge_bridge.config import Settings
 from forge_bridge.forges import ForgeClient, ForgeError, IssueInfo, RepoInfo
-from forge_bridge.models import CI_SENDER, IssueRef, Session, Task, TaskState
+from forge_bridge.models import CI_SENDER, ForgeKind, IssueRef, Session, Task, TaskState, shown_number
 from forge_bridge.store.queue import Scheduler
 from forge_bridge.redact import log_tail, redact, secret_values
 from forge_bridge.refs import parse_issue_ref
@@ -171,8 +171,8 @@ class Runner:
             log.warning("could not keep the partial work of task %s on %s: %s", task.id, ref, error)
             task.outcome += f"; its partial work could not be kept ({error})"
             return
-        where = f"draft pull request #{session.pull_request_number}" if session.pull_request_draft else \
-            f"pull request #{session.pull_request_number}"
+        number = shown_number(session.pull_request_number)
+        where = f"draft pull request {number}" if session.pull_request_draft else f"pull request {number}"
         task.outcome += (f"; partial work kept: {task.commits} commit(s) pushed to {session.branch} ({where}); "
                          "`/kugetsu continue <what next>` goes on from it")
 
@@ -285,12 +285,12 @@ class Runner:
         """A git step against the forge with a token asked for just now (a GitHub App's expire within the hour,
         and a run can take longer); refused for its credentials, it is tried once more with a renewed one."""
         try:
-            step(worktrees.git_env(clone_url, self.client.git_token(ref.repo)))
+            step(worktrees.git_env(clone_url, self.client.git_token(ref.repo), self.client.git_user))
         except GitError as error:
             if not worktrees.refused_credentials(error):
                 raise
             self.client.renew_git_token()
-            step(worktrees.git_env(clone_url, self.client.git_token(ref.repo)))
+            step(worktrees.git_env(clone_url, self.client.git_token(ref.repo), self.client.git_user))
 
     def report_running(self, task: Task, ref: IssueRef, session: Session, log_file: Path) -> None:
         """Under the issue's lock, so after the intake's report of this task (which may still be writing when the
@@ -316,9 +316,10 @@ class Runner:
             return
         tasks = self.store.tasks(session.task_ids)
         number = next((i for i, t in enumerate(tasks, start=1) if t.id == task.id), len(tasks))
+        forge = self.settings.forge(task.forge)
         body = render_pull_comment(task, number=number, subjects=self.subjects,
-                                   status_url=status_url(self.settings.forge(task.forge).url, ref,
-                                                         session.status_comment_id))
+                                   status_url=status_url(forge.url, ref, session.status_comment_id,
+                                                         gitlab=forge.kind is ForgeKind.GITLAB))
         pull = IssueRef(ref.repo, session.pull_request_number)
         try:
             self.client.create_comment(pull, body)

@@ -44,12 +44,13 @@ CANONICAL_CONFIG = ("[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\
 MAX_PACKS = 30   # a fetch adds a pack; past this many, housekeeping packs them into one
 
 
-def git_env(clone_url: str = "", token: str = "") -> dict[str, str]:
+def git_env(clone_url: str = "", token: str = "", user: str = "x-access-token") -> dict[str, str]:
     """The bridge's git environment: no inherited variables (no secret of the bridge's), no global or system
-    configuration, never a prompt; for http(s) the token goes in a header, not a file or URL."""
+    configuration, never a prompt; for http(s) the token goes in a header, not a file or URL (as `user`'s
+password: GitHub and Gitea take any user name, GitLab wants `oauth2`)."""
     settings = list(SAFE_SETTINGS)
     if token and clone_url.startswith(("http://", "https://")):
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        basic = base64.b64encode(f"{user}:{token}".encode()).decode()
         settings.append(("http.extraHeader", f"Authorization: Basic {basic}"))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C", "HOME": "/nonexistent",
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0",
