@@ -182,6 +182,7 @@ class ForgeEvent:
     sender_is_bot: bool = False
     labels: tuple[str, ...] = ()   # the issue's whole label set after the event
     label: str = ""                # the label this event added, when the forge says so
+    added: tuple[str, ...] = ()    # the labels this event added, when the forge lists several (GitLab)
     title: str = ""
     body: str = ""
     comment_id: int = 0
@@ -202,6 +203,7 @@ class ForgeEvent:
         data["issue"] = IssueRef.from_str(data["issue"])
         data["kind"] = EventKind(data["kind"])
         data["labels"] = tuple(data["labels"])
+        data["added"] = tuple(data.get("added", ()))
         return cls(**data)
 
 

@@ -1,11 +1,12 @@
 """Build the ForgeClient for a configured forge; the only place that picks an implementation.
 
-The forges layer: one client per forge family behind ForgeClient (GitHub, Gitea/Forgejo), their pacing and
+The forges layer: one client per forge family behind ForgeClient (GitHub, Gitea/Forgejo, GitLab), their pacing and
 GitHub App reach and setup. Imports the shared vocabulary and store/ (its metrics) only."""
 from redis import Redis
 
 from forge_bridge.config import ForgeConfig
 from forge_bridge.forges.base import (
+    BOT_WITH_WRITE,
     WRITE_PERMISSIONS,
     CommentInfo,
     ForgeClient,
@@ -18,7 +19,7 @@ from forge_bridge.forges.base import (
 )
 from forge_bridge.models import ForgeKind
 
-__all__ = ["WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "HookInfo", "IssueInfo", "PullInfo",
+__all__ = ["BOT_WITH_WRITE", "WRITE_PERMISSIONS", "CommentInfo", "ForgeClient", "ForgeError", "HookInfo", "IssueInfo", "PullInfo",
            "RepoComment", "RepoInfo", "make_client", "preload"]
 
 
@@ -28,6 +29,8 @@ def preload(forges: tuple[ForgeConfig, ...]) -> None:
     for kind in {forge.kind for forge in forges}:
         if kind is ForgeKind.GITHUB:
             import forge_bridge.forges.github  # noqa: F401
+        elif kind is ForgeKind.GITLAB:
+            import forge_bridge.forges.gitlab  # noqa: F401
         else:
             import forge_bridge.forges.gitea  # noqa: F401
 
@@ -52,6 +55,10 @@ def _client(forge: ForgeConfig) -> ForgeClient:
 
             app = GitHubApp(forge.api_url, forge.app_id, forge.private_key, installation_id=forge.installation_id)
         return GitHubClient(forge.api_url, forge.token(), app=app, write_interval=forge.write_interval)
+    if forge.kind is ForgeKind.GITLAB:
+        from forge_bridge.forges.gitlab import GitLabClient
+
+        return GitLabClient(forge.url, forge.token(), write_interval=forge.write_interval)
     # Imported lazily: gitea-api-client takes about 1.5 s to import, which only Gitea users should pay.
     from forge_bridge.forges.gitea import GiteaClient
 

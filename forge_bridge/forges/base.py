@@ -9,6 +9,7 @@ from typing import Protocol
 from forge_bridge.models import IssueRef, RepoRef
 
 WRITE_PERMISSIONS = frozenset({"write", "maintain", "admin", "owner"})
+BOT_WITH_WRITE = "bot"   # permission()'s answer for a bot user with write access (GitLab tells bots apart)
 _NUMBER_IN_URL = re.compile(r"/(issues|pulls|pull)/([0-9]+)")
 
 
@@ -148,8 +149,10 @@ class ForgeClient(Protocol):
     # A comment is named by its issue (or pull request) too: GitLab's notes live under theirs.
     def edit_comment(self, issue: IssueRef, comment_id: int, body: str) -> None: ...
     def find_open_pull(self, repo: RepoRef, branch: str) -> PullInfo | None: ...
+    # delete_on_merge: the forge removes the branch on merge when it can be asked to (GitLab); elsewhere the
+    # bridge deletes it itself when it hears of the merge.
     def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str,
-                    draft: bool = False) -> PullInfo: ...
+                    draft: bool = False, delete_on_merge: bool = False) -> PullInfo: ...
     def mark_ready(self, repo: RepoRef, number: int) -> None: ...   # a draft pull request, ready for review
     def request_review(self, repo: RepoRef, number: int, login: str) -> None: ...
     def failed_check_runs(self, repo: RepoRef, suite_id: int) -> list: ...   # GitHub check suites' failed runs

@@ -262,7 +262,7 @@ class GiteaClient:
         return self._pull(pulls[0]) if pulls else None
 
     def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str,
-                    draft: bool = False) -> PullInfo:
+                    draft: bool = False, delete_on_merge: bool = False) -> PullInfo:
         """A draft is Gitea's and Forgejo's way: the title starts with `WIP:`."""
         title = f"{WIP_PREFIX}{title}" if draft and not title.startswith(WIP_PREFIX) else title
         option = CreatePullRequestOption(head=head, base=base, title=title, body=body)

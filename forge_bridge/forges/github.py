@@ -273,7 +273,7 @@ class GitHubClient:
         return self._pull(pulls[0]) if pulls else None
 
     def create_pull(self, repo: RepoRef, *, head: str, base: str, title: str, body: str,
-                    draft: bool = False) -> PullInfo:
+                    draft: bool = False, delete_on_merge: bool = False) -> PullInfo:
         pull = self._write("create pull request", self._repo(repo).create_pull, base=base, head=head,
                           title=title, body=body, draft=draft)
         return self._pull(pull)

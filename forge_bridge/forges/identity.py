@@ -1,5 +1,6 @@
-"""The bridge's own login on each forge: configured (`bot_login`), or for a GitHub App `<slug>[bot]`, read from
-`GET /app` once per process start and remembered in Redis for when GitHub cannot be reached."""
+"""The bridge's own login on each forge: configured (`bot_login`), or for a GitHub App `<slug>[bot]` (`GET /app`)
+and on GitLab the token's user (`GET /user`), read once per process start and remembered in Redis for when the
+forge cannot be reached."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,21 +11,30 @@ from redis.exceptions import RedisError
 
 from forge_bridge.config import ForgeConfig, Settings
 from forge_bridge.forges.base import ForgeError
+from forge_bridge.models import ForgeKind
 
 log = logging.getLogger(__name__)
 KEY = "fb:app-login:{forge}"
 
 
-def _app_login(forge: ForgeConfig, conn: Redis | None) -> str:
-    from forge_bridge.forges.github_app import GitHubApp
+def _read_login(forge: ForgeConfig) -> str:
+    if forge.is_app:
+        from forge_bridge.forges.github_app import GitHubApp
 
+        return GitHubApp(forge.api_url, forge.app_id, forge.private_key).login()
+    from forge_bridge.forges.gitlab import GitLabClient
+
+    return GitLabClient(forge.url, forge.token()).whoami()
+
+
+def _own_login(forge: ForgeConfig, conn: Redis | None) -> str:
     try:
-        login = GitHubApp(forge.api_url, forge.app_id, forge.private_key).login()
+        login = _read_login(forge)
     except ForgeError as error:
         remembered = _remembered(forge, conn)
-        log.warning("forge %s: cannot read the GitHub App's login (%s)%s", forge.name, error,
+        log.warning("forge %s: cannot read the bridge's own login (%s)%s", forge.name, error,
                     f"; using {remembered!r} from before" if remembered else
-                    "; its own comments are told apart by their bot type only until it can")
+                    "; its own comments are not told apart until it can")
         return remembered
     if conn is not None:
         try:
@@ -44,8 +54,12 @@ def _remembered(forge: ForgeConfig, conn: Redis | None) -> str:
     return raw.decode() if raw else ""
 
 
+def _reads_own_login(forge: ForgeConfig) -> bool:
+    return not forge.bot_login and (forge.is_app or (forge.kind is ForgeKind.GITLAB and bool(forge.token())))
+
+
 def with_bot_logins(settings: Settings, conn: Redis | None = None) -> Settings:
-    """The settings with every GitHub App forge's `bot_login` filled in (an explicit one is kept)."""
-    forges = tuple(dataclasses.replace(forge, bot_login=_app_login(forge, conn))
-                   if forge.is_app and not forge.bot_login else forge for forge in settings.forges)
+    """The settings with every GitHub App and GitLab forge's `bot_login` filled in (an explicit one is kept)."""
+    forges = tuple(dataclasses.replace(forge, bot_login=_own_login(forge, conn))
+                   if _reads_own_login(forge) else forge for forge in settings.forges)
     return dataclasses.replace(settings, forges=forges) if forges != settings.forges else settings

@@ -62,7 +62,7 @@ def admit(settings: Settings, store: Store, event: ForgeEvent, *, endpoint: str)
 def _labels_to_check(event: ForgeEvent, decision: object, settings: Settings) -> str:
     """What the script checks was added, one label a line: "*" when the event says itself (GitHub names the
     label). A label set holding both start labels may have gained either: the script finds which."""
-    if not isinstance(decision, StartFromLabel) or event.label:
+    if not isinstance(decision, StartFromLabel) or event.label or event.added:
         return "*"
     return "\n".join(label for label, _ in start_labels(settings) if label in event.labels)
 

@@ -12,7 +12,7 @@ from forge_bridge.workspace import worktrees
 from forge_bridge.intake.commands import Command, Verb
 from forge_bridge.intake.reviews import asks_for_work, review_message
 from forge_bridge.config import Settings
-from forge_bridge.forges import WRITE_PERMISSIONS, ForgeClient, ForgeError
+from forge_bridge.forges import BOT_WITH_WRITE, WRITE_PERMISSIONS, ForgeClient, ForgeError
 from forge_bridge.work.lifecycle import safe_destroy
 from forge_bridge.store.line import Line
 from forge_bridge.models import (
@@ -107,6 +107,8 @@ class Intake:
         if permission is None:
             permission = self.client.permission(event.issue.repo, event.sender) if event.sender else "none"
             self.store.cache(key, permission, ttl=PERMISSION_TTL)
+        if permission == BOT_WITH_WRITE:   # GitLab: a bot user with write access, only when allow_bots lists it
+            return self.settings.bot_allowed(event.forge, event.sender)
         return permission in WRITE_PERMISSIONS
 
     def deny(self, event: ForgeEvent, ref: IssueRef) -> str:

@@ -69,10 +69,10 @@ def _sender_refused(event: ForgeEvent, settings: Settings) -> str:
 
 
 def label_added(event: ForgeEvent, label: str, known: tuple[str, ...] | None) -> bool:
-    """GitHub names the added label. Gitea sends only the set after the change, so "added" means: in the
-    new set and not in the set the bridge last knew (an unknown issue counts as having had none)."""
-    if event.label:
-        return event.label == label
+    """GitHub names the added label, GitLab lists them. Gitea sends only the set after the change, so "added"
+    means: in the new set and not in the set the bridge last knew (an unknown issue counts as having had none)."""
+    if event.label or event.added:
+        return label == event.label or label in event.added
     return label in event.labels and (known is None or label not in known)
 
 
@@ -130,7 +130,7 @@ def meaning_key(event: ForgeEvent) -> str:
     if event.kind is EventKind.COMMENT:
         return f"comment:{event.forge}:{event.issue.repo}:{event.comment_id}"
     if event.kind is EventKind.LABELS_CHANGED:
-        labels = event.label or ",".join(sorted(event.labels))
+        labels = event.label or ",".join(sorted(event.added or event.labels))
         return f"labels:{where}:{event.updated_at}:{labels}"
     digest = hashlib.sha256(event.comment_body.encode()).hexdigest()[:16]
     return f"{event.kind.value}:{where}:{event.comment_id}:{event.updated_at}:{digest}"

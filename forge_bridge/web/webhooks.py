@@ -26,9 +26,11 @@ from forge_bridge.intake.webhooks import (
     Ignored,
     Malformed,
     WebhookError,
+    family,
     parse_delivery,
     read_headers,
     verify_signature,
+    verify_token,
 )
 from forge_bridge.intake.webhooks.github import InstallationChange
 
@@ -38,7 +40,8 @@ MAX_BODY = 25 * 1024 * 1024
 BODY_TIMEOUT = 2.0
 BODY_DEADLINE = 10.0   # GitHub gives up on a delivery after 10 s: a body still coming then is not worth a thread
 PIECE = 64 * 1024
-ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO}
+ENDPOINTS = {"github": ForgeKind.GITHUB, "gitea": ForgeKind.GITEA, "forgejo": ForgeKind.FORGEJO,
+             "gitlab": ForgeKind.GITLAB}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -86,29 +89,39 @@ def _receive_counted(bridge, name: str, request: Request) -> Answer:
     except Exception:   # a bug must still answer (and be counted and logged), not drop the connection
         log.exception("webhook delivery to /webhooks/%s failed", name)
         answer = Answer("error", 500, reason="internal error; see the bridge's log")
-    if name in ENDPOINTS:   # counted in this process, written to Redis in the background
+    if _endpoint(bridge.settings, name) is not None:   # counted in this process, written to Redis in the background
         metrics.count_soon(bridge.conn, metrics.DELIVERIES, name, answer.status)
     return answer
 
 
-def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signature: str) -> str:
-    """The forge whose secret signed the body. `insecure_no_signature` waives the signature only for forges
-    that have no secret; without it, such a forge takes no webhooks at all (polling-only use)."""
-    github = endpoint is ForgeKind.GITHUB
-    family = [f for f in settings.forges if (f.kind is ForgeKind.GITHUB) == github]
-    if not family:
+def _endpoint(settings: Settings, name: str) -> tuple[ForgeKind, str] | None:
+    """`/webhooks/<kind>` takes any forge of that family; `/webhooks/<forge name>` only that forge (its name
+    then also limits whose secret may sign). None: no such endpoint."""
+    if name in ENDPOINTS:
+        return ENDPOINTS[name], ""
+    named = next((forge for forge in settings.forges if forge.name == name), None)
+    return (named.kind, named.name) if named is not None else None
+
+
+def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signature: str, *, only: str = "") -> str:
+    """The forge whose secret signed the body (GitLab: whose secret is the token). `insecure_no_signature` waives
+    the signature only for forges that have no secret; without it, such a forge takes no webhooks at all
+    (polling-only use)."""
+    forges = [f for f in settings.forges if family(f.kind) is family(endpoint) and f.name in (only or f.name)]
+    if not forges:
         raise Malformed(f"no {endpoint.value} forge is configured")
-    secrets = {f.name: f.webhook_secret() for f in family if f.webhook_secret()}
-    secretless = [f.name for f in family if not f.webhook_secret()]
+    secrets = {f.name: f.webhook_secret() for f in forges if f.webhook_secret()}
+    secretless = [f.name for f in forges if not f.webhook_secret()]
+    verify = verify_token if endpoint is ForgeKind.GITLAB else (lambda s, sig: verify_signature(s, body, sig))
     if secretless and settings.insecure_no_signature:
         try:
-            return verify_signature(secrets, body, signature)
+            return verify(secrets, signature)
         except BadSignature:
             return secretless[0]
     if not secrets:
         names = ", ".join(secretless)
         raise BadSignature(f"webhooks are not enabled for forge {names} (no webhook_secret_env)")
-    return verify_signature(secrets, body, signature)
+    return verify(secrets, signature)
 
 
 def _pieces(request: Request, limit: int) -> Iterator[bytes]:
@@ -149,9 +162,10 @@ def _discard_body(request: Request) -> None:
 
 
 def receive(bridge, name: str, request: Request) -> Answer:
-    endpoint = ENDPOINTS.get(name)
-    if endpoint is None:
+    found = _endpoint(bridge.settings, name)
+    if found is None:
         return Answer("not_found", 404, reason=f"no webhook endpoint {name!r}")
+    endpoint, only = found
     if (request.content_length or 0) > MAX_BODY:
         return Answer("too_large", 413, reason="body over 25 MiB")
     delivery = ""
@@ -161,7 +175,7 @@ def receive(bridge, name: str, request: Request) -> Answer:
         if not headers.relevant:  # answered from the headers, before the body is read
             return Answer("ignored", 200, delivery, f"event {headers.event!r} is not acted on", body_unread=True)
         body = _read_body(request)
-        forge_name = _sending_forge(bridge.settings, endpoint, body, headers.signature)
+        forge_name = _sending_forge(bridge.settings, endpoint, body, headers.signature, only=only)
         if request.mimetype in FORM_TYPES:
             raise Malformed("form-encoded delivery: configure the hook with content type application/json")
         parsed = parse_delivery(headers, body, forge=forge_name, host=bridge.settings.forge(forge_name).host)

@@ -269,7 +269,8 @@ class Runner:
             body = f"Closes #{ref.number}\n\n{task.summary}".strip()
             try:
                 pull = self.client.create_pull(ref.repo, head=session.branch, base=base, title=issue.title,
-                                               body=body, draft=draft)
+                                               body=body, draft=draft,
+                                               delete_on_merge=self.settings.delete_branch_on_merge)
                 session.pull_request_draft = draft
                 self.request_review(task, ref, pull.number)
             except ForgeError as error:

@@ -250,10 +250,15 @@ def _git_backend(forge: FakeForge, owner: str, name: str, rest: str) -> Response
         forge.git_refusals += 1
         return Response("Invalid username or token.\n", status=401,
                         headers={"WWW-Authenticate": 'Basic realm="GitHub"'})
+    return run_http_backend(forge, repo, rest, user="x-access-token")
+
+
+def run_http_backend(forge: FakeForge, repo, rest: str, *, user: str) -> Response:
+    """git's own smart HTTP server (`git http-backend`) on the repository's bare copy, pushes allowed."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_PROJECT_ROOT": str(repo.bare.parent),
            "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": f"/{repo.bare.name}/{rest}",
            "REQUEST_METHOD": request.method, "QUERY_STRING": request.query_string.decode(),
-           "CONTENT_TYPE": request.headers.get("Content-Type", ""), "REMOTE_USER": "x-access-token",
+           "CONTENT_TYPE": request.headers.get("Content-Type", ""), "REMOTE_USER": user,
            "REMOTE_ADDR": "127.0.0.1", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(forge.root)}
     if request.headers.get("Content-Encoding"):
         env["HTTP_CONTENT_ENCODING"] = request.headers["Content-Encoding"]

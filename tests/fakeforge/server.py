@@ -1,5 +1,6 @@
-"""FakeForge: a real HTTP server with a GitHub or a Gitea face, in-memory state, answers checked against the
-official API descriptions, and signed webhooks sent the way the real forge sends them."""
+"""FakeForge: a real HTTP server with a GitHub, a Gitea or a GitLab face, in-memory state, answers checked against
+the official API descriptions (GitLab publishes none for v4: its face follows the REST docs, and python-gitlab
+drives it in the tests), and webhooks signed (or, GitLab, carrying the token) the way the real forge sends them."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from fakeforge import gitea_face, github_app, github_face
+from fakeforge import gitea_face, github_app, github_face, gitlab_face
 from fakeforge.openapi import SPECS
 from fakeforge.state import Issue, Repo, RepoHook, State
 
@@ -70,7 +71,7 @@ def gitea_body(payload: dict) -> bytes:
 
 @dataclass
 class FakeForge:
-    kind: str                      # github | gitea | forgejo
+    kind: str                      # github | gitea | forgejo | gitlab
     root: Path
     token: str = "fake-forge-token"
     bot_login: str = "kugetsu-bot"
@@ -89,12 +90,16 @@ class FakeForge:
     statuses: dict[tuple[str, str], list[dict]] = field(default_factory=dict)   # (repo, sha) -> commit statuses
     user_emails: dict[str, str] = field(default_factory=dict)   # Gitea: the email a user lets the API show
     bridge_app: github_app.FakeApp | None = None   # set: tests' bridges authenticate as this App, not a token
+    gitlab: gitlab_face.GitLabSide = field(default_factory=gitlab_face.GitLabSide)   # what only GitLab has
+    idempotency_keys: bool = True   # GitLab 17.4+ sends Idempotency-Key; older ones only X-Gitlab-Event-UUID
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.state = State(self.root)
-        self.spec = SPECS["github" if self.kind == "github" else "gitea"]
-        self.face = github_face if self.kind == "github" else gitea_face
+        self.state = State(self.root, separate_merge_requests=self.kind == "gitlab")
+        self.spec = SPECS.get(self.kind if self.kind != "forgejo" else "gitea")
+        self.face = {"github": github_face, "gitlab": gitlab_face}.get(self.kind, gitea_face)
+        if self.kind == "gitlab":
+            self.git_http = True   # GitLab's clone URL is always its own HTTPS
         self.app = self._build_app()
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.port = self._server.server_port
@@ -132,6 +137,10 @@ class FakeForge:
                 refused = github_app.authorize(self)
                 if refused is not None:
                     return refused
+            elif self.kind == "gitlab":
+                if self.token not in (request.headers.get("PRIVATE-TOKEN"),
+                                      request.headers.get("Authorization", "").removeprefix("Bearer ")):
+                    return jsonify(message="401 Unauthorized"), 401
             elif request.headers.get("Authorization", "") != f"token {self.token}":
                 return jsonify(message="Bad credentials"), 401
             return self._inject_fault()
@@ -168,7 +177,7 @@ class FakeForge:
 
     @staticmethod
     def is_git_request() -> bool:
-        return ".git/" in request.path and not request.path.startswith(("/api/v3/", "/api/v1/"))
+        return ".git/" in request.path and not request.path.startswith(("/api/v3/", "/api/v1/", "/api/v4/"))
 
     def clone_url(self, repo) -> str:
         """Git over smart HTTP when `git_http` is set (credentials checked as GitHub does), else the bare path."""
@@ -177,6 +186,9 @@ class FakeForge:
     def _check(self, response: Response) -> None:
         if self.is_git_request():
             return   # git's own protocol, not the REST API the description covers
+        if self.spec is None:   # GitLab: its face reports the operations it does not know itself
+            self.exchanges.append(Exchange(request.method, request.path, response.status_code))
+            return
         path = request.path.removeprefix(self.face.PREFIX) if self.kind == "github" else request.path
         template = self.spec.template_for(path)
         self.exchanges.append(Exchange(request.method, path, response.status_code))
@@ -243,6 +255,43 @@ class FakeForge:
             answers += self.deliver(event, event_type, payload)
         return answers
 
+    # GitLab's own
+    def comment_on_merge_request(self, repo: Repo, pull, body: str, *, author: str = "alice") -> list[requests.Response]:
+        comment = self.state.add_comment(repo, gitlab_face.mr_number(pull.number), body, author)
+        return self.deliver(*gitlab_face.note_payload(self, repo, comment, pull=pull))
+
+    def review_merge_request(self, repo: Repo, pull, comments: list[dict], *, author: str = "alice") -> list[requests.Response]:
+        """Submit a review as GitLab publishes one: each pending inline note becomes a DiffNote at once, and each
+        is delivered as a Note Hook of its own. `comments`: {path, line, body[, start_line]} each."""
+        notes = []
+        for c in comments:
+            comment = self.state.add_comment(repo, gitlab_face.mr_number(pull.number), c["body"], author)
+            position = {"base_sha": repo.branch_sha(pull.base), "start_sha": repo.branch_sha(pull.base),
+                        "head_sha": repo.branch_sha(pull.head), "position_type": "text", "old_path": c["path"],
+                        "new_path": c["path"], "old_line": None, "new_line": c["line"]}
+            if c.get("start_line"):
+                position["line_range"] = {"start": {"type": "new", "new_line": c["start_line"]},
+                                          "end": {"type": "new", "new_line": c["line"]}}
+            self.gitlab.notes[comment.id] = gitlab_face.Note(type="DiffNote", position=position)
+            notes.append(comment)
+        answers = []
+        for comment in notes:
+            answers += self.deliver(*gitlab_face.note_payload(self, repo, comment, pull=pull))
+        return answers
+
+    def fail_pipeline(self, repo: Repo, branch: str, jobs: list[dict], *, sender: str = "alice") -> list[requests.Response]:
+        """A pipeline on the branch's head fails; `jobs`: {name, stage, status, log[, allow_failure]} each."""
+        pipeline = gitlab_face.Pipeline(
+            id=self.state.next_id(), iid=len(self.gitlab.pipelines) + 1, sha=repo.branch_sha(branch), ref=branch,
+            status="failed", repo=repo.full_name,
+            jobs=[gitlab_face.Job(id=self.state.next_id(), name=j["name"], stage=j["stage"], status=j["status"],
+                                  log=j.get("log", ""), allow_failure=j.get("allow_failure", False)) for j in jobs])
+        self.gitlab.pipelines[pipeline.id] = pipeline
+        return self.deliver(*gitlab_face.pipeline_payload(self, repo, pipeline, sender))
+
+    def notes_of_merge_request(self, repo: Repo, pull) -> list[str]:
+        return [c.body for c in self.state.issue_comments(repo, gitlab_face.mr_number(pull.number))]
+
     def merge_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
         self.state.merge(repo, pull)
         return self.deliver(*self.face.pull_closed_payload(self, repo, pull, sender))
@@ -266,7 +315,9 @@ class FakeForge:
         return self.deliver(*self.face.status_payload(self, repo, status, sender))
 
     def close_pull(self, repo: Repo, pull, *, sender: str = "alice") -> list[requests.Response]:
-        pull.state = repo.issues[pull.number].state = "closed"
+        pull.state = "closed"
+        if not self.state.separate_merge_requests:
+            repo.issues[pull.number].state = "closed"
         return self.deliver(*self.face.pull_closed_payload(self, repo, pull, sender))
 
     def close_issue(self, repo: Repo, issue: Issue, *, sender: str = "alice") -> list[requests.Response]:
@@ -278,6 +329,14 @@ class FakeForge:
         self.hooks.append(Hook(url, secret))
 
     def headers_for(self, event: str, event_type: str, body: bytes, secret: str, delivery: str) -> dict[str, str]:
+        if self.kind == "gitlab":   # the secret itself, as GitLab sends it (no signature)
+            headers = {"Content-Type": "application/json", "User-Agent": "GitLab/17.11.1-ee", "X-Gitlab-Event": event,
+                       "X-Gitlab-Token": secret, "X-Gitlab-Instance": self.url,
+                       "X-Gitlab-Webhook-UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, secret or "none")),
+                       "X-Gitlab-Event-UUID": delivery}
+            if self.idempotency_keys:
+                headers["Idempotency-Key"] = str(uuid.uuid5(uuid.NAMESPACE_OID, delivery + secret))
+            return headers
         digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest() if secret else ""
         if self.kind == "github":
             return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": f"sha256={digest}",
@@ -292,7 +351,7 @@ class FakeForge:
         return headers
 
     def deliver(self, event: str, event_type: str, payload: dict, *, delivery: str | None = None) -> list[requests.Response]:
-        body = json.dumps(payload).encode() if self.kind == "github" else gitea_body(payload)
+        body = json.dumps(payload).encode() if self.kind in ("github", "gitlab") else gitea_body(payload)
         delivery = delivery or str(uuid.uuid4())
         return [requests.post(hook.url, data=body, timeout=10,
                               headers=self.headers_for(event, event_type, body, hook.secret, delivery))
@@ -300,7 +359,11 @@ class FakeForge:
 
     def _subscribed(self, payload: dict, event: str) -> list[RepoHook]:
         """The active hooks set through the API on the payload's repository that asked for this event (GitHub
-        subscribes by event name, Gitea by its event type)."""
+        subscribes by event name, Gitea by its event type, GitLab by a flag per event)."""
+        if self.kind == "gitlab":
+            repo = self.state.repos.get(payload["project"]["path_with_namespace"])
+            flag = gitlab_face.HOOK_EVENTS.get(event, "")
+            return [h for h in (repo.hooks.values() if repo else ()) if flag in h.events]
         full_name = (payload.get("repository") or {}).get("full_name", "")
         repo = self.state.repos.get(full_name)
         # Gitea's "pull_request_review" subscribes to each review verdict's event type.

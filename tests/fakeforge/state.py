@@ -139,8 +139,10 @@ class Repo:
 
 
 class State:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, separate_merge_requests: bool = False) -> None:
         self.root = root
+        # GitLab numbers merge requests apart from issues (iids); GitHub and Gitea number both in one sequence.
+        self.separate_merge_requests = separate_merge_requests
         self.repos: dict[str, Repo] = {}
         self.comments: dict[int, Comment] = {}
         self.review_comments: dict[int, ReviewComment] = {}
@@ -153,8 +155,9 @@ class State:
             return self._next_id
 
     def create_repo(self, owner: str, name: str) -> Repo:
-        bare = self.root / f"{owner}-{name}.git"
-        seed = self.root / f"{owner}-{name}.seed"
+        flat = owner.replace("/", "+")   # a GitLab group path
+        bare = self.root / f"{flat}-{name}.git"
+        seed = self.root / f"{flat}-{name}.seed"
         _git("init", "--quiet", "--initial-branch=main", str(seed))
         (seed / "README.md").write_text(f"# {name}\n")
         _git("add", "README.md", cwd=seed)
@@ -204,10 +207,11 @@ class State:
                                 cwd=repo.bare, capture_output=True, text=True, check=True).stdout.strip()
         _git("update-ref", f"refs/heads/{pull.base}", commit, cwd=repo.bare)
         pull.merged, pull.state = True, "closed"
-        repo.issues[pull.number].state = "closed"
+        if not self.separate_merge_requests:
+            repo.issues[pull.number].state = "closed"
 
     def next_number(self, repo: Repo) -> int:
-        return max([0, *repo.issues, *repo.pulls]) + 1
+        return max([0, *repo.issues, *([] if self.separate_merge_requests else repo.pulls)]) + 1
 
     def create_issue(self, repo: Repo, *, title: str, body: str, author: str, labels: tuple[str, ...] = ()) -> Issue:
         with self.lock:
@@ -221,12 +225,14 @@ class State:
     def create_pull(self, repo: Repo, *, title: str, body: str, head: str, base: str, author: str,
                     draft: bool = False) -> Pull:
         with self.lock:
-            pull = Pull(id=self.next_id(), number=self.next_number(repo), title=title, body=body, head=head,
+            number = max([0, *repo.pulls]) + 1 if self.separate_merge_requests else self.next_number(repo)
+            pull = Pull(id=self.next_id(), number=number, title=title, body=body, head=head,
                         base=base, author=author, draft=draft)
             repo.pulls[pull.number] = pull
-            # A pull request is an issue too: it has comments and labels under the same number.
-            repo.issues[pull.number] = Issue(id=self.next_id(), number=pull.number, title=title, body=body,
-                                             author=author, is_pull=True)
+            if not self.separate_merge_requests:
+                # A pull request is an issue too: it has comments and labels under the same number.
+                repo.issues[pull.number] = Issue(id=self.next_id(), number=pull.number, title=title, body=body,
+                                                 author=author, is_pull=True)
             return pull
 
     def add_comment(self, repo: Repo, number: int, body: str, author: str) -> Comment:

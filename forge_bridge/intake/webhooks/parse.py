@@ -6,8 +6,8 @@ import json
 import orjson
 
 from forge_bridge.models import ForgeEvent, ForgeKind
-from forge_bridge.intake.webhooks import gitea, github
-from forge_bridge.intake.webhooks.delivery import DeliveryHeaders
+from forge_bridge.intake.webhooks import gitea, github, gitlab
+from forge_bridge.intake.webhooks.delivery import DeliveryHeaders, family
 from forge_bridge.intake.webhooks.errors import Ignored, Malformed
 
 
@@ -36,8 +36,13 @@ def parse_delivery(headers: DeliveryHeaders, body: bytes, *, forge: str, host: s
     if not headers.relevant:
         return Ignored(f"event {headers.event!r} is not acted on")
     payload = load_json(body)
-    parsers = github.PARSERS if headers.kind is ForgeKind.GITHUB else gitea.PARSERS
-    parser = parsers.get(headers.event)
+    parser = PARSERS[family(headers.kind)].get(headers.event)
     if parser is None:
         return Ignored(f"event {headers.event!r} is not acted on")
-    return parser(payload, forge=forge, host=host, delivery=headers.delivery)
+    delivery = headers.delivery
+    if headers.kind is ForgeKind.GITLAB:
+        delivery = gitlab.delivery_key(payload, delivery, headers.keyed)
+    return parser(payload, forge=forge, host=host, delivery=delivery)
+
+
+PARSERS = {ForgeKind.GITHUB: github.PARSERS, ForgeKind.GITEA: gitea.PARSERS, ForgeKind.GITLAB: gitlab.PARSERS}
