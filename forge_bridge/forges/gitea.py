@@ -184,10 +184,11 @@ class GiteaClient:
         r = issue.repo
         return self._issue(self._run("get issue", lambda i, _: i.issue_get_issue(r.owner, r.name, issue.number)))
 
-    def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
+    def list_labeled_issues(self, repo: RepoRef, label: str, *, since: datetime | None = None) -> list[IssueInfo]:
         async def fetch(i: IssueApi, _: RepositoryApi) -> list[Any]:
             return await self._all_pages(lambda page: i.issue_list_issues(
-                repo.owner, repo.name, state="open", labels=label, type="issues", page=page, limit=PAGE_SIZE))
+                repo.owner, repo.name, state="open", labels=label, type="issues", since=since, page=page,
+                limit=PAGE_SIZE))
 
         return [self._issue(issue) for issue in self._run("list issues", fetch)
                 if label in {lab.name for lab in issue.labels or []}]

@@ -209,8 +209,9 @@ class GitHubClient:
     def get_issue(self, issue: IssueRef) -> IssueInfo:
         return self._call("get issue", lambda: self._issue(self._repo(issue.repo).get_issue(issue.number)))
 
-    def list_labeled_issues(self, repo: RepoRef, label: str) -> list[IssueInfo]:
-        """The poller's question, asked conditionally: an unchanged repository costs no quota."""
+    def list_labeled_issues(self, repo: RepoRef, label: str, *, since: datetime | None = None) -> list[IssueInfo]:
+        """The poller's question, asked conditionally: an unchanged repository costs no quota. `since` is not
+        sent: a value that moves with every poll would make each answer new, and each cost quota."""
         raw = self._conditional_list("list issues", repo, f"/repos/{repo.full_name}/issues",
                                      {"state": "open", "labels": label, "per_page": 100})
         return [IssueInfo(number=i["number"], title=i["title"], body=i.get("body") or "",

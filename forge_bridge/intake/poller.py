@@ -44,10 +44,14 @@ class Poller:
         self.store = Store(conn)
 
     def label_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
-        """Issues carrying a trigger label: `todo` (start) or `plan` (a plan only)."""
+        """Issues carrying a trigger label: `todo` (start) or `plan` (a plan only), changed since the last scan
+        (a label added changes the issue; the first scan reads them all)."""
         client = self.client_for(repo.forge)
+        name = f"labels:{repo.forge}:{ref_repo}"
+        cursor, scanned = self.store.cursor(name), datetime.now(timezone.utc).replace(microsecond=0)
+        since = datetime.fromisoformat(cursor) - CURSOR_OVERLAP if cursor else None
         for label in (self.settings.label("todo"), self.settings.label("plan")):
-            for issue in client.list_labeled_issues(ref_repo, label):
+            for issue in client.list_labeled_issues(ref_repo, label, since=since):
                 if issue.is_pull:
                     continue
                 ref = IssueRef(ref_repo, issue.number)
@@ -56,6 +60,7 @@ class Poller:
                     continue
                 actor = client.label_actor(ref, label)  # authorized like a webhook: whoever added the label
                 yield _label_event(repo.forge, ref, issue, label, actor)
+        self.store.set_cursor(name, scanned.isoformat())   # only once every labelled issue was handed over
 
     def comment_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
         name = f"comments:{repo.forge}:{ref_repo}"

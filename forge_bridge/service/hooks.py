@@ -21,10 +21,13 @@ HOOK_EVENTS = {
                        "pull_request_review_comment"),
     ForgeKind.GITEA: ("issues", "issue_comment", "pull_request", "pull_request_review"),
     ForgeKind.FORGEJO: ("issues", "issue_comment", "pull_request", "pull_request_review"),
+    # GitLab's project hook flags, by the names forges/gitlab.py gives them (confidential issues and their
+    # notes too: a confidential issue is still the team's).
+    ForgeKind.GITLAB: ("issues", "confidential_issues", "note", "confidential_note", "merge_requests"),
 }
 CI_EVENTS = {ForgeKind.GITHUB: ("check_suite", "status"), ForgeKind.GITEA: ("status",),
-             ForgeKind.FORGEJO: ("status",)}   # subscribed too when ci_feedback is on
-NO_ADMIN = (403, 404)   # GitHub hides hooks from non-admins with a 404; Gitea refuses with a 403
+             ForgeKind.FORGEJO: ("status",), ForgeKind.GITLAB: ("pipeline",)}   # subscribed too with ci_feedback
+NO_ADMIN = (403, 404)   # GitHub hides hooks from non-admins with a 404; Gitea and GitLab refuse with a 403
 
 
 @dataclass(frozen=True)

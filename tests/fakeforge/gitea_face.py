@@ -1,6 +1,7 @@
 """The fake forge's Gitea /api/v1 face (as gitea-api-client calls it), and Gitea-shaped webhook payloads."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
@@ -170,8 +171,10 @@ def register(app: Flask, forge: FakeForge) -> None:
         wanted = {w for w in request.args.get("labels", "").split(",") if w}
         kind = request.args.get("type", "")
         state_filter = request.args.get("state", "open")
+        since = request.args.get("since")   # updated at or after (ISO 8601)
         issues = [i for i in sorted(repo.issues.values(), key=lambda i: -i.number)
                   if (state_filter == "all" or i.state == state_filter)
+                  and (not since or datetime.fromisoformat(i.updated_at) >= datetime.fromisoformat(since.replace(" ", "+")))
                   and (not wanted or wanted & set(i.labels))   # Gitea: any of the labels
                   and (kind != "issues" or not i.is_pull) and (kind != "pulls" or i.is_pull)]
         return jsonify([shapes.issue(repo, i) for i in _page(issues)])
