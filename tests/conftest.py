@@ -66,6 +66,11 @@ def gitea(tmp_path: Path) -> Iterator[FakeForge]:
     yield from _forge("gitea", tmp_path / "gitea")
 
 
+@pytest.fixture
+def gitlab(tmp_path: Path) -> Iterator[FakeForge]:
+    yield from _forge("gitlab", tmp_path / "gitlab")
+
+
 @pytest.fixture(params=["github", "gitea"])
 def forge(request, tmp_path: Path) -> Iterator[FakeForge]:
     """Each forge kind in turn; list it before `start_bridge` so the bridge stops first."""

@@ -3,7 +3,6 @@ answers as GitLab's REST docs say (merge requests numbered apart, notes under th
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,14 +15,6 @@ from forge_bridge.forges import BOT_WITH_WRITE, ForgeError, make_client
 from forge_bridge.forges.gitlab import GitLabClient, hunk_up_to
 from forge_bridge.models import MERGE_REQUEST_BASE, IssueRef, RepoRef
 from forge_bridge.workspace import worktrees
-
-
-@pytest.fixture
-def gitlab(tmp_path: Path) -> Iterator[FakeForge]:
-    forge = FakeForge("gitlab", tmp_path / "gitlab").start()
-    yield forge
-    forge.stop()
-    assert forge.violations == []
 
 
 def commit_to(bare: Path, branch: str, path: str, text: str) -> None:

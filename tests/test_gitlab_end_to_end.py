@@ -1,0 +1,99 @@
+"""GitLab end to end through `forge-bridge serve`: labels and notes in, a merge request, one status note and one
+state label out; who may trigger; exactly once; the merge; polling only; CI feedback; subgroups; hooks."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import requests
+from helpers import SECRET, wait_for
+
+from forge_bridge.store.sessions import Store
+from forge_bridge.work.report import STATUS_MARKER
+
+TITLE = "Fix the emoji names"
+BODY = "Names like <😀> & friends break the list."
+
+
+def _status(forge, repo, issue) -> list[str]:
+    return [body for body in forge.comments_of(repo, issue) if STATUS_MARKER in body]
+
+
+def _tasks(bridge) -> list[dict]:
+    return sorted((json.loads(bridge.redis.get(key)) for key in bridge.redis.keys("fb:task:*")),
+                  key=lambda t: t["queued_at"])
+
+
+def _labelled(gitlab, start_bridge, *, owner: str = "alice", **bridge_args):
+    repo = gitlab.create_repo(owner, "widgets")
+    repo.permissions["dev"] = "write"
+    issue = gitlab.create_issue(repo, TITLE, BODY, author="dev")
+    bridge = start_bridge([gitlab], **bridge_args)
+    answers = gitlab.add_label(repo, issue, "kugetsu:todo", sender="dev")
+    return repo, issue, bridge, answers
+
+
+def _review_label(gitlab, repo, issue):
+    labels = gitlab.labels_of(repo, issue)
+    return labels if labels == ["kugetsu:review"] else None
+
+
+def test_a_label_opens_a_merge_request_with_one_status_note(gitlab, start_bridge):
+    repo, issue, bridge, [answer] = _labelled(gitlab, start_bridge)
+    assert answer.status_code == 202 and answer.json()["status"] == "queued"
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the review label")
+    [pull] = repo.pulls.values()
+    assert (pull.number, pull.head, pull.base, pull.title) == (1, "kugetsu/1-fix-the-emoji-names", "main", TITLE)
+    assert pull.body.startswith(f"Closes #{issue.number}") and pull.reviewers == ["dev"]
+    [status] = _status(gitlab, repo, issue)
+    assert f"{gitlab.url}/alice/widgets/-/merge_requests/1" in status and "succeeded" in status
+    work = subprocess.run(["git", "show", f"{pull.head}:AGENT_WORK.md"], cwd=repo.bare, capture_output=True,
+                          text=True, check=True).stdout
+    assert work.strip() == f"{TITLE}\n\n{BODY}"
+    assert gitlab.git_refusals == 0 and gitlab.token not in bridge.log.read_text()
+
+
+def test_notes_steer_the_agent_and_only_developers_may(gitlab, start_bridge):
+    repo, issue, bridge, _ = _labelled(gitlab, start_bridge)
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the first run")
+    [pull] = repo.pulls.values()
+    repo.permissions["guest"] = "guest"
+    [refused] = gitlab.comment(repo, issue, "/kugetsu continue also sort by age", author="guest")
+    [own] = gitlab.comment(repo, issue, "/kugetsu continue from myself", author=gitlab.bot_login)
+    assert own.json()["status"] == "ignored" and "own account" in own.json()["reason"]
+    wait_for(lambda: any("only people with write access" in c for c in gitlab.comments_of(repo, issue)),
+             timeout=30, what="the guest's refusal")
+    assert refused.status_code == 202 and len(_tasks(bridge)) == 1
+    # A note on the merge request that mentions the bot continues the same branch.
+    [answer] = gitlab.comment_on_merge_request(repo, pull, f"@{gitlab.bot_login} now also sort the list", author="dev")
+    assert answer.status_code == 202
+    wait_for(lambda: len(_tasks(bridge)) == 2 and _tasks(bridge)[1]["state"] == "succeeded", timeout=60,
+             what="the continue")
+    assert _tasks(bridge)[1]["message"] == "now also sort the list"
+    note = next(c for c in gitlab.state.comments.values() if c.body.startswith(f"@{gitlab.bot_login} now"))
+    assert note.reactions == [(gitlab.bot_login, "eyes")]
+    wait_for(lambda: gitlab.notes_of_merge_request(repo, pull)[1:], timeout=30, what="the run's note")
+    run_note = gitlab.notes_of_merge_request(repo, pull)[1]
+    status_note = _status(gitlab, repo, issue)
+    assert len(status_note) == 1 and f"/-/issues/{issue.number}#note_" in run_note
+    assert list(repo.pulls) == [1]   # the same merge request
+
+
+def test_one_delivery_twice_is_one_task_and_a_wrong_token_is_401(gitlab, start_bridge):
+    repo, issue, bridge, [first] = _labelled(gitlab, start_bridge)
+    payload = gitlab.face.label_payload(gitlab, repo, issue, "kugetsu:todo", "dev", previous=[])
+    url = f"{bridge.url}/webhooks/gitlab"
+    body = json.dumps(payload[2]).encode()
+    headers = gitlab.headers_for("Issue Hook", "", body, SECRET, "event-1")
+    again = [requests.post(url, data=body, headers=headers, timeout=10) for _ in range(2)]
+    # the same change under another delivery id (its meaning), then the same delivery again (its key)
+    assert [a.json()["status"] for a in again] == ["duplicate", "duplicate"]
+    wrong = requests.post(url, data=body, headers={**headers, "X-Gitlab-Token": SECRET + "x"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.json()["status"] != "queued"
+    for bad, status in ((b"{not json", 400), (b"[]", 400)):
+        answer = requests.post(url, data=bad, headers=headers | {"Idempotency-Key": bad.decode()}, timeout=10)
+        assert answer.status_code == status, answer.text
+    push = requests.post(url, data=b"{}", headers={**headers, "X-Gitlab-Event": "Push Hook"}, timeout=10)
+    assert push.status_code == 200 and push.json()["status"] == "ignored"
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the one run")
+    assert len(_tasks(bridge)) == 1 and first.status_code == 202
