@@ -3,9 +3,12 @@ state label out; who may trigger; exactly once; the merge; polling only; CI feed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 
 import requests
+from conftest import TOKEN_ENV
 from helpers import SECRET, wait_for
 
 from forge_bridge.store.sessions import Store
@@ -97,3 +100,81 @@ def test_one_delivery_twice_is_one_task_and_a_wrong_token_is_401(gitlab, start_b
     assert push.status_code == 200 and push.json()["status"] == "ignored"
     wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the one run")
     assert len(_tasks(bridge)) == 1 and first.status_code == 202
+
+
+def test_merge_labels_done_and_destroys_the_worktree(gitlab, start_bridge):
+    repo, issue, bridge, _ = _labelled(gitlab, start_bridge, settings={"delete_branch_on_merge": "true"})
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the merge request")
+    [pull] = repo.pulls.values()
+    assert pull.id in gitlab.gitlab.remove_source_branch   # asked of GitLab too, as delete_branch_on_merge says
+    worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{gitlab.port}-alice-widgets-1"
+    assert worktree.exists()
+    [answer] = gitlab.merge_pull(repo, pull)
+    assert answer.status_code == 202
+    wait_for(lambda: gitlab.labels_of(repo, issue) == ["kugetsu:done"], timeout=60, what="the done label")
+    assert not worktree.exists() and Store(bridge.redis).session(f"{gitlab.host}/alice/widgets#1").archived
+    assert repo.branch_sha(pull.head) is None
+
+
+def test_polling_only_finds_the_label_and_a_note_command(gitlab, start_bridge):
+    repo, issue, bridge, answers = _labelled(gitlab, start_bridge, poll=True, webhook_secret=False, hooks=False)
+    assert answers == []
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the polled label's run")
+    gitlab.comment(repo, issue, "/kugetsu continue and add a test", author="dev")
+    wait_for(lambda: [t["state"] for t in _tasks(bridge)] == ["succeeded", "succeeded"], timeout=60,
+             what="the polled command's run")
+    assert _tasks(bridge)[1]["message"] == "and add a test"
+
+
+def test_a_failed_pipeline_continues_with_its_failed_jobs_and_their_logs(gitlab, start_bridge):
+    repo, issue, bridge, _ = _labelled(gitlab, start_bridge, settings={"ci_feedback": "1"})
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the merge request")
+    [pull] = repo.pulls.values()
+    head = repo.branch_sha(pull.head)
+    [answer] = gitlab.fail_pipeline(repo, pull.head, [
+        {"name": "unit", "stage": "test", "status": "failed", "log": "collected 3 items\nFAILED test_names.py\n"},
+        {"name": "build", "stage": "build", "status": "success", "log": "ok\n"}])
+    assert answer.status_code == 202
+    wait_for(lambda: len(_tasks(bridge)) == 2 and _tasks(bridge)[1]["state"] == "succeeded", timeout=60,
+             what="the CI round")
+    message = _tasks(bridge)[1]["message"]
+    assert message.startswith(f"CI failed: continuing (round 1 of 1)\n\nChecks failing on {head[:7]}:\n- unit: failed")
+    assert "stage test" in message and "FAILED test_names.py" in message and "build" not in message
+    assert _tasks(bridge)[1]["requested_by"] == "ci"
+
+
+def test_a_review_of_inline_notes_is_one_continue(gitlab, start_bridge):
+    repo, issue, bridge, _ = _labelled(gitlab, start_bridge)
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the merge request")
+    [pull] = repo.pulls.values()
+    answers = gitlab.review_merge_request(repo, pull, [
+        {"path": "AGENT_WORK.md", "line": 1, "body": "Use a shorter title."},
+        {"path": "AGENT_WORK.md", "line": 3, "body": f"@{gitlab.bot_login} and quote the names"}], author="dev")
+    assert [a.status_code for a in answers] == [202, 202]
+    wait_for(lambda: len(_tasks(bridge)) == 2 and _tasks(bridge)[1]["state"] == "succeeded", timeout=60,
+             what="the review's continue")
+    message = _tasks(bridge)[1]["message"]
+    assert "Use a shorter title." in message and "and quote the names" in message and "AGENT_WORK.md" in message
+    assert message.index("Use a shorter title.") < message.index("and quote the names")
+    notes = [c for c in gitlab.state.comments.values() if c.author == "dev"]
+    assert all(c.reactions == [(gitlab.bot_login, "eyes")] for c in notes)
+    assert len(_tasks(bridge)) == 2
+
+
+def test_a_subgroup_project_and_enqueue_with_a_gitlab_url(gitlab, start_bridge):
+    repo, issue, bridge, [answer] = _labelled(
+        gitlab, start_bridge, owner="team/sub",
+        tables='\n[[repos]]\nforge = "gitlab"\nname = "team/**"\n')
+    assert answer.status_code == 202
+    wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the subgroup's merge request")
+    worktree = bridge.data_dir / "worktrees" / f"127.0.0.1_{gitlab.port}-team+sub-widgets-1"
+    assert worktree.exists()
+    url = f"{gitlab.url}/team/sub/widgets/-/issues/{issue.number}"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_BRIDGE_")}
+    done = subprocess.run([sys.executable, "-m", "forge_bridge", "--config", str(bridge.config), "enqueue", url,
+                           "rename", "the", "module"], env={**environ, TOKEN_ENV: gitlab.token}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "queued task" in done.stdout, done.stdout + done.stderr
+    wait_for(lambda: len(_tasks(bridge)) == 2 and _tasks(bridge)[1]["state"] == "succeeded", timeout=60,
+             what="the enqueued task")
+    assert _tasks(bridge)[1]["issue"] == f"{gitlab.host}/team/sub/widgets#1"
