@@ -178,3 +178,62 @@ def test_a_subgroup_project_and_enqueue_with_a_gitlab_url(gitlab, start_bridge):
     wait_for(lambda: len(_tasks(bridge)) == 2 and _tasks(bridge)[1]["state"] == "succeeded", timeout=60,
              what="the enqueued task")
     assert _tasks(bridge)[1]["issue"] == f"{gitlab.host}/team/sub/widgets#1"
+
+
+def _cli(config, *args: str, token: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_BRIDGE_")}
+    return subprocess.run([sys.executable, "-m", "forge_bridge", "--config", str(config), *args],
+                          env={**environ, "T": token, "S": SECRET}, capture_output=True, text=True, timeout=120)
+
+
+def _gitlab_config(path, gitlab, public_url: str, *, ci_feedback: int = 0):
+    path.write_text(
+        f'public_url = "{public_url}"\nci_feedback = {ci_feedback}\n'
+        f'[[forges]]\nname = "gl"\nkind = "gitlab"\nurl = "{gitlab.url}"\ntoken_env = "T"\nwebhook_secret_env = "S"\n'
+        '[[repos]]\nforge = "gl"\nname = "team/sub/widgets"\n[[repos]]\nforge = "gl"\nname = "team/locked"\n')
+    return path
+
+
+def test_hooks_install_twice_changes_nothing_and_the_hook_delivers(gitlab, start_bridge, tmp_path):
+    widgets, locked = gitlab.create_repo("team/sub", "widgets"), gitlab.create_repo("team", "locked")
+    widgets.permissions.update({gitlab.bot_login: "maintain", "dev": "write"})
+    locked.permissions[gitlab.bot_login] = "write"   # a Developer may not see hooks
+    bridge = start_bridge([gitlab], hooks=False, tables='\n[[repos]]\nforge = "gitlab"\nname = "team/**"\n')
+    config = _gitlab_config(tmp_path / "hooks.toml", gitlab, bridge.url, ci_feedback=2)
+
+    first = _cli(config, "hooks", "install", token=gitlab.token)
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stdout + first.stderr
+    assert f"gl: team/sub/widgets: created hook" in first.stdout and "pipeline" in first.stdout
+    assert "FAIL gl: team/locked: no admin right on the repository (the forge answered 403)" in first.stdout
+    [hook] = widgets.hooks.values()
+    assert (hook.url, hook.secret) == (f"{bridge.url}/webhooks/gitlab", SECRET)
+    assert set(hook.events) == {"issues_events", "confidential_issues_events", "note_events",
+                                "confidential_note_events", "merge_requests_events", "pipeline_events"}
+    assert {f"kugetsu:{s}" for s in ("queued", "running", "review", "failed", "done")} <= set(widgets.labels)
+    installed = {(h.id, h.url, tuple(h.events), h.secret) for h in widgets.hooks.values()}
+    hook.secret = "changed by hand"
+    again = _cli(config, "hooks", "install", token=gitlab.token)
+    assert "(secret sent again)" in again.stdout and SECRET not in again.stdout + again.stderr
+    assert {(h.id, h.url, tuple(h.events), h.secret) for h in widgets.hooks.values()} == installed
+
+    issue = gitlab.create_issue(widgets, TITLE, BODY, author="dev")
+    [delivered] = gitlab.add_label(widgets, issue, "kugetsu:todo", sender="dev")   # through the installed hook
+    assert delivered.status_code == 202, delivered.text
+
+
+def test_check_names_the_scope_the_role_and_the_hook(gitlab, tmp_path):
+    widgets, locked = gitlab.create_repo("team/sub", "widgets"), gitlab.create_repo("team", "locked")
+    widgets.permissions[gitlab.bot_login] = "maintain"
+    locked.permissions[gitlab.bot_login] = "read"
+    config = _gitlab_config(tmp_path / "check.toml", gitlab, "https://bridge.example")
+    gitlab.gitlab.scopes = ["read_api"]
+    done = _cli(config, "check", token=gitlab.token)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    out = done.stdout
+    assert f"ok   gl: reached {gitlab.url}/api/v4; token valid, acting as {gitlab.bot_login}" in out
+    assert "FAIL gl: the token has scopes read_api; it needs api" in out
+    assert f"ok   gl: team/sub/widgets: {gitlab.bot_login} has Maintainer permission" in out
+    assert f"FAIL gl: team/locked: {gitlab.bot_login} has Reporter or Guest permission (needs write)" in out
+    assert "gl: team/sub/widgets: no hook → https://bridge.example/webhooks/gitlab" in out
+    bad = _cli(config, "check", token="wrong")
+    assert "FAIL gl: " in bad.stdout and "token rejected" in bad.stdout

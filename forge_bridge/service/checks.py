@@ -1,5 +1,6 @@
 """`forge-bridge check`: what is wrong before anything runs — the agent's program, each forge reached with its
-token (or as its GitHub App), the bot's permission on each repository, and how each forge takes events."""
+token (or as its GitHub App; on GitLab with its scopes), the bot's permission on each repository, and how each
+forge takes events (the bridge's hook present on each repository)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,8 @@ from redis.exceptions import RedisError
 
 from forge_bridge.agents import allowlist, presets, sandbox, streams
 from forge_bridge.config import ForgeConfig, Settings
-from forge_bridge.forges import WRITE_PERMISSIONS, ForgeError, make_client
+from forge_bridge.forges import BOT_WITH_WRITE, WRITE_PERMISSIONS, ForgeError, make_client
+from forge_bridge.models import ForgeKind
 from forge_bridge.store import embedded, queue
 
 VERSION_RE = re.compile(r"\b[0-9]+\.[0-9]+\.[0-9]+\b")
@@ -203,8 +205,50 @@ def check_forge(settings: Settings, forge: ForgeConfig) -> Iterator[tuple[bool, 
         yield False, f"{forge.name}: {forge.api_url}: {why}"
         return
     yield True, f"{forge.name}: reached {forge.api_url}; token valid, acting as {login}"
+    if forge.kind is ForgeKind.GITLAB:
+        yield check_gitlab_scopes(forge, client)
     repos = yield from _identity_and_repos(settings, forge, login, who="the token")
+    hook_url = _hook_url(settings, forge)
     for repo in repos:
         permission = client.permission(repo, login)
-        yield (permission in WRITE_PERMISSIONS,
-               f"{forge.name}: {repo.full_name}: {login} has {permission} permission (needs write)")
+        # The token's own user may be a bot (a GitLab project or group access token): its role is what counts.
+        enough = permission in WRITE_PERMISSIONS or permission == BOT_WITH_WRITE
+        role = GITLAB_ROLES.get(permission, permission) if forge.kind is ForgeKind.GITLAB else permission
+        yield enough, f"{forge.name}: {repo.full_name}: {login} has {role} permission (needs write)"
+        if hook_url:
+            yield check_hook(forge, client, repo, hook_url)
+
+
+GITLAB_ROLES = {"read": "Reporter or Guest", "write": "Developer", "maintain": "Maintainer", "admin": "Owner",
+                BOT_WITH_WRITE: "Developer or higher (a bot user)"}
+
+
+def check_gitlab_scopes(forge: ForgeConfig, client) -> tuple[bool | None, str]:
+    """A GitLab token needs the `api` scope (issues, notes, merge requests, hooks) and git over HTTPS."""
+    try:
+        scopes = client.token_scopes()
+    except ForgeError as error:
+        return None, f"{forge.name}: the token's scopes could not be read ({error})"
+    if "api" not in scopes:
+        return False, f"{forge.name}: the token has scopes {', '.join(scopes) or 'none'}; it needs api"
+    return True, f"{forge.name}: the token has the api scope"
+
+
+def _hook_url(settings: Settings, forge: ForgeConfig) -> str:
+    """The bridge's webhook URL on this forge, when there is one to look for."""
+    if not (settings.public_url and forge.webhook_secret_env) or forge.is_app:
+        return ""
+    from forge_bridge.service.hooks import hook_url
+
+    return hook_url(settings.public_url, forge)
+
+
+def check_hook(forge: ForgeConfig, client, repo, url: str) -> tuple[bool | None, str]:
+    where = f"{forge.name}: {repo.full_name}"
+    try:
+        hooks = client.list_hooks(repo)
+    except ForgeError as error:
+        return None, f"{where}: its hooks could not be read ({error.status or error}); they need an admin to see"
+    if any(hook.url.rstrip("/") == url for hook in hooks):
+        return True, f"{where}: the bridge's hook is there ({url})"
+    return None, f"{where}: no hook → {url}; run `forge-bridge hooks install` (or poll it)"
