@@ -54,6 +54,10 @@ def test_a_label_opens_a_merge_request_with_one_status_note(gitlab, start_bridge
                           text=True, check=True).stdout
     assert work.strip() == f"{TITLE}\n\n{BODY}"
     assert gitlab.git_refusals == 0 and gitlab.token not in bridge.log.read_text()
+    page = requests.get(f"{bridge.url}/", timeout=10).text   # the status page shows GitLab's own numbers
+    assert f'<a href="{gitlab.url}/alice/widgets/-/merge_requests/1">!1</a>' in page
+    status = _cli(bridge.config, "status", token=gitlab.token)
+    assert f"{gitlab.host}/alice/widgets#1" in status.stdout, status.stdout + status.stderr
 
 
 def test_notes_steer_the_agent_and_only_developers_may(gitlab, start_bridge):

@@ -7,6 +7,7 @@ from importlib.resources import files
 import jinja2
 from flask import Blueprint, current_app, jsonify
 
+from forge_bridge.models import shown_number
 from forge_bridge.web.overview import log_tail, overview
 from forge_bridge.work.report import usage_text
 from forge_bridge.web.api import require_ui_token
@@ -16,6 +17,7 @@ bp.before_request(require_ui_token)
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(files("forge_bridge.templates"))), autoescape=True)
 _ENV.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t))) if t else "—"
 _ENV.filters["usage"] = lambda t: usage_text(t["cost_usd"], t["tokens"], t["turns"])
+_ENV.filters["shown_number"] = shown_number   # `!7` for a GitLab merge request
 
 
 @bp.get("/")
