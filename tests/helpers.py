@@ -19,7 +19,8 @@ def redated(payload: dict) -> dict:
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     for part, key in (("comment", "updated_at"), ("comment", "created_at"), ("issue", "updated_at"),
-                      ("pull_request", "updated_at"), ("review", "submitted_at")):
+                      ("pull_request", "updated_at"), ("review", "submitted_at"),
+                      ("object_attributes", "updated_at")):   # GitLab
         if isinstance(payload.get(part), dict) and key in payload[part]:
             payload[part][key] = now
     return payload

@@ -3,6 +3,7 @@ answers as GitLab's REST docs say (merge requests numbered apart, notes under th
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -207,3 +208,28 @@ def test_git_takes_only_the_oauth2_header(gitlab, tmp_path):
     assert gitlab.git_refusals >= 2
     config = (tmp_path / "ok" / ".git" / "config").read_text()
     assert gitlab.token not in config and "oauth2" not in config   # the token never lands in a file
+
+
+def test_rate_limits_and_passing_outages_are_waited_out(gitlab):
+    repo, ref = _project(gitlab)
+    client = _client(gitlab)
+    gitlab.fail_next(1, 429, path="/projects/", headers={"Retry-After": "1"}, body={"message": "429 Too Many Requests"})
+    gitlab.fail_next(1, 503, path="/projects/")
+    started = time.monotonic()
+    assert client.get_repo(ref).default_branch == "main"
+    assert time.monotonic() - started >= 1.0   # Retry-After was honoured
+    gitlab.fail_next(20, 401, path="/projects/", body={"message": "401 Unauthorized"})
+    with pytest.raises(ForgeError) as refused:
+        client.get_repo(ref)
+    assert refused.value.status == 401 and gitlab.token not in str(refused.value)
+
+
+def test_the_bridge_s_own_login_is_the_token_s_user_when_bot_login_is_left_out(gitlab):
+    from forge_bridge.forges.identity import with_bot_logins
+
+    settings = settings_from_dict({"forges": [{"name": "gl", "kind": "gitlab", "url": gitlab.url, "token_env": "T"},
+                                              {"name": "set", "kind": "gitlab", "url": gitlab.url, "token_env": "T",
+                                               "bot_login": "named"}]},
+                                  source="t", environ={"T": gitlab.token})
+    filled = with_bot_logins(settings)
+    assert filled.forge("gl").bot_login == gitlab.bot_login and filled.forge("set").bot_login == "named"

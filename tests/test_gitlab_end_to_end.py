@@ -241,3 +241,18 @@ def test_check_names_the_scope_the_role_and_the_hook(gitlab, tmp_path):
     assert "gl: team/sub/widgets: no hook → https://bridge.example/webhooks/gitlab" in out
     bad = _cli(config, "check", token="wrong")
     assert "FAIL gl: " in bad.stdout and "token rejected" in bad.stdout
+
+
+def test_bot_users_trigger_only_when_allowed(gitlab, start_bridge):
+    repo = gitlab.create_repo("alice", "widgets")
+    repo.permissions.update({"helper-bot": "write", "other-bot": "maintain"})
+    gitlab.gitlab.bots.update({"helper-bot", "other-bot"})   # project access tokens' users
+    issue = gitlab.create_issue(repo, TITLE, BODY)
+    bridge = start_bridge([gitlab], settings={"allow_bots": '["gitlab:helper-bot"]'})
+    gitlab.comment(repo, issue, "/kugetsu start", author="other-bot")
+    wait_for(lambda: any("only people with write access" in c for c in gitlab.comments_of(repo, issue)),
+             timeout=30, what="the unlisted bot's refusal")
+    assert _tasks(bridge) == []
+    gitlab.comment(repo, issue, "/kugetsu start", author="helper-bot")
+    wait_for(lambda: [t["requested_by"] for t in _tasks(bridge)] == ["helper-bot"], timeout=30,
+             what="the listed bot's task")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from forge_bridge.config import ConfigError, load_settings, parse_duration, settings_from_dict
-from forge_bridge.models import InvalidRef, IssueRef, RepoRef
+from forge_bridge.models import MERGE_REQUEST_BASE, InvalidRef, IssueRef, RepoRef, shown_number
 from forge_bridge.refs import find_issue_ref, parse_issue_ref
 
 
@@ -53,6 +53,27 @@ def test_group_paths_of_any_depth_are_refs_and_stay_one_folder(text, canonical):
     assert str(ref) == canonical and IssueRef.from_str(str(ref)) == ref
     assert "/" not in ref.dir_name and ".." not in ref.dir_name and ref.dir_name.endswith(f"-{ref.number}")
     assert ref.repo.full_name == canonical.split("/", 1)[1].split("#")[0]
+
+
+@pytest.mark.parametrize("text", [
+    "group/sub/project!5", "gitlab.example.com/group/sub/project!5",
+    "https://gitlab.example.com/group/sub/project/-/merge_requests/5",
+])
+def test_merge_requests_are_numbered_apart_from_issues(text):
+    ref = parse_issue_ref(text, default_host="gitlab.example.com")
+    assert str(ref) == "gitlab.example.com/group/sub/project!5" and ref.number == MERGE_REQUEST_BASE + 5
+    assert IssueRef.from_str(str(ref)) == ref and ref != parse_issue_ref("group/sub/project#5",
+                                                                         default_host="gitlab.example.com")
+    assert shown_number(ref.number) == "!5" and shown_number(5) == "#5"
+
+
+@pytest.mark.parametrize("text", ["g/p!0", f"g/p!{MERGE_REQUEST_BASE}", "g/p!12345678901",
+                                  "https://h.example/g/p/-/merge_requests/0", "https://h.example/g/../p/-/issues/1"])
+def test_bad_merge_request_refs_are_refused(text):
+    with pytest.raises(InvalidRef):
+        parse_issue_ref(text, default_host="h.example")
+    with pytest.raises(InvalidRef):
+        IssueRef.from_str(f"h.example/g/p!{MERGE_REQUEST_BASE + 1}")
 
 
 def test_group_paths_never_share_a_folder_with_a_dashed_name():
@@ -103,6 +124,15 @@ def test_github_dot_com_api_url_and_gitea_api_url():
         {"name": "b", "kind": "forgejo", "url": "https://codeberg.org/"}]}, source="t", environ={})
     assert settings.forge("a").api_url == "https://api.github.com"
     assert settings.forge("b").api_url == "https://codeberg.org/api/v1" and settings.forge("b").host == "codeberg.org"
+
+
+def test_a_gitlab_forge_talks_to_api_v4_and_has_no_github_app():
+    settings = settings_from_dict({"forges": [{"name": "gl", "kind": "gitlab", "url": "https://gitlab.example/"}]},
+                                  source="t", environ={})
+    assert settings.forge("gl").api_url == "https://gitlab.example/api/v4"
+    with pytest.raises(ConfigError, match="GitHub Apps are a GitHub feature; a gitlab forge uses token_env"):
+        settings_from_dict({"forges": [{"name": "gl", "kind": "gitlab", "url": "https://gitlab.example",
+                                        "app_id": 1, "private_key_env": "K"}]}, source="t", environ={})
 
 
 def test_allowlist_patterns_and_exclusions():

@@ -302,3 +302,36 @@ def test_json_that_only_the_standard_library_reads_is_still_read(client, conn, e
     response = client.post("/webhooks/github", data=body, headers=github_headers(body))
     assert (response.status_code, response.json["status"]) == (202, "queued")
     assert events_queued(conn) == 1
+
+
+def _gitlab_settings(redis_url: str):
+    raw = {"redis_url": redis_url,
+           "forges": [{"name": "work", "kind": "gitlab", "url": "https://gitlab.example", "webhook_secret_env": "A"},
+                      {"name": "home", "kind": "gitlab", "url": "https://gitlab.home.example",
+                       "webhook_secret_env": "B"}],
+           "repos": [{"forge": "work", "name": "gitlabhq/**"}, {"forge": "home", "name": "gitlabhq/**"}]}
+    return settings_from_dict(raw, source="test.toml", environ={"A": "secret-a", "B": "secret-b"})
+
+
+def test_gitlab_deliveries_by_kind_or_by_forge_name_and_token(redis_url, conn):
+    client = create_app(_gitlab_settings(redis_url)).test_client()
+    body = json.dumps(redated(json.loads((FIXTURES / "gitlab" / "derived" / "issue.labeled.json").read_text()))).encode()
+    headers = {"X-Gitlab-Event": "Issue Hook", "X-Gitlab-Event-UUID": "e-1", "Content-Type": "application/json"}
+    by_kind = client.post("/webhooks/gitlab", data=body, headers={**headers, "X-Gitlab-Token": "secret-b"})
+    assert (by_kind.status_code, by_kind.json["status"]) == (202, "queued")
+    [job] = Queue(queue.EVENTS_QUEUE, connection=conn).jobs
+    assert json.loads(job.args[0])["forge"] == "home"   # the secret said which forge sent it
+    # /webhooks/<forge name> takes only that forge's secret
+    wrong_forge = client.post("/webhooks/work", data=body, headers={**headers, "X-Gitlab-Token": "secret-b",
+                                                                      "X-Gitlab-Event-UUID": "e-2"})
+    assert wrong_forge.status_code == 401
+    named = client.post("/webhooks/work", data=body, headers={**headers, "X-Gitlab-Token": "secret-a",
+                                                                "X-Gitlab-Event-UUID": "e-3"})
+    assert (named.status_code, named.json["status"]) == (202, "queued")
+    missing = client.post("/webhooks/gitlab", data=body, headers={**headers, "X-Gitlab-Event-UUID": "e-4"})
+    assert missing.status_code == 401 and "X-Gitlab-Token" in missing.json["reason"]
+    unknown = client.post("/webhooks/nowhere", data=body, headers=headers)
+    assert unknown.status_code == 404
+    github_body = client.post("/webhooks/github", data=body, headers={**headers, "X-Gitlab-Token": "secret-a"})
+    assert github_body.status_code == 400 and "point the hook at /webhooks/gitlab" in github_body.json["reason"]
+    assert events_queued(conn) == 2
