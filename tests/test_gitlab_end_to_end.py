@@ -256,3 +256,18 @@ def test_bot_users_trigger_only_when_allowed(gitlab, start_bridge):
     gitlab.comment(repo, issue, "/kugetsu start", author="helper-bot")
     wait_for(lambda: [t["requested_by"] for t in _tasks(bridge)] == ["helper-bot"], timeout=30,
              what="the listed bot's task")
+
+
+def test_partial_work_is_a_draft_merge_request_made_ready_by_the_next_success(gitlab, start_bridge):
+    repo = gitlab.create_repo("alice", "widgets")
+    issue = gitlab.create_issue(repo, "Half a feature", "Build it, then FAILNOW")
+    bridge = start_bridge([gitlab], agent_args=["--fail-when", "FAILNOW", "--leave", "half-done.txt"])
+    gitlab.add_label(repo, issue, "kugetsu:todo")
+    [task] = wait_for(lambda: [t for t in _tasks(bridge) if t["state"] == "failed"], timeout=60, what="the failure")
+    [pull] = repo.pulls.values()
+    assert pull.title == "Draft: Half a feature"
+    assert "(draft pull request !1)" in task["outcome"]
+    gitlab.comment(repo, issue, "/kugetsu continue finish it")
+    wait_for(lambda: [t for t in _tasks(bridge) if t["state"] == "succeeded"], timeout=60, what="the success")
+    wait_for(lambda: pull.title == "Half a feature", timeout=30, what="the ready merge request")
+    assert len(repo.pulls) == 1

@@ -26,3 +26,13 @@ def test_a_burst_goes_at_once_and_then_one_write_per_interval():
 
 def test_no_interval_never_waits():
     assert WriteBucket(0).wait() == 0.0
+
+
+def test_near_the_end_of_a_quota_the_rest_is_spread_until_the_reset():
+    from forge_bridge.forges.pacing import MAX_PACE, quota_pause
+
+    assert quota_pause(500, 1000, reset_at=160.0, now=100.0) == 0.0    # plenty left
+    assert quota_pause(30, 1000, reset_at=160.0, now=100.0) == 2.0     # 60 s shared by 30 calls
+    assert quota_pause(0, 1000, reset_at=100.0 + 10 * MAX_PACE, now=100.0) == MAX_PACE
+    assert quota_pause(10, 1000, reset_at=90.0, now=100.0) == 0.0      # the reset has passed
+    assert quota_pause(0, 0, reset_at=160.0, now=100.0) == 0.0         # no limit sent

@@ -28,13 +28,11 @@ from forge_bridge.forges.base import (
 )
 from forge_bridge.forges.github_app import GitHubApp
 from forge_bridge.models import FAILING_CONCLUSIONS, FailedCheck, IssueRef, RepoRef
-from forge_bridge.forges.pacing import WriteBucket
+from forge_bridge.forges.pacing import WriteBucket, quota_pause
 
 log = logging.getLogger(__name__)
 REVIEW_PAGE = 100   # GitHub's largest page
 EVENT_SCAN_LIMIT = 300
-SLOW_DOWN_BELOW = 0.05  # of the hourly quota: from there on, calls are spread out until the reset
-MAX_PACE = 60.0
 RETRIES = 4          # 0.25 + 0.5 + 1 + 2 s; longer outages are the job-level retry's (queue.EVENT_RETRY)
 BACKOFF = 0.25
 MAX_RATE_LIMIT_WAIT = 900
@@ -110,12 +108,10 @@ class GitHubClient:
     def _pace(self) -> None:
         """Slow down before the limit: with little quota left, spread what remains until the reset."""
         remaining, limit = self._last.requester.rate_limiting
-        if limit <= 0 or remaining > limit * SLOW_DOWN_BELOW:
-            return
-        wait = (self._last.requester.rate_limiting_resettime - time.time()) / max(remaining, 1)
+        wait = quota_pause(remaining, limit, self._last.requester.rate_limiting_resettime, time.time())
         if wait > 0:
-            log.info("GitHub quota low (%d of %d left); pausing %.1fs", remaining, limit, min(wait, MAX_PACE))
-            time.sleep(min(wait, MAX_PACE))
+            log.info("GitHub quota low (%d of %d left); pausing %.1fs", remaining, limit, wait)
+            time.sleep(wait)
 
     def _conditional_list(self, doing: str, repo: RepoRef, path: str, params: dict) -> list[dict]:
         """GET with If-None-Match: an unchanged answer (304) costs no quota, and the last one is reused."""

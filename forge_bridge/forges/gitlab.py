@@ -6,6 +6,8 @@ under their issue or merge request, which is why the protocol names a comment by
 waits out 429s itself (Retry-After, else RateLimit-Reset) and retries transient 5xx answers."""
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -26,9 +28,10 @@ from forge_bridge.forges.base import (
     ReviewCommentInfo,
     ReviewInfo,
 )
-from forge_bridge.forges.pacing import WriteBucket
+from forge_bridge.forges.pacing import WriteBucket, quota_pause
 from forge_bridge.models import MERGE_REQUEST_BASE, FailedCheck, IssueRef, RepoRef
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 DRAFT_PREFIX = "Draft: "
 DRAFT_PREFIXES = ("Draft:", "[Draft]", "(Draft)")   # what GitLab reads as a draft title
@@ -78,11 +81,31 @@ class GitLabClient:
         self._gl = gitlab.Gitlab(url, private_token=token or None, timeout=TIMEOUT, retry_transient_errors=True,
                                  per_page=100, keep_base_url=True)
         self._writes = WriteBucket(write_interval)
+        self._rate = (0, 0, 0.0)   # RateLimit-Remaining, -Limit and -Reset of the last answer that had them
+        self._gl.session.hooks["response"].append(self._read_rate_limit)
+
+    def _read_rate_limit(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        headers = response.headers
+        try:
+            self._rate = (int(headers["RateLimit-Remaining"]), int(headers["RateLimit-Limit"]),
+                          float(headers.get("RateLimit-Reset", 0)))
+        except (KeyError, ValueError):
+            pass   # GitLab sends them only where rate limits are on
+
+    def quota(self) -> tuple[int, int] | None:
+        """(remaining, limit) from the last answer's RateLimit headers, when GitLab sent them (for /metrics)."""
+        remaining, limit, _ = self._rate
+        return (remaining, limit) if limit > 0 else None
 
     # plumbing
     def _call(self, doing: str, call: Callable[[], T], *, write: bool = False) -> T:
+        """One call, paced near the end of the quota (429s themselves are waited out by python-gitlab)."""
         if write:
             self._writes.wait()
+        remaining, limit, reset_at = self._rate
+        if pause := quota_pause(remaining, limit, reset_at, time.time()):
+            log.info("GitLab quota low (%d of %d left); pausing %.1fs", remaining, limit, pause)
+            time.sleep(pause)
         try:
             return call()
         except GitlabError as error:

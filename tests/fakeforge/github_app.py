@@ -227,14 +227,22 @@ def register(app: Flask, forge: FakeForge) -> None:
         return _git_backend(forge, owner, name, rest)
 
 
-def git_authorized(forge: FakeForge, repo: str) -> bool:
-    """What GitHub takes for git over HTTPS: Basic auth whose password is a live token covering the repo."""
+def basic_credentials() -> tuple[str, str] | None:
+    """The request's Basic authentication as (user, password); None without a readable one."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Basic "):
-        return False
+        return None
     try:
-        _, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
+        return None
+    return user, password
+
+
+def git_authorized(forge: FakeForge, repo: str) -> bool:
+    """What GitHub takes for git over HTTPS: Basic auth whose password is a live token covering the repo."""
+    _, password = basic_credentials() or ("", "")
+    if not password:
         return False
     if password == forge.token:
         return True

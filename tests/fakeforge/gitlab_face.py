@@ -3,7 +3,6 @@ HTTP that takes only `oauth2` Basic authentication, and webhook payloads shaped 
 webhook documentation (tests/fixtures/webhooks/gitlab/SOURCE.md). python-gitlab drives it in the tests."""
 from __future__ import annotations
 
-import base64
 import re
 import subprocess
 from collections.abc import Callable
@@ -567,14 +566,9 @@ def _register_ci_and_hooks(routes: Routes, forge: FakeForge) -> None:
 
 def git_authorized(forge: FakeForge) -> bool:
     """GitLab over HTTPS with a token: Basic authentication, user `oauth2`, the token as password."""
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Basic "):
-        return False
-    try:
-        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return user == "oauth2" and password == forge.token
+    from fakeforge.github_app import basic_credentials
+
+    return basic_credentials() == ("oauth2", forge.token)
 
 
 def git_backend(forge: FakeForge, owner: str, name: str, rest: str) -> Response:

@@ -166,6 +166,9 @@ class FakeForge:
 
     def _conditional(self, response: Response) -> Response:
         """GitHub's ETags: a GET whose answer has not changed since the client's copy is a bodiless 304."""
+        if self.kind == "gitlab":   # GitLab's RateLimit-* headers come with every answer
+            response.headers.update(self.rate_limit_headers)
+            return response
         if self.kind != "github" or request.method != "GET" or response.status_code != 200 or not response.is_json:
             return response
         etag = '"' + hashlib.sha256(response.get_data()).hexdigest()[:32] + '"'
