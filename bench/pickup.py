@@ -8,7 +8,7 @@ for a repository with a setup script of a few seconds, once its spare worktree i
 should be as fast as for a repository without one.
 Last, confined pickup with `agent.network = "allowlist"` (the proxy and the relay in the sandbox) against an open
 network, both under bubblewrap.
-Run: `.venv/bin/python bench/pickup.py [--issues N] [--kind github|gitea] [--network]`."""
+Run: `.venv/bin/python bench/pickup.py [--issues N] [--kind github|gitea|gitlab] [--network]`."""
 from __future__ import annotations
 
 import argparse
@@ -192,7 +192,7 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)   # the fake forge's access log
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--issues", type=int, default=10)
-    parser.add_argument("--kind", choices=["github", "gitea"], action="append")
+    parser.add_argument("--kind", choices=["github", "gitea", "gitlab"], action="append")
     parser.add_argument("--network", action="store_true", help="only compare confined pickup, open vs allowlist")
     args = parser.parse_args()
     for kind in args.kind or ["github", "gitea"]:
