@@ -40,7 +40,10 @@ def role(pid: int) -> str:
 
 
 FORGES = {"github": '[[forges]]\nname = "github"\nkind = "github"\nurl = "https://github.com"\n',
-          "gitea": '[[forges]]\nname = "gitea"\nkind = "gitea"\nurl = "https://git.example.com"\n'}
+          "gitea": '[[forges]]\nname = "gitea"\nkind = "gitea"\nurl = "https://git.example.com"\n',
+          # bot_login given: without it the bridge would ask GitLab who the token is at start
+          "gitlab": '[[forges]]\nname = "gitlab"\nkind = "gitlab"\nurl = "https://gitlab.example.com"\n'
+                    'bot_login = "bot"\n'}
 
 
 def main() -> None:
