@@ -46,7 +46,8 @@ def parse_issue_ref(text: str, *, default_host: str | None = None) -> IssueRef:
         match = pattern.fullmatch(text)
         if match:
             return _from_match(match, default_host)
-    raise InvalidRef(f"not an issue ref: {text!r} (expected host/owner/repo#N, owner/repo#N, group/project!M or an issue or merge request URL)")
+    raise InvalidRef(f"not an issue ref: {text!r} (expected host/owner/repo#N, owner/repo#N, group/project!M or an "
+                     "issue or merge request URL)")
 
 
 def parse_repo_ref(text: str) -> RepoRef:

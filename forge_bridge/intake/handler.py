@@ -134,7 +134,8 @@ class Intake:
             if not self.authorized(event):
                 return self.deny(event, ref)
             for comment in comments:
-                self._react(lambda c=comment: self.client.add_review_comment_reaction(event.issue, c.id, "eyes"), comment.id)
+                self._react(lambda c=comment: self.client.add_review_comment_reaction(event.issue, c.id, "eyes"),
+                            comment.id)
             return self.act(Command(Verb.CONTINUE, message=review_message(review, comments)), event, ref)
         except BaseException:   # the job runs again: the review must still be there to take
             self.store.release_quietly(taken)

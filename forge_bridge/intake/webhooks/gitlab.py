@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from forge_bridge.models import MERGE_REQUEST_BASE, CheckFailed, EventKind, FailedCheck, ForgeEvent, InvalidRef, IssueRef, RepoRef
+from forge_bridge.models import (
+    MERGE_REQUEST_BASE,
+    CheckFailed,
+    EventKind,
+    FailedCheck,
+    ForgeEvent,
+    InvalidRef,
+    IssueRef,
+    RepoRef,
+)
 from forge_bridge.intake.webhooks.errors import Ignored, Malformed
 from forge_bridge.intake.webhooks.payload import field
 
@@ -80,7 +89,8 @@ def _note(payload: dict, *, forge: str, host: str, delivery: str) -> ForgeEvent 
     if field(payload, "object_attributes.system", bool, default=False):
         return Ignored("system notes are GitLab's own record of a change")
     noteable = field(payload, "object_attributes.noteable_type")
-    note = dict(**_common(payload, forge=forge, delivery=delivery), comment_id=field(payload, "object_attributes.id", int),
+    note = dict(**_common(payload, forge=forge, delivery=delivery),
+                comment_id=field(payload, "object_attributes.id", int),
                 comment_body=field(payload, "object_attributes.note", default=""))
     if noteable == "Issue":
         return ForgeEvent(kind=EventKind.COMMENT, issue=_ref(payload, host, field(payload, "issue.iid", int)), **note,
@@ -116,8 +126,8 @@ def _pipeline(payload: dict, *, forge: str, host: str, delivery: str) -> CheckFa
                    for build in field(payload, "builds", list, default=[])
                    if field(build, "status", default="") == "failed" and not field(build, "allow_failure", bool,
                                                                                    default=False))
-    return CheckFailed(forge=forge, repo=str(project_ref(payload, host=host)), sha=field(payload, "object_attributes.sha"),
-                       delivery=delivery, branch=field(payload, "object_attributes.ref", default=""),
+    return CheckFailed(forge=forge, repo=str(project_ref(payload, host=host)),
+                       sha=field(payload, "object_attributes.sha"), delivery=delivery, branch=field(payload, "object_attributes.ref", default=""),
                        suite_id=field(payload, "object_attributes.id", int), checks=failed,
                        updated_at=_iso(str(field(payload, "object_attributes.finished_at", default=""))))
 
