@@ -100,6 +100,9 @@ def test_one_delivery_twice_is_one_task_and_a_wrong_token_is_401(gitlab, start_b
     for bad, status in ((b"{not json", 400), (b"[]", 400)):
         answer = requests.post(url, data=bad, headers=headers | {"Idempotency-Key": bad.decode()}, timeout=10)
         assert answer.status_code == status, answer.text
+    huge = requests.post(url, data=b" " * (25 * 1024 * 1024 + 1), headers={**headers, "Idempotency-Key": "big"},
+                         timeout=30)
+    assert huge.status_code == 413 and huge.json()["status"] == "too_large"
     push = requests.post(url, data=b"{}", headers={**headers, "X-Gitlab-Event": "Push Hook"}, timeout=10)
     assert push.status_code == 200 and push.json()["status"] == "ignored"
     wait_for(lambda: _review_label(gitlab, repo, issue), timeout=90, what="the one run")
