@@ -335,3 +335,51 @@ def test_gitlab_deliveries_by_kind_or_by_forge_name_and_token(redis_url, conn):
     github_body = client.post("/webhooks/github", data=body, headers={**headers, "X-Gitlab-Token": "secret-a"})
     assert github_body.status_code == 400 and "point the hook at /webhooks/gitlab" in github_body.json["reason"]
     assert events_queued(conn) == 2
+
+
+def _one_of_each_forge(kind: str) -> tuple[str, bytes, dict]:
+    """A delivery that queues a task, from each forge family: (endpoint, body, headers)."""
+    if kind == "github":
+        return "github", LABELED_BODY, github_headers(LABELED_BODY, delivery="rt-1")
+    if kind == "gitea":
+        body = GITEA_LABELS.replace(b'"priority/high"', b'"kugetsu:todo"')
+        return "gitea", body, {"X-Gitea-Event": "issues", "X-Gitea-Event-Type": "issue_label",
+                               "X-Gitea-Delivery": "rt-1", "X-Gitea-Signature": sign(body),
+                               "Content-Type": "application/json"}
+    body = json.dumps(redated(json.loads((FIXTURES / "gitlab" / "derived" / "issue.labeled.json").read_text())))
+    return "gitlab", body.encode(), {"X-Gitlab-Event": "Issue Hook", "X-Gitlab-Event-UUID": "rt-1",
+                                     "X-Gitlab-Token": SECRET, "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("kind", ["github", "gitea", "gitlab"])
+def test_a_queued_delivery_is_one_redis_round_trip_on_every_forge(kind, redis_url, conn, monkeypatch):
+    """The hot path: verify, decide, and one script that claims and enqueues — whatever forge sent it. Counted
+    at redis-py's socket writes from the request's own thread (delivery counts go in the background)."""
+    import threading
+
+    from redis.connection import AbstractConnection
+
+    raw = {"redis_url": redis_url,
+           "forges": [{"name": "gh", "kind": "github", "url": "https://github.com", "webhook_secret_env": "S"},
+                      {"name": "tea", "kind": "gitea", "url": "https://git.example.com", "webhook_secret_env": "S"},
+                      {"name": "gl", "kind": "gitlab", "url": "https://gitlab.example", "webhook_secret_env": "S"}],
+           "repos": [{"forge": "gh", "name": "Codertocat/Hello-*"}, {"forge": "tea", "name": "alice/widgets"},
+                     {"forge": "gl", "name": "gitlabhq/*"}]}
+    client = create_app(settings_from_dict(raw, source="t", environ={"S": SECRET})).test_client()
+    endpoint, body, headers = _one_of_each_forge(kind)
+    # Once before, then forgotten: the connection is made and the script loaded (once per server, not per delivery).
+    assert client.post(f"/webhooks/{endpoint}", data=body, headers=headers).json["status"] == "queued"
+    conn.flushall()
+    sent, here = [], threading.get_ident()
+    real = AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        if threading.get_ident() == here:
+            sent.append(command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    answer = client.post(f"/webhooks/{endpoint}", data=body, headers=headers)
+    assert (answer.status_code, answer.json["status"]) == (202, "queued"), answer.json
+    assert len(sent) == 1, [bytes(b"".join(c) if isinstance(c, list) else c)[:40] for c in sent]
+    assert events_queued(conn) == 1
