@@ -96,3 +96,25 @@ def test_a_bot_comment_found_by_polling_is_a_bot_as_it_is_by_webhook(polling):
     assert poller.poll_once() == 0 and run_intake(poller, intake) == []   # skipped, as its webhook would be
     forge.state.add_comment(repo, issue.number, "/kugetsu start now", "alice")
     assert poller.poll_once() == 1 and run_intake(poller, intake)[0].startswith("queued task")
+
+
+def test_labelled_issues_are_asked_for_since_the_last_scan_and_all_of_them_now_and_then(polling):
+    """Gitea and GitLab are asked only for issues changed since the last scan (GitHub answers an unchanged list
+    for free); every FULL_LABEL_SCAN all of them, so a label whose intake job was lost is found again."""
+    from datetime import datetime, timezone
+
+    from forge_bridge.intake.poller import FULL_LABEL_SCAN
+
+    forge, repo, poller, _ = polling
+    issue = forge.create_issue(repo, "t", "")
+    forge.add_label(repo, issue, "kugetsu:todo")
+    issue.updated_at = "2026-01-01T00:00:00Z"   # labelled before the bridge first looked
+    assert poller.poll_once() == 1
+    Queue(queue.EVENTS_QUEUE, connection=poller.conn).empty()   # its job lost
+    poller.conn.delete(f"fb:claim:poll:{forge.host}/alice/widgets#{issue.number}:kugetsu:todo")
+    assert poller.poll_once() == (1 if forge.kind == "github" else 0)   # unchanged since: not asked again
+    name = f"labels:{forge.kind}:{forge.host}/alice/widgets"
+    long_ago = datetime.now(timezone.utc) - FULL_LABEL_SCAN
+    poller.store.set_cursor(f"{name}:full", long_ago.replace(microsecond=0).isoformat())
+    poller.conn.delete(f"fb:claim:poll:{forge.host}/alice/widgets#{issue.number}:kugetsu:todo")
+    assert poller.poll_once() == 1   # the whole list again: the label is still there

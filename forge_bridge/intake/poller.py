@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 STATE_KEY = f"{PREFIX}:poller"
 MAX_BACKOFF = 300.0
 CURSOR_OVERLAP = timedelta(seconds=1)  # `since` is inclusive at a second's grain; meaning keys drop repeats
+# Labelled issues are asked for by "changed since the last scan", but all of them this often: an issue whose
+# label is still there (its intake job failed for good) is found again, never dropped.
+FULL_LABEL_SCAN = timedelta(minutes=10)
 
 
 def _label_event(forge: str, ref: IssueRef, issue: IssueInfo, label: str, actor: str) -> ForgeEvent:
@@ -48,8 +51,8 @@ class Poller:
         (a label added changes the issue; the first scan reads them all)."""
         client = self.client_for(repo.forge)
         name = f"labels:{repo.forge}:{ref_repo}"
-        cursor, scanned = self.store.cursor(name), datetime.now(timezone.utc).replace(microsecond=0)
-        since = datetime.fromisoformat(cursor) - CURSOR_OVERLAP if cursor else None
+        scanned = datetime.now(timezone.utc).replace(microsecond=0)
+        since = self._labels_since(name, scanned)
         for label in (self.settings.label("todo"), self.settings.label("plan")):
             for issue in client.list_labeled_issues(ref_repo, label, since=since):
                 if issue.is_pull:
@@ -61,6 +64,15 @@ class Poller:
                 actor = client.label_actor(ref, label)  # authorized like a webhook: whoever added the label
                 yield _label_event(repo.forge, ref, issue, label, actor)
         self.store.set_cursor(name, scanned.isoformat())   # only once every labelled issue was handed over
+        if since is None:
+            self.store.set_cursor(f"{name}:full", scanned.isoformat())
+
+    def _labels_since(self, name: str, now: datetime) -> datetime | None:
+        """Since the last scan; None (all of them) on the first scan and every FULL_LABEL_SCAN."""
+        cursor, full = self.store.cursor(name), self.store.cursor(f"{name}:full")
+        if cursor is None or full is None or now - datetime.fromisoformat(full) >= FULL_LABEL_SCAN:
+            return None
+        return datetime.fromisoformat(cursor) - CURSOR_OVERLAP
 
     def comment_events(self, repo: RepoConfig, ref_repo: RepoRef) -> Iterator[ForgeEvent]:
         name = f"comments:{repo.forge}:{ref_repo}"
