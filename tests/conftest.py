@@ -2,6 +2,7 @@
 started as a real process tree against them."""
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -77,10 +78,25 @@ def forge(request, tmp_path: Path) -> Iterator[FakeForge]:
     yield from _forge(request.param, tmp_path / request.param)
 
 
+PORTS_FROM, PORTS_PER_WORKER = 20_000, 2_000   # below Linux's ephemeral range (32768 and up)
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a server a test starts later (serve, web): taken from a block of this xdist worker's own, below
+    the ephemeral range. A port the OS handed out for bind(0) could be given again, to a fake forge of another
+    test, between this answer and the server's start, and the test would then talk to that forge."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = PORTS_FROM + PORTS_PER_WORKER * (int(worker) if worker.isdigit() else 0)
+    for _ in range(PORTS_PER_WORKER):
+        port = block + next(_next_port) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's block")
 
 
 def _toml_list(items: list[str]) -> str:
