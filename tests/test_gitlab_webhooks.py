@@ -115,3 +115,12 @@ def test_the_token_must_be_the_secret_itself():
         verify_token({"a": b"one"}, "three")
     with pytest.raises(BadSignature, match="missing"):
         verify_token({"a": b"one"}, "")
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "group/../project", "project", "group//project", ".hidden/p",
+                                  "g/%2e%2e/p"])
+def test_a_project_path_that_could_leave_data_dir_is_malformed(path):
+    payload = json.loads((GITLAB / "note.issue.json").read_text())
+    payload["project"]["path_with_namespace"] = path
+    with pytest.raises(Malformed):
+        _parse(GITLAB / "note.issue.json", body=json.dumps(payload).encode())
