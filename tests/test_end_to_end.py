@@ -10,6 +10,7 @@ from fakeforge.server import FakeForge
 from fakeforge.state import Issue, Repo
 from helpers import wait_for
 
+from forge_bridge.store.sessions import Store
 from forge_bridge.work.report import STATUS_MARKER
 
 TITLE = "Fix the emoji names"
@@ -76,9 +77,15 @@ def test_the_agent_starts_while_the_forge_is_still_taking_a_report(method, path,
         # The report may reach the forge only after the (quick) agent's work: then it is held all the same.
         wait_for(lambda: slow.held >= 1, timeout=15, what="the report to reach the slow forge")
         assert "kugetsu:running" not in github.labels_of(repo, issue)
+        wait_for(lambda: repo.pulls, timeout=15, what="the pull request, opened while the report is held")
     finally:
         slow.release()
     _assert_reviewed(github, repo, issue, bridge)
+    # The held report's copy of the session, read before the pull request was opened, must not undo it.
+    session = Store(bridge.redis).session(f"{github.host}/alice/widgets#1")
+    [pull] = repo.pulls.values()
+    assert session.pull_request_number == pull.number and session.pull_request_url.endswith(f"/pull/{pull.number}")
+    assert session.branch == "kugetsu/1-fix-the-emoji-names" and session.worktree
 
 
 def test_polling_only_without_any_webhook_secret(forge, start_bridge):

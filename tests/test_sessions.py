@@ -22,6 +22,25 @@ def test_a_stale_copy_of_a_session_never_drops_a_task_queued_since_nor_a_merge(c
     assert saved.task_ids == ["a", "b"] and saved.pull_request_url == "https://f/o/r/pull/2" and saved.merged
 
 
+def test_a_report_saves_only_the_status_comment_and_never_undoes_what_the_runner_saved(conn):
+    """The agent starts before the intake's report is written: the report's copy of the session can predate the
+    pull request and the agent's session the runner saved meanwhile."""
+    store = Store(conn)
+    store.save_session(Session(issue=str(REF), forge="g", task_ids=["a"]))
+    intakes_copy = store.session(REF)
+    runners = store.session(REF)
+    runners.pull_request_url, runners.pull_request_number, runners.agent_session_id = "https://f/o/r/pull/2", 2, "s-1"
+    store.save_session(runners)
+    intakes_copy.status_comment_id, intakes_copy.status_digest = 77, "d1"
+    store.save_status(intakes_copy)
+    saved = store.session(REF)
+    assert (saved.pull_request_url, saved.pull_request_number, saved.agent_session_id) == ("https://f/o/r/pull/2", 2, "s-1")
+    assert (saved.status_comment_id, saved.status_digest) == (77, "d1")
+    fresh = Session(issue="h.example/o/r#9", forge="g", status_comment_id=5)
+    store.save_status(fresh)   # nothing stored yet: the whole session
+    assert store.session("h.example/o/r#9") == fresh
+
+
 def test_a_message_merges_only_into_a_task_that_has_not_started(conn):
     store = Store(conn)
     task = store.new_task(REF, forge="g", action=TaskAction.CONTINUE, message="one", requested_by="alice")

@@ -366,6 +366,7 @@ class Intake:
         if self.settings.delete_branch_on_merge and session.branch:
             self.client.delete_branch(ref.repo, session.branch)
         session.archived, session.merged = session.archived or outcome.destroyed, True
+        self.store.save_session(session)
         self.report(ref, session, self.client.get_issue(ref).labels)
         return f"merged: {outcome.message}"
 
@@ -397,7 +398,7 @@ class Intake:
         Reporter(self.client, self.settings, self.store).report(ref, session, tasks, labels=labels,
                                                                 log_tail=log_tail, force=force,
                                                                 waiting=self.where_it_stands(ref, tasks))
-        self.store.save_session(session)
+        self.store.save_status(session)
 
     def where_it_stands(self, ref: IssueRef, tasks: list[Task]) -> str:
         """For the issue's first queued task, its place in the line for agent slots."""

@@ -182,6 +182,17 @@ class Store:
 
         self._update(f"{PREFIX}:session:{session.issue}", keep_what_only_grows)
 
+    def save_status(self, session: Session) -> None:
+        """Only what a report changed (the status comment's id and digest) onto the stored session. Intake's
+        copy may have been read before a runner opened the pull request or began the agent's session (the
+        agent starts before the intake's report is written): saved whole, it would undo those."""
+        def status_only(raw: bytes | None) -> str:
+            stored = Session.from_json(raw) if raw else session
+            stored.status_comment_id, stored.status_digest = session.status_comment_id, session.status_digest
+            return stored.to_json()
+
+        self._update(f"{PREFIX}:session:{session.issue}", status_only)
+
     def session_ids(self) -> Iterator[str]:
         for key in self.conn.scan_iter(match=f"{PREFIX}:session:*", count=500):
             yield key.decode().removeprefix(f"{PREFIX}:session:")

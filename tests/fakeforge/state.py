@@ -259,13 +259,18 @@ class State:
     def comments_since(self, repo: Repo, since: str | None) -> list[Comment]:
         """Comments of the repository at or after `since` (any ISO 8601 form), oldest first."""
         floor = datetime.fromisoformat(since.replace(" ", "+")) if since else None
-        found = [c for c in self.comments.values() if c.repo == repo.full_name
+        found = [c for c in self._all_comments() if c.repo == repo.full_name
                  and (floor is None or datetime.fromisoformat(c.created_at) >= floor)]
         return sorted(found, key=lambda c: (c.created_at, c.id))
 
     def issue_comments(self, repo: Repo, number: int) -> list[Comment]:
-        return sorted((c for c in self.comments.values() if c.repo == repo.full_name and c.number == number),
+        return sorted((c for c in self._all_comments() if c.repo == repo.full_name and c.number == number),
                       key=lambda c: c.id)
+
+    def _all_comments(self) -> list[Comment]:
+        """A copy taken under the lock: the server answers on many threads, and another may be adding one."""
+        with self.lock:
+            return list(self.comments.values())
 
 
 def _git(*args: str, cwd: Path | None = None) -> None:
