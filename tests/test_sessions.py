@@ -41,6 +41,18 @@ def test_a_report_saves_only_the_status_comment_and_never_undoes_what_the_runner
     assert store.session("h.example/o/r#9") == fresh
 
 
+def test_a_task_is_added_to_the_stored_session_itself(conn):
+    store = Store(conn)
+    first = store.add_task_to_session(REF, "g", "a")   # no session yet: made
+    assert (first.issue, first.forge, first.task_ids) == (str(REF), "g", ["a"])
+    runners = store.session(REF)
+    runners.pull_request_url, runners.archived = "https://f/o/r/pull/2", True
+    store.save_session(runners)
+    second = store.add_task_to_session(REF, "g", "b")
+    assert second.task_ids == ["a", "b"] and second.pull_request_url == "https://f/o/r/pull/2"
+    assert not second.archived and store.session(REF) == second   # a new task brings an archived session back
+
+
 def test_a_message_merges_only_into_a_task_that_has_not_started(conn):
     store = Store(conn)
     task = store.new_task(REF, forge="g", action=TaskAction.CONTINUE, message="one", requested_by="alice")

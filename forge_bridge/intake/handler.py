@@ -290,10 +290,7 @@ class Intake:
                                    requested_by=event.sender, mode=mode)
         if made:
             self.store.cache(made, task.id, ttl=CLAIM_TTL)
-        session = self.store.session(ref) or Session(issue=str(ref), forge=event.forge)
-        session.task_ids.append(task.id)
-        session.archived = False
-        self.store.save_session(session)
+        session = self.store.add_task_to_session(ref, event.forge, task.id)
         # Handed to the agents first: the agent never waits for the report's forge writes, and the work is never
         # lost when the forge will not take them. The runner's own report waits for this issue's lock, which
         # every caller of this holds, so it comes after this one on the forge.

@@ -182,6 +182,21 @@ class Store:
 
         self._update(f"{PREFIX}:session:{session.issue}", keep_what_only_grows)
 
+    def add_task_to_session(self, issue: IssueRef | str, forge: str, task_id: str) -> Session:
+        """The issue's session with one more task (made when it has none), changed in the store itself: a runner
+        of an earlier task may save what it found (the pull request, the agent's session) at the same moment."""
+        added: list[Session] = []
+
+        def with_task(raw: bytes | None) -> str:
+            session = Session.from_json(raw) if raw else Session(issue=str(issue), forge=forge)
+            session.task_ids.append(task_id)
+            session.archived = False
+            added[:] = [session]
+            return session.to_json()
+
+        self._update(f"{PREFIX}:session:{issue}", with_task)
+        return added[0]
+
     def save_status(self, session: Session) -> None:
         """Only what a report changed (the status comment's id and digest) onto the stored session. Intake's
         copy may have been read before a runner opened the pull request or began the agent's session (the
