@@ -88,3 +88,28 @@ def commit_to(bare: Path, branch: str, files: dict[str, str], *, links: dict[str
         subprocess.run(["git", "-c", "user.name=Person", "-c", "user.email=person@example.invalid", "commit",
                         "--quiet", "-m", message], cwd=work, check=True)
         subprocess.run(["git", "push", "--quiet", "origin", branch], cwd=work, check=True, capture_output=True)
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process, its group and every descendant's group: RQ puts each work horse in a process group of
+    its own, so a worker's group alone leaves its horse running, to write into the next test's Redis."""
+    import signal
+
+    found, seen = [pid], set()
+    while found:
+        current = found.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            found += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            pass
+    own_group = os.getpgid(0)
+    for current in seen:
+        try:
+            group = os.getpgid(current)
+            if group != own_group:
+                os.killpg(group, signal.SIGKILL)
+        except OSError:   # gone already
+            pass
