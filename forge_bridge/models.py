@@ -61,9 +61,27 @@ def _check_segment(value: str, what: str) -> str:
 MERGE_REQUEST_BASE = 1_000_000_000
 
 
+def is_merge_request(number: int) -> bool:
+    return number > MERGE_REQUEST_BASE
+
+
+def forge_number(number: int) -> int:
+    """The number as the forge writes it: a merge request's iid, or the issue's (pull request's) number."""
+    return number - MERGE_REQUEST_BASE if is_merge_request(number) else number
+
+
+def bridge_number(number: int, *, merge_request: bool) -> int:
+    """The forge's number as the bridge keeps it; raises InvalidRef for a merge request's iid it cannot hold."""
+    if not merge_request:
+        return number
+    if not 0 < number < MERGE_REQUEST_BASE:
+        raise InvalidRef(f"invalid merge request number: {number}")
+    return MERGE_REQUEST_BASE + number
+
+
 def shown_number(number: int) -> str:
     """`#7` for an issue or pull request, `!7` for a GitLab merge request, as the forge writes them."""
-    return f"!{number - MERGE_REQUEST_BASE}" if number > MERGE_REQUEST_BASE else f"#{number}"
+    return f"!{forge_number(number)}" if is_merge_request(number) else f"#{number}"
 
 
 MAX_NAMESPACE_DEPTH = 20   # GitLab's groups nest at most 20 deep
@@ -127,10 +145,10 @@ class IssueRef:
         mark = "!" if "!" in text else "#"
         repo, _, number = text.rpartition(mark)
         parts = repo.split("/")
-        if len(parts) < 3 or not number.isdigit() or (mark == "!" and not 0 < int(number) < MERGE_REQUEST_BASE):
+        if len(parts) < 3 or not number.isdigit():
             raise InvalidRef(f"not a stored issue ref: {text!r}")
-        base = MERGE_REQUEST_BASE if mark == "!" else 0
-        return cls(RepoRef(parts[0].lower(), "/".join(parts[1:-1]), parts[-1]), base + int(number))
+        return cls(RepoRef(parts[0].lower(), "/".join(parts[1:-1]), parts[-1]),
+                   bridge_number(int(number), merge_request=mark == "!"))
 
 
 CI_SENDER = "ci"   # who a CI round's task is "asked by": no person, so never credited nor asked to review

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from forge_bridge.models import MERGE_REQUEST_BASE, InvalidRef, IssueRef, RepoRef
+from forge_bridge.models import InvalidRef, IssueRef, RepoRef, bridge_number
 
 _SEG = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
 _NAMESPACE = rf"{_SEG}(?:/{_SEG})*?"   # an owner, or a group path (GitLab): the last segment is the repository
@@ -25,10 +25,7 @@ SHORT_RE = re.compile(rf"(?P<owner>{_NAMESPACE})/(?P<repo>{_SEG}){_NUMBER}")
 def _number(match: re.Match) -> int:
     found = match.groupdict()
     if found.get("merge_request") or found.get("mark") == "!":
-        number = int(found.get("merge_request") or found["number"])
-        if not 0 < number < MERGE_REQUEST_BASE:
-            raise InvalidRef(f"invalid merge request number: {number}")
-        return MERGE_REQUEST_BASE + number
+        return bridge_number(int(found.get("merge_request") or found["number"]), merge_request=True)
     return int(found.get("issue") or found["number"])
 
 

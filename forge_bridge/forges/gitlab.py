@@ -1,7 +1,7 @@
 """ForgeClient for GitLab (GitLab.com and self-managed 16.0+), through python-gitlab.
 
 GitLab numbers merge requests apart from issues; inside the bridge a merge request is `MERGE_REQUEST_BASE + iid`
-(models), so every method that takes a number first asks which of the two it names. Notes (comments) live
+(models.bridge_number), so every method that takes a number first asks which of the two it names. Notes (comments) live
 under their issue or merge request, which is why the protocol names a comment by its issue too. python-gitlab
 waits out 429s itself (Retry-After, else RateLimit-Reset) and retries transient 5xx answers."""
 from __future__ import annotations
@@ -29,7 +29,7 @@ from forge_bridge.forges.base import (
     ReviewInfo,
 )
 from forge_bridge.forges.pacing import WriteBucket, quota_pause
-from forge_bridge.models import MERGE_REQUEST_BASE, FailedCheck, IssueRef, RepoRef
+from forge_bridge.models import FailedCheck, IssueRef, RepoRef, bridge_number, forge_number, is_merge_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,14 +49,6 @@ HOOK_EVENTS = {"issues": "issues_events", "confidential_issues": "confidential_i
                "note": "note_events", "confidential_note": "confidential_note_events",
                "merge_requests": "merge_requests_events", "pipeline": "pipeline_events"}
 TRACE_LINES = 30
-
-
-def is_merge_request(number: int) -> bool:
-    return number > MERGE_REQUEST_BASE
-
-
-def _iid(number: int) -> int:
-    return number - MERGE_REQUEST_BASE if is_merge_request(number) else number
 
 
 def _state(state: str) -> str:
@@ -118,11 +110,14 @@ class GitLabClient:
     def _project(self, repo: RepoRef) -> Any:
         return self._gl.projects.get(repo.full_name, lazy=True)   # no request: the path names it
 
+    def _manager(self, issue: IssueRef) -> Any:
+        """The project's issues or merge requests, whichever the number names."""
+        project = self._project(issue.repo)
+        return project.mergerequests if is_merge_request(issue.number) else project.issues
+
     def _noteable(self, issue: IssueRef) -> Any:
         """The issue or merge request a number names, without a request."""
-        project = self._project(issue.repo)
-        manager = project.mergerequests if is_merge_request(issue.number) else project.issues
-        return manager.get(_iid(issue.number), lazy=True)
+        return self._manager(issue).get(forge_number(issue.number), lazy=True)
 
     def _user_id(self, login: str) -> int:
         users = self._call("find user", lambda: self._gl.users.list(username=login, get_all=False))
@@ -177,16 +172,13 @@ class GitLabClient:
 
     @staticmethod
     def _issue(found: Any, *, merge_request: bool) -> IssueInfo:
-        number = MERGE_REQUEST_BASE + found.iid if merge_request else found.iid
-        return IssueInfo(number=number, title=found.title or "", body=found.description or "",
+        return IssueInfo(number=bridge_number(found.iid, merge_request=merge_request), title=found.title or "", body=found.description or "",
                          labels=tuple(found.labels or ()), state=_state(found.state), is_pull=merge_request,
                          author=_username(found.author))
 
     def get_issue(self, issue: IssueRef) -> IssueInfo:
-        project, merge_request = self._project(issue.repo), is_merge_request(issue.number)
-        manager = project.mergerequests if merge_request else project.issues
-        found = self._call("get issue", lambda: manager.get(_iid(issue.number)))
-        return self._issue(found, merge_request=merge_request)
+        found = self._call("get issue", lambda: self._manager(issue).get(forge_number(issue.number)))
+        return self._issue(found, merge_request=is_merge_request(issue.number))
 
     def list_labeled_issues(self, repo: RepoRef, label: str, *, since: datetime | None = None) -> list[IssueInfo]:
         query = {"labels": label, "state": "opened", "get_all": True}
@@ -207,9 +199,7 @@ class GitLabClient:
                 raise
 
     def _update(self, issue: IssueRef, doing: str, changes: dict) -> None:
-        project = self._project(issue.repo)
-        manager = project.mergerequests if is_merge_request(issue.number) else project.issues
-        self._call(doing, lambda: manager.update(_iid(issue.number), changes), write=True)
+        self._call(doing, lambda: self._manager(issue).update(forge_number(issue.number), changes), write=True)
 
     def add_label(self, issue: IssueRef, name: str) -> None:
         self._update(issue, "add label", {"add_labels": name})   # one request: no read-modify-write race
@@ -267,7 +257,7 @@ class GitLabClient:
         return sorted(found, key=lambda c: (c.created_at, c.id))
 
     def _new_notes(self, item: Any, since: datetime, *, merge_request: bool) -> list[RepoComment]:
-        number = MERGE_REQUEST_BASE + item.iid if merge_request else item.iid
+        number = bridge_number(item.iid, merge_request=merge_request)
         notes = self._call("list notes", lambda: item.notes.list(get_all=True, sort="asc", order_by="created_at"))
         return [RepoComment(id=n.id, number=number, is_pull=merge_request, body=n.body or "",
                             author=_username(n.author), created_at=_when(n.created_at),
@@ -277,12 +267,12 @@ class GitLabClient:
     # merge requests
     @staticmethod
     def _pull(found: Any) -> PullInfo:
-        return PullInfo(number=MERGE_REQUEST_BASE + found.iid, url=found.web_url, state=_state(found.state)
+        return PullInfo(number=bridge_number(found.iid, merge_request=True), url=found.web_url, state=_state(found.state)
                         if found.state != "merged" else "closed", head_branch=found.source_branch,
                         merged=found.state == "merged")
 
     def _merge_request(self, repo: RepoRef, number: int) -> Any:
-        return self._call("get merge request", lambda: self._project(repo).mergerequests.get(_iid(number)))
+        return self._call("get merge request", lambda: self._project(repo).mergerequests.get(forge_number(number)))
 
     def get_pull(self, repo: RepoRef, number: int) -> PullInfo:
         return self._pull(self._merge_request(repo, number))
@@ -357,7 +347,7 @@ class GitLabClient:
     def _diffs(self, repo: RepoRef, number: int) -> dict[str, str]:
         project_id = self._project(repo).encoded_id
         found = self._call("list diffs", lambda: self._gl.http_list(
-            f"/projects/{project_id}/merge_requests/{_iid(number)}/diffs", get_all=True))
+            f"/projects/{project_id}/merge_requests/{forge_number(number)}/diffs", get_all=True))
         return {d.get("new_path", ""): d.get("diff", "") for d in found}
 
     @staticmethod

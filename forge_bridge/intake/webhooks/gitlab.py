@@ -1,13 +1,12 @@
 """Parse GitLab deliveries (Issue, Note, Merge Request and Pipeline Hooks) into ForgeEvents and CheckFailed.
 
 GitLab's payloads name the project by `path_with_namespace` (groups nest), the person by `user.username`, and a
-merge request by its iid, which the bridge keeps above models.MERGE_REQUEST_BASE."""
+merge request by its iid, which the bridge keeps above models.MERGE_REQUEST_BASE (models.bridge_number)."""
 from __future__ import annotations
 
 from typing import Any
 
 from forge_bridge.models import (
-    MERGE_REQUEST_BASE,
     CheckFailed,
     EventKind,
     FailedCheck,
@@ -15,6 +14,7 @@ from forge_bridge.models import (
     InvalidRef,
     IssueRef,
     RepoRef,
+    bridge_number,
 )
 from forge_bridge.intake.webhooks.errors import Ignored, Malformed
 from forge_bridge.intake.webhooks.payload import field
@@ -31,7 +31,7 @@ def project_ref(payload: dict, *, host: str) -> RepoRef:
 
 def _ref(payload: dict, host: str, iid: int, *, merge_request: bool = False) -> IssueRef:
     try:
-        return IssueRef(project_ref(payload, host=host), MERGE_REQUEST_BASE + iid if merge_request else iid)
+        return IssueRef(project_ref(payload, host=host), bridge_number(iid, merge_request=merge_request))
     except InvalidRef as error:
         raise Malformed(str(error)) from None
 
@@ -127,7 +127,8 @@ def _pipeline(payload: dict, *, forge: str, host: str, delivery: str) -> CheckFa
                    if field(build, "status", default="") == "failed" and not field(build, "allow_failure", bool,
                                                                                    default=False))
     return CheckFailed(forge=forge, repo=str(project_ref(payload, host=host)),
-                       sha=field(payload, "object_attributes.sha"), delivery=delivery, branch=field(payload, "object_attributes.ref", default=""),
+                       sha=field(payload, "object_attributes.sha"), delivery=delivery,
+                       branch=field(payload, "object_attributes.ref", default=""),
                        suite_id=field(payload, "object_attributes.id", int), checks=failed,
                        updated_at=_iso(str(field(payload, "object_attributes.finished_at", default=""))))
 
