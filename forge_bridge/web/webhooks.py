@@ -84,13 +84,15 @@ def _response(answer: Answer) -> Response:
 
 
 def _receive_counted(bridge, name: str, request: Request) -> Answer:
+    found = _endpoint(bridge.settings, name)
+    if found is None:
+        return Answer("not_found", 404, reason=f"no webhook endpoint {name!r}")
     try:
-        answer = receive(bridge, name, request)
+        answer = receive(bridge, name, found, request)
     except Exception:   # a bug must still answer (and be counted and logged), not drop the connection
         log.exception("webhook delivery to /webhooks/%s failed", name)
         answer = Answer("error", 500, reason="internal error; see the bridge's log")
-    if _endpoint(bridge.settings, name) is not None:   # counted in this process, written to Redis in the background
-        metrics.count_soon(bridge.conn, metrics.DELIVERIES, name, answer.status)
+    metrics.count_soon(bridge.conn, metrics.DELIVERIES, name, answer.status)   # written to Redis in the background
     return answer
 
 
@@ -161,10 +163,8 @@ def _discard_body(request: Request) -> None:
         pass
 
 
-def receive(bridge, name: str, request: Request) -> Answer:
-    found = _endpoint(bridge.settings, name)
-    if found is None:
-        return Answer("not_found", 404, reason=f"no webhook endpoint {name!r}")
+def receive(bridge, name: str, found: tuple[ForgeKind, str], request: Request) -> Answer:
+    """`found`: the endpoint's forge kind, and the one forge it is for ("" for any of that family)."""
     endpoint, only = found
     if (request.content_length or 0) > MAX_BODY:
         return Answer("too_large", 413, reason="body over 25 MiB")
