@@ -383,3 +383,16 @@ def test_a_queued_delivery_is_one_redis_round_trip_on_every_forge(kind, redis_ur
     assert (answer.status_code, answer.json["status"]) == (202, "queued"), answer.json
     assert len(sent) == 1, [bytes(b"".join(c) if isinstance(c, list) else c)[:40] for c in sent]
     assert events_queued(conn) == 1
+
+
+def test_a_forge_s_own_endpoint_takes_no_other_forge_s_secret_even_with_a_name_inside_its_own(redis_url):
+    raw = {"redis_url": redis_url,
+           "forges": [{"name": "work", "kind": "gitlab", "url": "https://gitlab.example", "webhook_secret_env": "A"},
+                      {"name": "wo", "kind": "gitlab", "url": "https://gitlab.wo.example", "webhook_secret_env": "B"}],
+           "repos": [{"forge": "work", "name": "gitlabhq/*"}, {"forge": "wo", "name": "gitlabhq/*"}]}
+    client = create_app(settings_from_dict(raw, source="t", environ={"A": "secret-a", "B": "secret-b"})).test_client()
+    body = json.dumps(redated(json.loads((FIXTURES / "gitlab" / "derived" / "issue.labeled.json").read_text())))
+    answer = client.post("/webhooks/work", data=body, headers={
+        "X-Gitlab-Event": "Issue Hook", "X-Gitlab-Event-UUID": "e-1", "X-Gitlab-Token": "secret-b",
+        "Content-Type": "application/json"})
+    assert answer.status_code == 401

@@ -109,7 +109,7 @@ def _sending_forge(settings: Settings, endpoint: ForgeKind, body: bytes, signatu
     """The forge whose secret signed the body (GitLab: whose secret is the token). `insecure_no_signature` waives
     the signature only for forges that have no secret; without it, such a forge takes no webhooks at all
     (polling-only use)."""
-    forges = [f for f in settings.forges if family(f.kind) is family(endpoint) and f.name in (only or f.name)]
+    forges = [f for f in settings.forges if family(f.kind) is family(endpoint) and (not only or f.name == only)]
     if not forges:
         raise Malformed(f"no {endpoint.value} forge is configured")
     secrets = {f.name: f.webhook_secret() for f in forges if f.webhook_secret()}
