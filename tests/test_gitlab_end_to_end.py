@@ -222,6 +222,8 @@ def test_hooks_install_twice_changes_nothing_and_the_hook_delivers(gitlab, start
     again = _cli(config, "hooks", "install", token=gitlab.token)
     assert "(secret sent again)" in again.stdout and SECRET not in again.stdout + again.stderr
     assert {(h.id, h.url, tuple(h.events), h.secret) for h in widgets.hooks.values()} == installed
+    listed = _cli(config, "hooks", "list", token=gitlab.token)
+    assert f"gl: team/sub/widgets: hook {hook.id} → {bridge.url}/webhooks/gitlab (this bridge); active" in listed.stdout
 
     issue = gitlab.create_issue(widgets, TITLE, BODY, author="dev")
     [delivered] = gitlab.add_label(widgets, issue, "kugetsu:todo", sender="dev")   # through the installed hook
